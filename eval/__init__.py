@@ -1,0 +1,1 @@
+"""Evaluation harness: datasets, metrics, logging. Import qualified (``from eval.x import y``)."""

@@ -1,0 +1,1 @@
+"""Command-line entry points (Hydra apps): single-image removal, evaluation, benchmarks."""

@@ -1,0 +1,48 @@
+"""What every command-line entry point shares: output folder, quiet loaders, one-line user errors."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Callable
+
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from magicremover.errors import UserError
+
+log = logging.getLogger("magicremover")
+
+
+def find_user_error(err: BaseException) -> UserError | None:
+    """The :class:`UserError` behind ``err`` (Hydra wraps errors raised while instantiating configs)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, UserError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def output_dir(cfg: DictConfig) -> Path:
+    """``out_dir=`` when given, else the Hydra run directory."""
+    return Path(cfg.out_dir) if cfg.get("out_dir") else Path(HydraConfig.get().runtime.output_dir)
+
+
+def run_entry_point(job: Callable[[DictConfig, Path], object], cfg: DictConfig) -> None:
+    """Run ``job(cfg, out_dir)``; a user error becomes ``error: <one line>`` on stderr and exit status 2."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+    try:
+        job(cfg, output_dir(cfg))
+    except Exception as err:  # noqa: BLE001 - re-raised unless it is a user error
+        user_error = find_user_error(err)
+        if user_error is None:
+            raise
+        print(f"error: {user_error}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,23 @@
+"""Attention control: per-layer processors, controllers, and map aggregation."""
+
+from magicremover.attention.aggregate import token_maps
+from magicremover.attention.controller import (
+    AttentionController,
+    AttnContext,
+    ComposedController,
+    CrossAttentionStore,
+    EmptyController,
+    SelfAttentionKV,
+)
+from magicremover.attention.install import controlled_attention
+
+__all__ = [
+    "AttentionController",
+    "AttnContext",
+    "ComposedController",
+    "CrossAttentionStore",
+    "EmptyController",
+    "SelfAttentionKV",
+    "controlled_attention",
+    "token_maps",
+]

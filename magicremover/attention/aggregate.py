@@ -1,0 +1,45 @@
+"""Aggregating stored cross-attention maps over heads, layers and resolutions."""
+
+from __future__ import annotations
+
+from typing import Literal, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+def token_maps(
+    maps: Mapping[str, torch.Tensor],
+    shapes: Mapping[str, tuple[int, int]],
+    tokens: Sequence[int],
+    size: tuple[int, int],
+    reduce: Literal["sum", "mean"] = "sum",
+) -> torch.Tensor:
+    """Cross-attention of chosen tokens, resized to one resolution and reduced over heads and layers.
+
+    Each layer's maps are bilinearly resized (``align_corners=False``) to ``size``; because resizing is linear,
+    heads are summed before resizing. ``sum`` matches the authors' code (§3.7 of the spec); ``mean`` divides by
+    heads × layers and so does not depend on head counts (SD 1.5: 8 heads, SD 2.1: 5–20).
+
+    Args:
+        maps: layer name → probabilities ``(B, heads, h*w, T)``, e.g. ``CrossAttentionStore.maps``.
+        shapes: layer name → ``(h, w)`` of that layer's query grid.
+        tokens: token positions to keep (``T`` axis).
+        size: output ``(H, W)``, typically the latent size.
+        reduce: ``sum`` or ``mean`` over heads and layers.
+
+    Returns:
+        ``(B, len(tokens), H, W)``, non-negative; differentiable w.r.t. the maps.
+    """
+    if not maps:
+        raise ValueError("no cross-attention maps were stored: was a CrossAttentionStore installed and enabled?")
+    total, count = None, 0
+    for name, probs in maps.items():
+        batch, heads, _, _ = probs.shape
+        height, width = shapes[name]
+        selected = probs[..., list(tokens)].sum(dim=1)  # (B, h*w, n): heads summed
+        grid = selected.transpose(1, 2).reshape(batch, len(tokens), height, width)
+        resized = F.interpolate(grid.float(), size=size, mode="bilinear", align_corners=False)
+        total = resized if total is None else total + resized
+        count += heads
+    return total / count if reduce == "mean" else total

@@ -1,0 +1,24 @@
+"""Errors a user can fix. Each message is one line that names the fix.
+
+The CLIs print these without a traceback; everything else is a bug and keeps its traceback.
+"""
+
+
+class UserError(Exception):
+    """A bad input or setting; ``str(err)`` is a one-line message that says what to change."""
+
+
+class ConfigError(UserError, ValueError):
+    """A configuration value is invalid."""
+
+
+class ModelLoadError(UserError, OSError):
+    """Weights are missing, unreadable or do not fit together."""
+
+
+class ImageError(UserError, ValueError):
+    """An input image or mask cannot be used."""
+
+
+class PromptError(UserError, ValueError):
+    """A prompt or target word cannot be used."""

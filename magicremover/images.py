@@ -1,0 +1,97 @@
+"""Reading images and masks from any PIL-readable file, and fitting them to the model resolution."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from magicremover.errors import ConfigError, ImageError
+
+Resize = Literal["stretch", "center_crop"]
+MIN_SIDE = 8
+
+
+def load_image(source: str | Path | Image.Image, min_side: int = MIN_SIDE) -> Image.Image:
+    """Open any PIL-readable image as 8-bit RGB, upright.
+
+    EXIF orientation is applied; alpha is composited over white; palette, grey and 16-bit/32-bit integer
+    images are converted (16-bit values scaled by 1/257, not clipped).
+
+    Raises:
+        ImageError: the file is missing, not an image, truncated, or smaller than ``min_side`` pixels.
+    """
+    if isinstance(source, Image.Image):
+        image, name = source, "the image"
+    else:
+        path = Path(source).expanduser()
+        name = str(path)
+        if not path.is_file():
+            raise ImageError(f"image file {path} does not exist; pass image=PATH to an existing file")
+        try:
+            image = Image.open(path)
+            image.load()
+        except UnidentifiedImageError:
+            raise ImageError(f"{path} is not an image PIL can read; convert it to PNG or JPEG") from None
+        except (OSError, SyntaxError) as err:
+            raise ImageError(f"{path} is corrupt or truncated ({err}); re-export the file") from None
+    image = ImageOps.exif_transpose(image)
+    if min(image.size) < min_side:
+        raise ImageError(f"{name} is {image.width}x{image.height}; images must be at least {min_side} px on each side")
+    return _to_rgb(image)
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode in {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}:
+        values = np.asarray(image, dtype=np.float64)
+        scale = 1 / 257 if image.mode.startswith("I;16") or values.max() > 255 else 1.0
+        if image.mode == "I" and values.max() > 65535:
+            scale = 255 / values.max()
+        image = Image.fromarray(np.clip(np.round(values * scale), 0, 255).astype(np.uint8), mode="L")
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    if image.mode in {"RGBA", "LA", "PA"}:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    return image.convert("RGB")
+
+
+def to_tensor(image: Image.Image) -> torch.Tensor:
+    """RGB PIL image → ``(1, 3, H, W)`` float32 in [0, 1]."""
+    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0).contiguous()
+
+
+def to_pil(image: torch.Tensor) -> Image.Image:
+    """``(1, 3, H, W)`` or ``(3, H, W)`` in [0, 1] → RGB PIL image (rounded, clamped)."""
+    array = image.detach().float().cpu().reshape(-1, *image.shape[-2:]).clamp(0, 1)
+    array = (array.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    return Image.fromarray(array if array.shape[-1] == 3 else array[..., 0])
+
+
+def fit_to_model(image: Image.Image, size: int | tuple[int, int], resize: Resize = "stretch") -> torch.Tensor:
+    """Fit an image to the model resolution.
+
+    Args:
+        image: RGB image of any size.
+        size: target side, or ``(height, width)``.
+        resize: ``stretch`` — bilinear ``F.interpolate`` straight to the size, aspect ratio not kept, no
+            antialias (the authors' code); ``center_crop`` — crop the central square/aspect, then PIL bicubic
+            (the null-text inversion reference).
+
+    Returns:
+        ``(1, 3, H, W)`` float32 in [0, 1].
+    """
+    height, width = (size, size) if isinstance(size, int) else size
+    if resize == "stretch":
+        tensor = to_tensor(image)
+        return F.interpolate(tensor, size=(height, width), mode="bilinear", align_corners=False).clamp(0, 1)
+    if resize == "center_crop":
+        return to_tensor(ImageOps.fit(image, (width, height), method=Image.Resampling.BICUBIC))
+    raise ConfigError(f"resize={resize!r} is not one of stretch, center_crop")
+

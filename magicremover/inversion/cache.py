@@ -1,0 +1,112 @@
+"""An on-disk cache of inversions, so a sweep inverts each image once.
+
+An entry is a safetensors file named by a hash of everything that changes the result: the model's identity
+(including dtype), the preprocessed image tensor (so the file bytes *and* the resize mode), the prompt and the
+inversion config. Writes go to a temporary file that is renamed into place, so a crash never leaves a partial
+entry under a valid name; an unreadable or inconsistent entry is deleted and recomputed, never trusted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from magicremover.inversion.core import Inversion, InversionConfig, invert
+from magicremover.models import SDComponents
+
+log = logging.getLogger(__name__)
+_FORMAT = "magicremover-inversion-v1"
+_TENSORS = ("timesteps", "trajectory", "null_embeddings", "cond_embedding")
+
+
+def cache_key(identity: str, image: torch.Tensor, prompt: str, config: InversionConfig) -> str:
+    """Hex digest identifying one inversion; ``image`` is the preprocessed ``(1, 3, H, W)`` input."""
+    digest = hashlib.sha256()
+    header = {"format": _FORMAT, "model": identity, "prompt": prompt, "config": asdict(config), "shape": list(image.shape)}
+    digest.update(json.dumps(header, sort_keys=True).encode())
+    digest.update(image.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+class InversionCache:
+    """A folder of cached inversions.
+
+    Args:
+        root: the cache folder (created on first write).
+
+    Attributes:
+        hits / misses: lookups answered from disk / computed, since construction.
+    """
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root).expanduser()
+        self.hits = 0
+        self.misses = 0
+
+    def path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.safetensors"
+
+    def load(self, key: str) -> Inversion | None:
+        """The cached inversion for ``key``, or None when absent or unusable (then the entry is removed)."""
+        path = self.path(key)
+        if not path.is_file():
+            return None
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                if (handle.metadata() or {}).get("key") != key:
+                    raise ValueError("entry belongs to another key")
+                tensors = {name: handle.get_tensor(name) for name in _TENSORS}
+            n_steps = len(tensors["timesteps"])
+            if len(tensors["trajectory"]) != n_steps + 1 or len(tensors["null_embeddings"]) != n_steps:
+                raise ValueError("tensor lengths disagree")
+        except Exception as err:  # noqa: BLE001 - any unreadable entry is recomputed
+            log.warning("inversion cache entry %s is unusable (%s); recomputing it", path.name, err)
+            path.unlink(missing_ok=True)
+            return None
+        return Inversion(**tensors, from_cache=True)
+
+    def save(self, key: str, inversion: Inversion) -> None:
+        """Write atomically: a temporary file in the same folder, then ``os.replace``."""
+        path = self.path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {name: getattr(inversion, name).detach().cpu().contiguous() for name in _TENSORS}
+        handle, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        os.close(handle)
+        try:
+            save_file(tensors, tmp, metadata={"key": key, "format": _FORMAT})
+            os.replace(tmp, path)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+
+
+def invert_cached(
+    c: SDComponents, image: torch.Tensor, prompt: str, config: InversionConfig, cache: InversionCache | None
+) -> Inversion:
+    """:func:`~magicremover.inversion.core.invert`, answered from ``cache`` when possible (zero UNet calls)."""
+    if cache is None:
+        return invert(c, image, prompt, config)
+    key = cache_key(c.identity, image, prompt, config)
+    cached = cache.load(key)
+    if cached is not None:
+        cache.hits += 1
+        return _to_device(cached, c.device)
+    cache.misses += 1
+    inversion = invert(c, image, prompt, config)
+    cache.save(key, inversion)
+    return inversion
+
+
+def _to_device(inversion: Inversion, device: torch.device) -> Inversion:
+    for name in _TENSORS:
+        tensor = getattr(inversion, name)
+        setattr(inversion, name, tensor.to(device) if tensor.is_floating_point() else tensor)
+    return inversion

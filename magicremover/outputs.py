@@ -1,0 +1,81 @@
+"""Writing a removal result to a folder: unpadded single images and a JSON record, written atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from magicremover.images import to_pil
+from magicremover.types import RemovalResult
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file and a rename: readers see the old file or the new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def save_image(image: torch.Tensor | Image.Image, path: Path) -> None:
+    """Save an image ``(1, 3, H, W)`` / ``(1, 1, H, W)`` in [0, 1] (or a PIL image) as PNG, atomically."""
+    pil = image if isinstance(image, Image.Image) else to_pil(image)
+    tmp = path.with_suffix(".tmp.png")
+    pil.save(tmp)
+    os.replace(tmp, path)
+
+
+def heatmap(attention: torch.Tensor, image: torch.Tensor, alpha: float = 0.6) -> torch.Tensor:
+    """Overlay a soft map ``(1, 1, h, w)`` in [0, 1] on an image ``(1, 3, H, W)`` as a red-yellow heat map."""
+    a = F.interpolate(attention.float().cpu(), size=image.shape[-2:], mode="bilinear", align_corners=False).clamp(0, 1)
+    colour = torch.cat([torch.ones_like(a), a, torch.zeros_like(a)], dim=1)  # black-body ramp: red → yellow
+    weight = alpha * a
+    return (1 - weight) * image.float().cpu() + weight * colour
+
+
+def write_result(out_dir: str | Path, result: RemovalResult, record: dict) -> dict:
+    """Save ``output.png`` and, when present, ``reconstruction.png``, ``attention.png`` (heat map over the
+    input), ``mask.png``; then ``result.json`` = ``record`` + UNet calls + seconds. Returns the JSON dict."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"output": "output.png"}
+    save_image(result.image, out / "output.png")
+    if result.reconstruction is not None:
+        save_image(result.reconstruction, out / "reconstruction.png")
+        files["reconstruction"] = "reconstruction.png"
+    if result.attention is not None:
+        base = result.reconstruction if result.reconstruction is not None else result.image
+        save_image(heatmap(result.attention, base), out / "attention.png")
+        files["attention"] = "attention.png"
+    if result.mask is not None:
+        save_image(result.mask, out / "mask.png")
+        files["mask"] = "mask.png"
+    payload = {
+        **record,
+        "files": files,
+        "unet_calls": {stage: asdict(count) for stage, count in result.calls.items()},
+        "seconds": result.seconds,
+        "extras": result.extras,
+    }
+    atomic_write(out / "result.json", json.dumps(payload, indent=2, default=_jsonable).encode())
+    return payload
+
+
+def _jsonable(value):
+    if isinstance(value, (np.generic, torch.Tensor)):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")

@@ -1,0 +1,64 @@
+"""The call contract every remover (the method, its ablations, every baseline) implements."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar, Protocol
+
+import torch
+from PIL import Image
+
+from magicremover.accounting import StageCount
+
+
+@dataclass(frozen=True)
+class RemovalSample:
+    """One removal request.
+
+    Attributes:
+        image: the input, RGB, any size.
+        prompt: a caption of the image that names the object, e.g. ``"a photo of a dog"``.
+        target: the word or phrase of the prompt naming the object to remove, e.g. ``"dog"``.
+        mask: optional object mask, same size as ``image``; white (1) = object, grey = soft.
+        instruction: optional instruction for instruction-following baselines, e.g. ``"remove the dog"``.
+        sample_id: a name for logs and output files.
+    """
+
+    image: Image.Image
+    prompt: str
+    target: str
+    mask: Image.Image | None = None
+    instruction: str | None = None
+    sample_id: str = "sample"
+
+
+@dataclass
+class RemovalResult:
+    """What a remover returns. Images are ``(1, 3, H, W)`` float32 in [0, 1] at the model resolution.
+
+    Attributes:
+        image: the edited image.
+        reconstruction: the inversion's reconstruction of the input, when the method makes one.
+        attention: the soft target attention map ``(1, 1, H, W)`` in [0, 1], when the method makes one.
+        mask: the final removal mask M ``(1, 1, H, W)`` in [0, 1], when the method makes one.
+        calls: UNet cost per stage for this sample.
+        seconds: wall time per stage.
+        extras: anything else worth recording (JSON-serialisable).
+    """
+
+    image: torch.Tensor
+    reconstruction: torch.Tensor | None = None
+    attention: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+    calls: dict[str, StageCount] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    extras: dict = field(default_factory=dict)
+
+
+class Remover(Protocol):
+    """A removal method. ``requires`` names the optional sample fields it cannot work without (``"mask"``,
+    ``"instruction"``), so a harness can refuse a dataset that lacks them before running anything."""
+
+    requires: ClassVar[frozenset[str]]
+
+    def __call__(self, sample: RemovalSample) -> RemovalResult: ...
