@@ -95,3 +95,31 @@ def fit_to_model(image: Image.Image, size: int | tuple[int, int], resize: Resize
         return to_tensor(ImageOps.fit(image, (width, height), method=Image.Resampling.BICUBIC))
     raise ConfigError(f"resize={resize!r} is not one of stretch, center_crop")
 
+
+
+def fit_mask(
+    mask: Image.Image, image_size: tuple[int, int], size: tuple[int, int], resize: Resize = "stretch"
+) -> torch.Tensor:
+    """Fit a user mask exactly as its image was fitted (same stretch or crop).
+
+    Args:
+        mask: white (255) = object; grey levels give a soft mask.
+        image_size: ``(width, height)`` of the image the mask belongs to.
+        size: ``(height, width)`` of the model input.
+
+    Returns:
+        ``(1, 1, H, W)`` float32 in [0, 1].
+
+    Raises:
+        ImageError: the mask's size differs from the image's, or it is all black.
+    """
+    if mask.size != tuple(image_size):
+        raise ImageError(
+            f"the mask is {mask.width}x{mask.height} but the image is {image_size[0]}x{image_size[1]}; "
+            "give a mask of the image's size"
+        )
+    grey = ImageOps.exif_transpose(mask).convert("L").convert("RGB")
+    fitted = fit_to_model(grey, size, resize)[:, :1]
+    if fitted.max() <= 0:
+        raise ImageError("the mask is empty (all black); white marks the object to remove")
+    return fitted

@@ -21,7 +21,7 @@ def _config(tmp_path, *overrides):
 
 
 def test_remove_writes_images_and_a_record_with_hand_counted_calls(tmp_path):
-    cfg = _config(tmp_path, "num_inference_steps=3", "inversion=negative_prompt")
+    cfg = _config(tmp_path, "num_inference_steps=3", "inversion=negative_prompt", "method=reconstruction")
     payload = remove(cfg, Path(cfg.out_dir))
     run = Path(cfg.out_dir)
     assert Image.open(run / "output.png").size == (64, 64) and (run / "reconstruction.png").is_file()
@@ -33,6 +33,18 @@ def test_remove_writes_images_and_a_record_with_hand_counted_calls(tmp_path):
     assert record["config"]["num_inference_steps"] == 3 and record["config"]["inversion"]["method"] == "negative_prompt"
     again = remove(cfg, Path(cfg.out_dir))  # cached inversion: only the reconstruction runs
     assert set(again["unet_calls"]) == {"reconstruction"} and again["extras"]["inversion_from_cache"]
+
+
+def test_default_method_writes_every_artefact_and_ablations_are_one_key(tmp_path):
+    cfg = _config(tmp_path, "num_inference_steps=10", "inversion=negative_prompt", "experiment=ablation_no_sag")
+    assert cfg.method.self_attention_guidance is False and cfg.method.relax_constraints is True
+    payload = remove(cfg, Path(cfg.out_dir))
+    assert set(payload["files"]) == {"output", "reconstruction", "attention", "mask"}
+    for name in payload["files"].values():
+        assert Image.open(Path(cfg.out_dir) / name).size == (64, 64)
+    assert payload["extras"]["target_tokens"] == [[6]]
+    paper = _config(tmp_path, "method=magicremover_paper", "experiment=ablation_no_classifier_opt")
+    assert (paper.method.loss, paper.method.classifier_optimization, paper.method.blend) == ("relaxed_l1", False, False)
 
 
 def test_user_errors_exit_2_with_one_line(tmp_path, capsys):
@@ -65,5 +77,5 @@ def test_readme_main_command_runs_offline(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     (run,) = (tmp_path / "outputs" / "remove").iterdir()
-    assert {"output.png", "reconstruction.png", "result.json"} <= {p.name for p in run.iterdir()}
+    assert {"output.png", "reconstruction.png", "attention.png", "mask.png", "result.json"} <= {p.name for p in run.iterdir()}
     assert (run / ".hydra" / "config.yaml").is_file()

@@ -1,0 +1,106 @@
+"""MagicRemover's attention guidance as pure functions on tensors (paper §3.3, Eq. 7–9, 12–13).
+
+Maps are ``(1, 1, H, W)`` float tensors; gradients flow through them to the latent. Two variants of the loss:
+
+* ``top_quantile_mse`` — the authors' released code: pixels of the normalised map at or above its
+  ``lambda_`` quantile (the top 20 % for λ = 0.8) are pulled to the map's minimum with a mean squared error.
+* ``relaxed_l1`` — the paper's Eq. 7. As printed, ‖A − [min A + λ(max A − min A)]·A‖₁ multiplies the level by A,
+  which makes g proportional to ‖A‖₁ and relaxes nothing. We read the bracket as the *target level*
+  τ = min A + λ(max A − min A) and, as the prose says constraints are relaxed below it, penalise only the
+  excess: g = mean(max(A − τ, 0)), i.e. the L1 distance between A and A clipped at τ. λ = 0 then pulls every
+  pixel to the minimum (no relaxation), and lower λ erases more, as App. A.3 reports.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def normalize_map(attention: torch.Tensor, reference_max: torch.Tensor | float, scale: float) -> torch.Tensor:
+    """Â = A / max₀ · scale, where max₀ is the map's maximum at the first guided step *of this image*.
+
+    Anchoring to the first step (rather than renormalising every step) lets the loss fall as the object fades.
+    The authors' code used scale 15 and leaked max₀ across images in its COCO loop; here it is per image.
+    """
+    return attention / reference_max * scale
+
+
+def top_region(attention: torch.Tensor, quantile: float) -> torch.Tensor:
+    """Binary map of pixels at or above the ``quantile`` of ``attention`` (constant: no gradient)."""
+    level = torch.quantile(attention.detach().flatten().float(), quantile)
+    return (attention.detach() >= level).to(attention.dtype)
+
+
+def top_quantile_mse(attention: torch.Tensor, quantile: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The released code's loss: L = mean_p m_p (Â_p − min Â)², m = top region at ``quantile`` (Eq. 7's role).
+
+    Returns:
+        ``(loss, m)`` — the scalar loss and the binary top region ``m`` (same shape as ``attention``).
+    """
+    region = top_region(attention, quantile)
+    loss = F.mse_loss(attention * region, region * attention.min())
+    return loss, region
+
+
+def relaxed_l1(attention: torch.Tensor, lambda_: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 7 (our reading, see module docstring): g = mean(max(Â − τ, 0)), τ = min Â + λ (max Â − min Â).
+
+    τ is a target level, held constant (detached) like the "target matrix" of §3.3.
+
+    Returns:
+        ``(g, region)`` — the scalar loss and the binary map of the penalised pixels (Â > τ).
+    """
+    low, high = attention.detach().min(), attention.detach().max()
+    level = low + lambda_ * (high - low)
+    return F.relu(attention - level).mean(), (attention.detach() > level).to(attention.dtype)
+
+
+def latent_region(region: torch.Tensor, latent_hw: tuple[int, int]) -> torch.Tensor:
+    """Image-resolution binary region → latent resolution, kept where the whole neighbourhood is inside.
+
+    Bilinear down-sampling then truncation, as the released code does: a latent pixel is 1 only if the
+    sampled image pixels around its centre are all 1.
+    """
+    down = F.interpolate(region.float(), size=latent_hw, mode="bilinear", align_corners=False)
+    return (down >= 1 - 1e-6).float()
+
+
+def gate_mask(top: torch.Tensor, fixed: torch.Tensor | None) -> torch.Tensor:
+    """M = top-region ∪ M₀ (binary, latent resolution): where the gradient may act and blending keeps the edit."""
+    return top if fixed is None else torch.maximum(top, fixed)
+
+
+def reweight_map(word_maps: list[torch.Tensor]) -> torch.Tensor:
+    """Eq. 8/9 reweighting: Π_n A_n, scaled to max 1 (detached). One word: A itself (Eq. 8)."""
+    product = torch.stack([m.detach() for m in word_maps]).prod(dim=0)
+    return product / product.max().clamp_min(1e-12)
+
+
+def guided_noise(eps: torch.Tensor, grad: torch.Tensor, weight: torch.Tensor, scale: float) -> torch.Tensor:
+    """ε̂_guid = ε̂ − s · (W ⊙ ∇_z L) (Eq. 8; Eq. 13 with a user mask as W).
+
+    The paper writes "+ A ⊙ ∇g" for an ascent direction of its own sign convention; descending the loss on the
+    attention map is a subtraction in ε-space, as the released code does.
+
+    Args:
+        eps: CFG noise prediction ``(1, C, h, w)``.
+        grad: ∇_z L ``(1, C, h, w)``.
+        weight: gate or reweighting map ``(1, 1, h, w)`` in [0, 1]; broadcast over channels.
+        scale: guidance weight s (1 in the released code).
+    """
+    return eps - scale * weight * grad
+
+
+def word_product(word_maps: list[torch.Tensor]) -> torch.Tensor:
+    """Soft AND of a phrase's words (Eq. 9 grouping): the elementwise product of their maps."""
+    product = word_maps[0]
+    for other in word_maps[1:]:
+        product = product * other
+    return product
+
+
+def minmax(x: torch.Tensor) -> torch.Tensor:
+    """Scale to [0, 1] over all elements."""
+    low, high = x.min(), x.max()
+    return (x - low) / (high - low).clamp_min(1e-12)

@@ -1,0 +1,222 @@
+"""MagicRemover: null-text inversion, then a reconstruction branch and an attention-guided edit branch."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from magicremover.accounting import UNetCalls
+from magicremover.attention import ComposedController, CrossAttentionStore, SelfAttentionKV, controlled_attention, token_maps
+from magicremover.diffusion import alpha_bar, cfg_eps, ddim_step, decode_latents, step_size, unet_eps
+from magicremover.images import Resize, fit_mask, fit_to_model, load_image
+from magicremover.inversion import Inversion, InversionCache, InversionConfig, invert_cached, set_timesteps
+from magicremover.method import guidance as G
+from magicremover.method.schedule import Plan, plan
+from magicremover.method.settings import Settings
+from magicremover.models import SDComponents
+from magicremover.tokens import TargetTokens, find_target
+from magicremover.types import RemovalResult, RemovalSample
+
+
+@dataclass
+class _State:
+    """What one sample's guidance carries from step to step."""
+
+    target: TargetTokens
+    latent_hw: tuple[int, int]
+    image_hw: tuple[int, int]
+    fixed_mask: torch.Tensor | None  # M₀ (latent res), or the user mask in mask mode
+    user_mask: bool
+    reference_max: list[torch.Tensor] = field(default_factory=list)  # max₀ per map, from the first guided step
+    gate: torch.Tensor | None = None  # the latest M / W (latent res), used for blending
+
+
+class MagicRemover:
+    """Text-guided object removal without tuning (Yang et al.), in its released-code and paper variants.
+
+    Args:
+        components: the diffusion model.
+        inversion: how to invert the image (null-text by default).
+        resize: how to fit the image to the model resolution.
+        cache_dir: inversion cache folder (``None``: no cache).
+        **settings: the knobs of :class:`~magicremover.method.settings.Settings`.
+    """
+
+    requires: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(
+        self,
+        components: SDComponents,
+        inversion: InversionConfig,
+        resize: Resize = "stretch",
+        cache_dir: str | Path | None = None,
+        **settings,
+    ):
+        self.components = components
+        self.inversion = inversion
+        self.resize = resize
+        self.settings = Settings(**settings)
+        self.cache = InversionCache(cache_dir) if cache_dir else None
+
+    def __call__(self, sample: RemovalSample) -> RemovalResult:
+        c, s = self.components, self.settings
+        start, before = time.perf_counter(), c.calls.totals()
+        # 1. Inputs at the model resolution; the target is checked before any UNet call.
+        target = find_target(c.tokenizer, sample.prompt, sample.target)
+        source = load_image(sample.image)
+        image = fit_to_model(source, c.resolution, self.resize)
+        user_mask = fit_mask(sample.mask, source.size, tuple(image.shape[-2:]), self.resize) if sample.mask else None
+        # 2. Inversion (Eq. 6), shared through the cache by every method and ablation.
+        inversion = invert_cached(c, image, sample.prompt, self.inversion, self.cache)
+        latent_hw = tuple(inversion.trajectory.shape[-2:])
+        # 3. The t = 1 attention of the target: the soft map, and M₀ (or the user's mask, Eq. 13).
+        soft, fixed = self._t1_attention(inversion, target, latent_hw)
+        if user_mask is not None:
+            fixed = F.interpolate(user_mask, size=latent_hw, mode="bilinear", align_corners=False).to(c.device)
+        state = _State(target, latent_hw, tuple(image.shape[-2:]), fixed, user_mask is not None)
+        # 4. Two branches from the edit start on.
+        steps = plan(inversion.timesteps.tolist(), s.t_ratio, s.guidance_window, s.classifier_optimization_window,
+                     guidance_on=s.attention_guidance, optimization_on=s.classifier_optimization)  # fmt: skip
+        z_rec, z_edit = self._denoise(inversion, steps, state)
+        # 5. Decode and report.
+        calls = UNetCalls.delta(c.calls.totals(), before)
+        final_mask = state.gate if state.gate is not None else fixed
+        return RemovalResult(
+            image=decode_latents(c, z_edit).cpu(),
+            reconstruction=decode_latents(c, z_rec).cpu(),
+            attention=_to_image(soft, state.image_hw),
+            mask=_to_image(final_mask, state.image_hw) if final_mask is not None else None,
+            calls=calls,
+            seconds={name: count.seconds for name, count in calls.items()} | {"total": time.perf_counter() - start},
+            extras={
+                "target_tokens": [list(word) for word in target.words],
+                "edit_start_t": steps.timesteps[steps.first_edit],
+                "guided_steps": sum(steps.guide),
+                "optimization_steps": sum(steps.optimize) * s.classifier_optimization_steps,
+                "inversion_from_cache": inversion.from_cache,
+            },
+        )
+
+    def _denoise(self, inversion: Inversion, steps: Plan, state: _State) -> tuple[torch.Tensor, torch.Tensor]:
+        """The denoising loop. Returns the final reconstruction and edit latents ``(1, C, h, w)``."""
+        c, s = self.components, self.settings
+        set_timesteps(c, len(steps.timesteps))
+        stride, cond = step_size(c), inversion.cond_embedding
+        kv = SelfAttentionKV()
+        store = CrossAttentionStore(keep_graph=True, batch_index=slice(1, 2), enabled=False)  # conditional half
+        z_rec = z_edit = inversion.z_T
+        with controlled_attention(c.unet, ComposedController([kv, store])):
+            for i, t in enumerate(tqdm(steps.timesteps, desc="denoising", leave=False, disable=None)):
+                null = inversion.null_embeddings[i : i + 1]
+                alpha_t, alpha_prev = alpha_bar(c, t), alpha_bar(c, t - stride)
+                if not steps.edit[i]:
+                    # Phase A: before the edit start both branches share the null-text reconstruction.
+                    kv.mode = "off"
+                    with c.calls.stage("replay"), torch.no_grad():
+                        z_rec = z_edit = ddim_step(z_rec, cfg_eps(c, z_rec, t, null, cond, self.inversion.guidance_scale), alpha_t, alpha_prev)
+                    continue
+                # Phase B: the reconstruction branch, recording every self-attention layer's K/V.
+                kv.mode = "record"
+                with c.calls.stage("reconstruction"), torch.no_grad():
+                    eps_rec = cfg_eps(c, z_rec, t, null, cond, self.inversion.guidance_scale)
+                    z_rec_next = ddim_step(z_rec, eps_rec, alpha_t, alpha_prev)
+                # Phase C: the edit branch; its self-attention uses the reconstruction's K/V (Eq. 10).
+                kv.mode = "inject" if s.self_attention_guidance else "off"
+                if steps.guide[i]:
+                    for _ in range(s.classifier_optimization_steps if steps.optimize[i] else 0):
+                        with c.calls.stage("classifier_optimization"):
+                            eps, eps_guided = self._guided_noise(z_edit, t, null, cond, state, store)
+                            z_edit = ddim_step(z_edit, eps, alpha_t, alpha_t, eps_direction=eps_guided)  # Eq. 11–12, same t
+                    with c.calls.stage("edit"):
+                        eps, eps_guided = self._guided_noise(z_edit, t, null, cond, state, store)
+                        z_edit_next = ddim_step(z_edit, eps, alpha_t, alpha_prev, eps_direction=eps_guided)  # Eq. 12
+                else:
+                    with c.calls.stage("edit"), torch.no_grad():
+                        eps = cfg_eps(c, z_edit, t, null, cond, self.inversion.guidance_scale)
+                        z_edit_next = ddim_step(z_edit, eps, alpha_t, alpha_prev)
+                # Phase D: outside the region M, keep the reconstruction (released code; not in the paper).
+                if s.blend and state.gate is not None:
+                    z_edit_next = state.gate * z_edit_next + (1 - state.gate) * z_rec_next
+                z_rec, z_edit = z_rec_next, z_edit_next.detach()
+        return z_rec, z_edit
+
+    def _guided_noise(self, z, t, null, cond, state: _State, store: CrossAttentionStore):
+        """One CFG UNet call with gradients: ε̂, and ε̂_guid = ε̂ − s·W⊙∇_z L (Eq. 8/9/13)."""
+        c, s = self.components, self.settings
+        z = z.detach().requires_grad_(True)
+        store.reset()
+        store.enabled = True
+        with torch.enable_grad():
+            eps = cfg_eps(c, z, t, null, cond, self.inversion.guidance_scale)
+            store.enabled = False
+            word_maps = [
+                F.interpolate(token_maps(store.maps, store.shapes, word, state.latent_hw).sum(1, keepdim=True),
+                              size=state.image_hw, mode="bilinear", align_corners=False)
+                for word in state.target.words
+            ]  # fmt: skip
+            loss, region = self._loss(word_maps, state)
+            grad = torch.autograd.grad(loss, z)[0]
+        store.reset()
+        state.gate = self._weight(region, word_maps, state)
+        return eps.detach(), G.guided_noise(eps.detach(), grad, state.gate, s.guidance_weight)
+
+    def _loss(self, word_maps: list[torch.Tensor], state: _State) -> tuple[torch.Tensor, torch.Tensor]:
+        """The attention loss (Eq. 7 / released code) and its binary region at image resolution."""
+        s = self.settings
+        maps = [G.word_product(word_maps)] if s.multiword == "product_map" else word_maps
+        if not state.reference_max:
+            state.reference_max = [m.detach().max().clamp_min(1e-12) for m in maps]
+        losses, regions = [], []
+        for attention, reference in zip(maps, state.reference_max):
+            normalized = G.normalize_map(attention, reference, s.map_scale)
+            if s.loss == "top_quantile_mse":
+                loss, region = G.top_quantile_mse(normalized, s.effective_lambda)
+            else:
+                loss, region = G.relaxed_l1(normalized, s.effective_lambda)
+            losses.append(loss)
+            regions.append(region)
+        return torch.stack(losses).sum(), G.word_product(regions)  # Eq. 9: ∇ Σ_n g_n
+
+    def _weight(self, region: torch.Tensor, word_maps: list[torch.Tensor], state: _State) -> torch.Tensor:
+        """W in ε̂ − s·W⊙∇L, at latent resolution: the user mask (Eq. 13), the gate M, or Π_n A_n (Eq. 8/9)."""
+        s = self.settings
+        if not s.reweight_perturbation:
+            return torch.ones(1, 1, *state.latent_hw, device=region.device)
+        if state.user_mask:
+            return state.fixed_mask
+        if s.reweight == "mask":
+            return G.gate_mask(G.latent_region(region, state.latent_hw), state.fixed_mask)
+        latent_maps = [F.interpolate(m.detach(), size=state.latent_hw, mode="bilinear", align_corners=False) for m in word_maps]
+        return G.reweight_map(latent_maps)
+
+    @torch.no_grad()
+    def _t1_attention(self, inversion: Inversion, target: TargetTokens, latent_hw) -> tuple[torch.Tensor, torch.Tensor]:
+        """The target's attention on the inversion latent at the last timestep (t = 1), as the released code builds M₀.
+
+        Per layer: heads summed, each word's map, min-max normalised jointly over the words, multiplied (soft AND),
+        resized to latent resolution; then averaged over layers and min-max normalised.
+
+        Returns:
+            ``(soft, fixed)``: the soft map in [0, 1] and M₀ = soft > ``mask_threshold``, both ``(1, 1, h, w)``.
+        """
+        c = self.components
+        store = CrossAttentionStore()
+        with controlled_attention(c.unet, store), c.calls.stage("attention_mask"):
+            unet_eps(c, inversion.trajectory[1:2], int(inversion.timesteps[-1]), inversion.cond_embedding)
+        per_layer = []
+        for name in store.maps:
+            words = torch.cat([token_maps({name: store.maps[name]}, store.shapes, w, latent_hw).sum(1, keepdim=True)
+                               for w in target.words])  # fmt: skip
+            per_layer.append(G.minmax(words).prod(dim=0, keepdim=True))
+        soft = G.minmax(torch.stack(per_layer).mean(dim=0))
+        return soft, (soft > self.settings.mask_threshold).float()
+
+
+def _to_image(mask: torch.Tensor, image_hw: tuple[int, int]) -> torch.Tensor:
+    return F.interpolate(mask.float(), size=image_hw, mode="bilinear", align_corners=False).clamp(0, 1).cpu()
