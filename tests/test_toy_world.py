@@ -1,0 +1,66 @@
+"""The toy world's generator, tokenizer and detector (the model itself is tested in test_toy_behaviour.py)."""
+
+import numpy as np
+import pytest
+
+from magicremover.toy.detect import caption_background, caption_objects, classify_background, detect_objects
+from magicremover.toy.scenes import BACKGROUNDS, GLASS_ALPHA, VOCABULARY, render_scene
+from magicremover.toy.tokenizer import build_toy_tokenizer
+
+SEEDS = range(500, 560)
+
+
+@pytest.fixture(scope="module")
+def scenes():
+    return [render_scene(seed) for seed in SEEDS]
+
+
+def test_scenes_are_deterministic_and_follow_the_domain(scenes):
+    assert np.array_equal(render_scene(SEEDS[0]).image, scenes[0].image)
+    assert not np.array_equal(render_scene(SEEDS[0] + 1000).image, scenes[0].image)
+    for scene in scenes:
+        assert scene.image.shape == (64, 64, 3) and scene.image.dtype == np.uint8
+        assert set(scene.caption.split()) <= set(VOCABULARY)
+        assert scene.caption.startswith("a photo of a ") and scene.caption.endswith(BACKGROUNDS[scene.background])
+        assert 1 <= len(scene.objects) <= 2
+        assert len({(o.colour, o.shape) for o in scene.objects}) == len(scene.objects)
+
+
+def test_ground_truth_differs_from_the_scene_only_under_the_object_and_its_shadow(scenes):
+    for scene in scenes:
+        for obj in scene.objects:
+            changed = np.abs(obj.removed.astype(int) - scene.image.astype(int)).max(-1) > 1
+            assert not (changed & (obj.shadow_mask == 0)).any()
+            assert changed[obj.mask > 0.99].mean() > 0.5  # the object really is gone from the ground truth
+            assert (obj.shadow_mask >= obj.mask).all()
+            expected = GLASS_ALPHA if obj.shape == "glass disc" else 1.0
+            assert np.allclose(obj.soft_mask, obj.mask * expected)
+
+
+def test_domain_variety(scenes):
+    assert {s.background for s in scenes} == set(BACKGROUNDS)
+    objects = [o for s in scenes for o in s.objects]
+    assert any(o.shape == "glass disc" for o in objects) and any((o.shadow_mask > o.mask).any() for o in objects)
+    assert any(len(s.objects) == 2 for s in scenes)
+
+
+def test_every_caption_word_is_one_token():
+    tokenizer = build_toy_tokenizer()
+    for word in VOCABULARY:
+        assert len(tokenizer(word).input_ids) == 3, word  # start, word, end
+    caption = render_scene(3).caption
+    assert len(tokenizer(caption).input_ids) == len(caption.split()) + 2
+
+
+def test_detector_finds_the_captioned_objects_on_rendered_scenes(scenes):
+    wanted = [caption_objects(s.caption) for s in scenes]
+    hits = sum(len(w & detect_objects(s.image)) for w, s in zip(wanted, scenes))
+    assert hits / sum(len(w) for w in wanted) >= 0.95
+    assert [caption_background(s.caption) for s in scenes] == [s.background for s in scenes]
+
+
+@pytest.mark.slow
+def test_background_classifier_on_rendered_scenes():
+    scenes = [render_scene(seed) for seed in range(30_000_000, 30_000_200)]
+    predicted = classify_background([s.image for s in scenes])
+    assert np.mean([p == s.background for p, s in zip(predicted, scenes)]) >= 0.97  # measured 0.993 on 300
