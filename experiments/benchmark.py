@@ -1,0 +1,244 @@
+"""Cost benchmark: UNet calls per image and per sweep, controller overhead, fast inversion, guided-step memory.
+
+    python -m experiments.benchmark                    # tiny model, ~1–2 min, writes benchmark.json
+    python -m experiments.benchmark --model toy        # the trained toy model (fast-inversion PSNR is meaningful)
+    python -m experiments.benchmark --memory           # adds peak memory of one 512² SD-1.5 guided step (slow)
+
+Figures are medians over ``--repeats`` with their min–max spread; ratios are measured side by side in one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from magicremover.costs import authors_cost
+from magicremover.inversion import InversionConfig, invert, reconstruct
+from magicremover.models import SDComponents, build_tiny, load_pretrained
+from magicremover.toy.quality import held_out_cases, psnr, to_uint8
+from magicremover.types import RemovalSample
+
+PRESETS = {
+    "magicremover": ("magicremover.method", "MagicRemover", {}),
+    "magicremover_coco": ("magicremover.method", "MagicRemover", {"t_ratio": 0.9, "mask_threshold": 0.3}),
+    "magicremover_paper": ("magicremover.method", "MagicRemover", {"t_ratio": 1.0, "guidance_window": [100, 800],
+                           "classifier_optimization_window": [500, 800], "loss": "relaxed_l1", "reweight": "attention",
+                           "multiword": "sum_of_losses", "blend": False}),
+    "p2p_reweight": ("baselines.p2p", "PromptToPrompt", {"edit": "reweight"}),
+    "p2p_refine": ("baselines.p2p", "PromptToPrompt", {"edit": "refine", "cross_replace_steps": 0.8}),
+}  # fmt: skip
+SWEEP = {  # Table 1's two MagicRemover rows and the four ablations of Fig. 6, on the COCO preset
+    "table1_without_mask": {},
+    "table1_with_mask": {"mask": True},
+    "ablation_no_relax": {"relax_constraints": False},
+    "ablation_no_reweight": {"reweight_perturbation": False},
+    "ablation_no_sag": {"self_attention_guidance": False},
+    "ablation_no_classifier_opt": {"classifier_optimization": False},
+}
+
+
+def _median(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
+
+
+def _remover(c: SDComponents, preset: str, cache: Path, **extra):
+    module, name, settings = PRESETS[preset]
+    cls = getattr(__import__(module, fromlist=[name]), name)
+    return cls(c, InversionConfig(), cache_dir=cache, **(settings | extra))
+
+
+def _samples(n: int) -> list[RemovalSample]:
+    return [case.sample for case in held_out_cases(n)]
+
+
+def calls_per_preset(c: SDComponents, cache: Path) -> dict:
+    """UNet calls of one image per preset; the first run pays the inversion, the others reuse it."""
+    sample, out = _samples(1)[0], {}
+    for preset in PRESETS:
+        result = _remover(c, preset, cache)(sample)
+        stages = {stage: {"calls": n.calls, "backward": n.backward} for stage, n in result.calls.items()}
+        out[preset] = {"stages": stages, "edit_calls": sum(v["calls"] for k, v in stages.items() if k not in ("inversion", "null_text"))}
+    return out
+
+
+def sweep_calls(c: SDComponents, cache: Path, n_images: int) -> dict:
+    """A Table-1 + 4-ablation sweep over the same images: our total vs the authors' code for the same schedule."""
+    ours = 0
+    for sample in _samples(n_images):
+        for settings in SWEEP.values():
+            settings = dict(settings)
+            if settings.pop("mask", False):
+                sample = RemovalSample(sample.image, sample.prompt, sample.target, mask=_box_mask(sample.image.size))
+            result = _remover(c, "magicremover_coco", cache, **settings)(sample)
+            ours += sum(n.calls for n in result.calls.values())
+    per_run = authors_cost(t_ratio=0.9, coco_script=True)
+    reused = n_images * (per_run.null_text_calls + len(SWEEP) * per_run.edit_calls)
+    rerun = n_images * len(SWEEP) * per_run.calls
+    return {"images": n_images, "configs": len(SWEEP), "ours": ours, "authors_rerun_inversion": rerun,
+            "authors_reusing_inversion": reused, "ratio_vs_rerun": rerun / ours, "ratio_vs_reusing": reused / ours}  # fmt: skip
+
+
+def _box_mask(size):
+    from PIL import Image, ImageDraw
+
+    mask = Image.new("L", size, 0)
+    ImageDraw.Draw(mask).rectangle([size[0] // 4, size[1] // 4, 3 * size[0] // 4, 3 * size[1] // 4], fill=255)
+    return mask
+
+
+def controller_overhead(c: SDComponents, cache: Path, repeats: int) -> dict:
+    """Seconds per UNet call: our two-branch loop with guidance off vs diffusers' own DDIM sampling loop."""
+    from diffusers import StableDiffusionPipeline
+
+    sample = _samples(1)[0]
+    remover = _remover(c, "magicremover", cache, attention_guidance=False)
+    remover(sample)  # warm the inversion cache
+    pipe = StableDiffusionPipeline(c.vae, c.text_encoder, c.tokenizer, c.unet, c.scheduler, None, None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    ours, plain = [], []
+    for _ in range(repeats):
+        result = remover(sample)
+        loop = {k: v for k, v in result.calls.items() if k not in ("inversion", "null_text")}
+        ours.append(sum(v.seconds for v in loop.values()) / sum(v.calls for v in loop.values()))
+        steps = sum(v.calls for v in loop.values())
+        start = time.perf_counter()
+        pipe(sample.prompt, num_inference_steps=steps, guidance_scale=7.5, output_type="latent",
+             generator=torch.Generator().manual_seed(0), height=c.resolution, width=c.resolution)  # fmt: skip
+        plain.append((time.perf_counter() - start) / steps)
+    ratios = [a / b for a, b in zip(ours, plain)]
+    return {"ours_s_per_call": _median(ours), "diffusers_s_per_call": _median(plain), "ratio": _median(ratios)}
+
+
+def fast_inversion(c: SDComponents, n_images: int) -> dict:
+    """Negative-prompt vs null-text inversion: UNet calls and reconstruction PSNR against the input."""
+    rows = {"null_text": [], "negative_prompt": []}
+    for case in held_out_cases(n_images):
+        image = torch.from_numpy(case.scene.image).permute(2, 0, 1)[None].float() / 255
+        for method in rows:
+            inversion = invert(c, image, case.scene.caption, InversionConfig(method=method))
+            recon = to_uint8(c.vae.decode(reconstruct(c, inversion, 7.5) / c.vae.config.scaling_factor).sample / 2 + 0.5)
+            rows[method].append((sum(n.calls for n in inversion.calls.values()), psnr(recon, case.scene.image)))
+    out = {m: {"calls": float(np.mean([r[0] for r in v])), "psnr": float(np.mean([r[1] for r in v]))} for m, v in rows.items()}
+    out["call_ratio"] = out["null_text"]["calls"] / out["negative_prompt"]["calls"]
+    out["psnr_gap_db"] = out["null_text"]["psnr"] - out["negative_prompt"]["psnr"]
+    return out
+
+
+def guided_step_peak_memory(kind: str) -> dict:
+    """Run one 512² guided step of a real-size SD-1.5 UNet (random weights, fp32, CPU) in this process.
+
+    ``ours``: our processors (SDPA self-attention, explicit cross-attention kept for the loss). ``reference``:
+    diffusers' explicit ``AttnProcessor`` on every layer, which materialises self-attention probabilities as the
+    authors' code does, all kept for backward.
+    """
+    from diffusers import UNet2DConditionModel
+    from diffusers.models.attention_processor import AttnProcessor
+
+    from magicremover.attention import CrossAttentionStore, controlled_attention, token_maps
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768, attention_head_dim=8,
+                                sample_size=64).requires_grad_(False)  # fmt: skip
+    z = torch.randn(2, 4, 64, 64, requires_grad=True)
+    emb = torch.randn(2, 77, 768)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    if kind == "reference":
+        unet.set_attn_processor(AttnProcessor())
+        out = unet(z, 501, encoder_hidden_states=emb).sample
+        loss = out[1:].pow(2).mean()  # stands in for the attention loss: the graph spans the whole UNet either way
+    else:
+        store = CrossAttentionStore(keep_graph=True, batch_index=slice(1, 2))
+        with controlled_attention(unet, store):
+            unet(z, 501, encoder_hidden_states=emb)
+            loss = token_maps(store.maps, store.shapes, [5], (64, 64)).pow(2).mean()
+    torch.autograd.grad(loss, z)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"peak_rss_gb": peak / 2**20, "rss_before_step_gb": base / 2**20, "seconds": time.perf_counter() - start}
+
+
+def memory_comparison() -> dict:
+    """Each variant in its own process, so peaks do not mix."""
+    out = {}
+    for kind in ("ours", "reference"):
+        done = subprocess.run([sys.executable, "-m", "experiments.benchmark", "--guided-step", kind],
+                              capture_output=True, text=True, check=True)  # fmt: skip
+        out[kind] = json.loads(done.stdout.strip().splitlines()[-1])
+    step = {k: v["peak_rss_gb"] - v["rss_before_step_gb"] for k, v in out.items()}
+    out["step_memory_ratio"] = step["ours"] / step["reference"]
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="tiny", help="tiny, toy, or a local diffusers folder")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--images", type=int, default=2, help="images in the sweep and the inversion comparison")
+    parser.add_argument("--memory", action="store_true", help="also measure one 512² SD-1.5 guided step (≈ 5 min)")
+    parser.add_argument("--out", default="benchmark.json")
+    parser.add_argument("--guided-step", choices=["ours", "reference"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.guided_step:
+        print(json.dumps(guided_step_peak_memory(args.guided_step)))
+        return
+    from tempfile import TemporaryDirectory
+
+    from magicremover.toy import load_toy
+
+    c = build_tiny(device="cpu") if args.model == "tiny" else load_toy("cpu") if args.model == "toy" else load_pretrained(path=args.model, device="cpu")
+    report = {
+        "ran": {"model": args.model, "resolution": c.resolution, "steps": 50, "threads": torch.get_num_threads(),
+                "repeats": args.repeats, "python": platform.python_version(),
+                "versions": {p: version(p) for p in ("torch", "diffusers", "transformers")}},
+        "authors_per_image": {"main.py": asdict(authors_cost()), "coco_script": asdict(authors_cost(t_ratio=0.9, coco_script=True))},
+    }  # fmt: skip
+    with TemporaryDirectory() as tmp:
+        report["calls_per_preset"] = calls_per_preset(c, Path(tmp) / "a")
+        report["sweep"] = sweep_calls(c, Path(tmp) / "b", args.images)
+        report["controller_overhead"] = controller_overhead(c, Path(tmp) / "c", args.repeats)
+    report["fast_inversion"] = fast_inversion(c, args.images)
+    if args.memory:
+        report["guided_step_memory_512"] = memory_comparison()
+    Path(args.out).write_text(json.dumps(report, indent=2))
+    print(table(report))
+
+
+def table(report: dict) -> str:
+    """The figures as a markdown table."""
+    rows = ["| figure | ours | authors' code / reference | ratio | target |", "|---|---|---|---|---|"]
+    for preset, row in report["calls_per_preset"].items():
+        source = {"magicremover": "main.py", "magicremover_coco": "coco_script"}.get(preset)
+        authors = report["authors_per_image"][source]["edit_calls"] if source else "–"
+        rows.append(f"| edit-stage UNet calls, {preset} | {row['edit_calls']} | {authors} | | |")
+    s = report["sweep"]
+    rows.append(f"| sweep of {s['configs']} configs × {s['images']} images, UNet calls | {s['ours']} | {s['authors_rerun_inversion']} "
+                f"(re-inverting per run) / {s['authors_reusing_inversion']} (reusing) | {s['ratio_vs_rerun']:.2f}× / {s['ratio_vs_reusing']:.2f}× | ≥ 3× |")
+    o = report["controller_overhead"]
+    rows.append(f"| seconds per UNet call, guidance off vs diffusers DDIM | {o['ours_s_per_call']['median']:.4f} | "
+                f"{o['diffusers_s_per_call']['median']:.4f} | {o['ratio']['median']:.2f}× ({o['ratio']['min']:.2f}–{o['ratio']['max']:.2f}) | ≤ 1.15× |")
+    f = report["fast_inversion"]
+    rows.append(f"| inversion calls, negative-prompt vs null-text | {f['negative_prompt']['calls']:.0f} | {f['null_text']['calls']:.0f} | "
+                f"{f['call_ratio']:.1f}× fewer | ≥ 10× |")
+    rows.append(f"| reconstruction PSNR, negative-prompt vs null-text | {f['negative_prompt']['psnr']:.2f} dB | {f['null_text']['psnr']:.2f} dB | "
+                f"{f['psnr_gap_db']:.2f} dB gap | ≤ 1 dB |")
+    if "guided_step_memory_512" in report:
+        m = report["guided_step_memory_512"]
+        rows.append(f"| peak memory of one 512² guided step (GB, above the loaded model) | {m['ours']['peak_rss_gb'] - m['ours']['rss_before_step_gb']:.2f} | "
+                    f"{m['reference']['peak_rss_gb'] - m['reference']['rss_before_step_gb']:.2f} | {m['step_memory_ratio']:.2f} | ≤ 1/3 |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from magicremover.costs import authors_cost
+
+
+def test_authors_counts_reproduce_the_spec():
+    readme, coco = authors_cost(), authors_cost(t_ratio=0.9, coco_script=True)
+    assert (readme.null_text_calls, readme.null_text_backward, readme.edit_calls, readme.edit_backward) == (650, 500, 110, 58)
+    assert (coco.edit_calls, coco.edit_backward, coco.calls) == (166, 64, 816)
+
+
+def test_authors_counts_for_a_small_schedule_by_hand():
+    # N = 10: timesteps 901, 801, …, 1; t_ratio 0.85 → start = 10 − int(8.5) = 2, edited t ≤ 701 (8 steps)
+    # edit: 2 replay + 1 M₀ + 8 reconstruction + 8 edit (7 guided, t > 11; t = 1 plain)
+    #       + 3 extra (701, 601, 501 > 500) = 22 calls; backward 7 + 3 = 10
+    # null-text: 10 inversion + 10 × (1 + k + 1) with k = 3 → 10 + 50 = 60; backward 10 × 3 = 30
+    cost = authors_cost(n_steps=10, inner_steps=3)
+    assert (cost.edit_calls, cost.edit_backward, cost.null_text_calls, cost.null_text_backward) == (22, 10, 60, 30)
+
+
+def test_our_counters_match_the_same_hand_count(tiny, example_image):
+    from magicremover.inversion import InversionConfig
+    from magicremover.method import MagicRemover
+    from magicremover.types import RemovalSample
+
+    config = InversionConfig(num_inference_steps=10, inner_steps=3, early_stop=0.0, early_stop_growth=0.0)
+    result = MagicRemover(tiny, config)(RemovalSample(example_image, "a photo of a red circle", "circle"))
+    ours = {stage: (n.calls, n.backward) for stage, n in result.calls.items()}
+    cost = authors_cost(n_steps=10, inner_steps=3)
+    assert ours["inversion"][0] + ours["null_text"][0] == cost.null_text_calls
+    assert ours["null_text"][1] == cost.null_text_backward
+    edit = {k: v for k, v in ours.items() if k not in ("inversion", "null_text")}
+    assert sum(c for c, _ in edit.values()) == cost.edit_calls and sum(b for _, b in edit.values()) == cost.edit_backward
+
+
+@pytest.mark.slow
+def test_benchmark_command_runs_offline(tmp_path):
+    out = tmp_path / "benchmark.json"
+    subprocess.run([sys.executable, "-m", "experiments.benchmark", "--repeats", "1", "--images", "1", "--out", str(out)],
+                   check=True, timeout=600)  # fmt: skip
+    report = json.loads(out.read_text())
+    assert report["calls_per_preset"]["magicremover"]["edit_calls"] == 110
+    assert report["fast_inversion"]["call_ratio"] == 13.0
