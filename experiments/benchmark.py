@@ -139,7 +139,8 @@ def fast_inversion(c: SDComponents, n_images: int) -> dict:
 def guided_step_peak_memory(kind: str) -> dict:
     """Run one 512² guided step of a real-size SD-1.5 UNet (random weights, fp32, CPU) in this process.
 
-    ``ours``: our processors (SDPA self-attention, explicit cross-attention kept for the loss). ``reference``:
+    ``ours``: our processors (SDPA self-attention, explicit cross-attention kept for the loss) with gradient
+    checkpointing, as the method runs. ``reference``:
     diffusers' explicit ``AttnProcessor`` on every layer, which materialises self-attention probabilities as the
     authors' code does, all kept for backward.
     """
@@ -159,12 +160,14 @@ def guided_step_peak_memory(kind: str) -> dict:
         unet.set_attn_processor(AttnProcessor())
         out = unet(z, 501, encoder_hidden_states=emb).sample
         loss = out[1:].pow(2).mean()  # stands in for the attention loss: the graph spans the whole UNet either way
+        torch.autograd.grad(loss, z)
     else:
+        unet.enable_gradient_checkpointing()  # as MagicRemover runs its guided steps (gradient_checkpointing: true)
         store = CrossAttentionStore(keep_graph=True, batch_index=slice(1, 2))
         with controlled_attention(unet, store):
             unet(z, 501, encoder_hidden_states=emb)
-            loss = token_maps(store.maps, store.shapes, [5], (64, 64)).pow(2).mean()
-    torch.autograd.grad(loss, z)
+            loss = token_maps(dict(store.maps), dict(store.shapes), [5], (64, 64)).pow(2).mean()
+            torch.autograd.grad(loss, z)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {"peak_rss_gb": peak / 2**20, "rss_before_step_gb": base / 2**20, "seconds": time.perf_counter() - start}
 

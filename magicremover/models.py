@@ -6,6 +6,7 @@ built with SD's settings, and a :class:`~magicremover.accounting.UNetCalls` coun
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -69,11 +70,20 @@ class SDComponents:
         """The image side the UNet was trained at (512 for SD 1.5, 64 for the toy and tiny models)."""
         return self.unet.config.sample_size * self.vae_scale_factor
 
-    def save_pretrained(self, directory: str | Path) -> None:
-        """Write a diffusers-format folder that :func:`load_pretrained` (``model.path=``) reads back."""
+    def save_pretrained(self, directory: str | Path, dtype: torch.dtype | None = None) -> None:
+        """Write a diffusers-format folder that :func:`load_pretrained` (``model.path=``) reads back.
+
+        Args:
+            directory: the folder to write.
+            dtype: store the weights in this precision (e.g. ``torch.float16`` to halve the files); the loader casts
+                them to the dtype it is asked for.
+        """
         directory = Path(directory)
         for name in COMPONENTS:
-            getattr(self, name).save_pretrained(directory / name)
+            part = getattr(self, name)
+            if dtype is not None and isinstance(part, torch.nn.Module):
+                part = copy.deepcopy(part).to(dtype)
+            part.save_pretrained(directory / name)
         self.scheduler.save_pretrained(directory / "scheduler")
         index = {"_class_name": "StableDiffusionPipeline", "_diffusers_version": _version("diffusers")}
         index |= {name: _library_and_class(getattr(self, name)) for name in (*COMPONENTS, "scheduler")}

@@ -79,7 +79,8 @@ def test_results_have_documented_shapes_and_ranges(remove):
     assert result.image.shape == result.reconstruction.shape == (1, 3, 64, 64)
     for soft in (result.attention, result.mask):
         assert soft.shape == (1, 1, 64, 64) and soft.min() >= 0 and soft.max() <= 1
-    assert result.attention.max() == 1  # min-max normalised
+    # min-max normalised at latent resolution, then bilinearly upsampled: the peak survives up to interpolation
+    assert result.attention.max() > 0.9 and result.attention.min() < 0.1
 
 
 def test_mask_mode_keeps_the_outside_closer_to_the_reconstruction(remove):
@@ -120,3 +121,10 @@ def test_bad_inputs_fail_before_any_unet_call(tiny, remove):
 def test_null_text_inversion_path(remove):
     result = remove(steps=5, inversion="null_text")
     assert result.calls["null_text"].backward > 0 and result.image.shape == (1, 3, 64, 64)
+
+
+def test_gradient_checkpointing_changes_nothing_but_memory(tiny, remove):
+    with_checkpointing, without = remove(gradient_checkpointing=True), remove(gradient_checkpointing=False)
+    assert torch.equal(with_checkpointing.image, without.image)
+    assert {k: v.calls for k, v in with_checkpointing.calls.items()} == {k: v.calls for k, v in without.calls.items()}
+    assert not tiny.unet.is_gradient_checkpointing  # restored after the run

@@ -109,3 +109,15 @@ def test_device_and_dtype_resolution():
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="use device=auto or device=cpu"):
             resolve_device("cuda")
+
+
+def test_half_precision_export_loads_back_as_float32(tiny, tmp_path):
+    tiny.save_pretrained(tmp_path, dtype=torch.float16)
+    size = sum(f.stat().st_size for f in tmp_path.rglob("*.safetensors"))
+    loaded = load_pretrained(path=str(tmp_path), device="cpu", dtype="float32")
+    assert loaded.dtype == torch.float32 and next(tiny.unet.parameters()).dtype == torch.float32  # original untouched
+    z, emb = torch.randn(1, 4, 8, 8), torch.randn(1, 77, 32)
+    reference = tiny.unet(z, 501, encoder_hidden_states=emb).sample
+    assert (loaded.unet(z, 501, encoder_hidden_states=emb).sample - reference).abs().max() < 1e-2
+    tiny.save_pretrained(tmp_path / "full")
+    assert size < 0.6 * sum(f.stat().st_size for f in (tmp_path / "full").rglob("*.safetensors"))

@@ -3,6 +3,9 @@
 The maths is diffusers' ``AttnProcessor2_0`` (SDPA). Two additions: K/V pass through
 ``controller.on_kv``, and cross-attention layers whose controller asks for probabilities compute them
 explicitly (softmax of Q Kᵀ · scale) so the maps exist as tensors that keep their autograd graph.
+
+Under gradient checkpointing a block's forward runs again during backward; controllers must then answer
+``wants_probs`` and ``on_kv`` as they did in the forward pass (keep their mode until the gradient is taken).
 """
 
 from __future__ import annotations

@@ -32,6 +32,8 @@ class Settings:
         reweight_perturbation: ablation "w/o Rp" when False: the gradient acts everywhere (W = 1).
         self_attention_guidance: ablation "w/o Sg" when False: no K/V injection from the reconstruction (Eq. 10).
         classifier_optimization: ablation "w/o Co" when False: no extra same-t step.
+        gradient_checkpointing: recompute UNet activations during the guided backward pass instead of storing them:
+            identical results, far less memory (see the README's Performance section), some extra compute.
     """
 
     t_ratio: float = 0.85
@@ -51,6 +53,7 @@ class Settings:
     reweight_perturbation: bool = True
     self_attention_guidance: bool = True
     classifier_optimization: bool = True
+    gradient_checkpointing: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "guidance_window", Window.parse(self.guidance_window, "method.guidance_window"))
