@@ -8,6 +8,7 @@ Writes ``output.png``, ``reconstruction.png``, ``attention.png``, ``mask.png`` (
 
 from __future__ import annotations
 
+import functools
 from importlib import resources
 from pathlib import Path
 
@@ -36,7 +37,9 @@ def remove(cfg: DictConfig, out_dir: Path) -> dict:
         mask=load_image(cfg.mask, min_side=1) if cfg.mask else None,
         sample_id=Path(image_path).stem,
     )
-    remover = instantiate(cfg.method)(components=instantiate(cfg.model))
+    method = instantiate(cfg.method)
+    # Diffusion-based removers are partials waiting for the model; others (LaMa) need none, so none is loaded.
+    remover = method(components=instantiate(cfg.model)) if isinstance(method, functools.partial) else method
     result = remover(sample)
     record = {"image": str(image_path), "config": OmegaConf.to_container(cfg, resolve=True)}
     payload = write_result(out_dir, result, record)

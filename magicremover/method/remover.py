@@ -77,7 +77,7 @@ class MagicRemover:
         inversion = invert_cached(c, image, sample.prompt, self.inversion, self.cache)
         latent_hw = tuple(inversion.trajectory.shape[-2:])
         # 3. The t = 1 attention of the target: the soft map, and M₀ (or the user's mask, Eq. 13).
-        soft, fixed = self._t1_attention(inversion, target, latent_hw)
+        soft, fixed = t1_attention(c, inversion, target, latent_hw, s.mask_threshold)
         if user_mask is not None:
             fixed = F.interpolate(user_mask, size=latent_hw, mode="bilinear", align_corners=False).to(c.device)
         state = _State(target, latent_hw, tuple(image.shape[-2:]), fixed, user_mask is not None)
@@ -196,27 +196,29 @@ class MagicRemover:
         latent_maps = [F.interpolate(m.detach(), size=state.latent_hw, mode="bilinear", align_corners=False) for m in word_maps]
         return G.reweight_map(latent_maps)
 
-    @torch.no_grad()
-    def _t1_attention(self, inversion: Inversion, target: TargetTokens, latent_hw) -> tuple[torch.Tensor, torch.Tensor]:
-        """The target's attention on the inversion latent at the last timestep (t = 1), as the released code builds M₀.
 
-        Per layer: heads summed, each word's map, min-max normalised jointly over the words, multiplied (soft AND),
-        resized to latent resolution; then averaged over layers and min-max normalised.
+@torch.no_grad()
+def t1_attention(
+    c: SDComponents, inversion: Inversion, target: TargetTokens, latent_hw: tuple[int, int], threshold: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The target's attention on the inversion latent at the last timestep (t = 1), as the released code builds M₀.
 
-        Returns:
-            ``(soft, fixed)``: the soft map in [0, 1] and M₀ = soft > ``mask_threshold``, both ``(1, 1, h, w)``.
-        """
-        c = self.components
-        store = CrossAttentionStore()
-        with controlled_attention(c.unet, store), c.calls.stage("attention_mask"):
-            unet_eps(c, inversion.trajectory[1:2], int(inversion.timesteps[-1]), inversion.cond_embedding)
-        per_layer = []
-        for name in store.maps:
-            words = torch.cat([token_maps({name: store.maps[name]}, store.shapes, w, latent_hw).sum(1, keepdim=True)
-                               for w in target.words])  # fmt: skip
-            per_layer.append(G.minmax(words).prod(dim=0, keepdim=True))
-        soft = G.minmax(torch.stack(per_layer).mean(dim=0))
-        return soft, (soft > self.settings.mask_threshold).float()
+    Per layer: heads summed, each word's map, min-max normalised jointly over the words, multiplied (soft AND),
+    resized to latent resolution; then averaged over layers and min-max normalised. One conditional UNet call.
+
+    Returns:
+        ``(soft, fixed)``: the soft map in [0, 1] and M₀ = soft > ``threshold``, both ``(1, 1, h, w)``.
+    """
+    store = CrossAttentionStore()
+    with controlled_attention(c.unet, store), c.calls.stage("attention_mask"):
+        unet_eps(c, inversion.trajectory[1:2], int(inversion.timesteps[-1]), inversion.cond_embedding)
+    per_layer = []
+    for name in store.maps:
+        words = torch.cat([token_maps({name: store.maps[name]}, store.shapes, w, latent_hw).sum(1, keepdim=True)
+                           for w in target.words])  # fmt: skip
+        per_layer.append(G.minmax(words).prod(dim=0, keepdim=True))
+    soft = G.minmax(torch.stack(per_layer).mean(dim=0))
+    return soft, (soft > threshold).float()
 
 
 @contextmanager
