@@ -162,7 +162,7 @@ def load_pretrained(
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:1`` …
         dtype: ``auto``, ``float32``, ``float16``, ``bfloat16``.
     """
-    folder = _local_folder(path) if path else _hub_folder(source, revision, variant)
+    folder = model_folder(source, path, revision, variant)
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
     kwargs = {"torch_dtype": torch_dtype, "variant": variant}
@@ -244,21 +244,29 @@ def build_tiny(seed: int = 0, device: str = "auto", dtype: str = "float32") -> S
     )
 
 
-def _local_folder(path: str) -> Path:
+def model_folder(
+    source: str | None, path: str | None, revision: str | None = None, variant: str | None = None, key: str = "model"
+) -> Path:
+    """A local diffusers folder: ``path`` as given (checked), or the hub id ``source`` resolved through the Hugging Face
+    cache, downloading only what is missing. Fails at once with one line naming ``<key>.path=`` when impossible."""
+    return _local_folder(path, key) if path else _hub_folder(source, revision, variant, key)
+
+
+def _local_folder(path: str, key: str) -> Path:
     folder = Path(path).expanduser()
     if not folder.is_dir():
-        raise ModelLoadError(f"model.path={path} is not a directory; point it at a diffusers model folder")
+        raise ModelLoadError(f"{key}.path={path} is not a directory; point it at a diffusers model folder")
     missing = [name for name in COMPONENTS if not (folder / name).is_dir()]
     if missing:
-        raise ModelLoadError(f"model.path={path} lacks {', '.join(f'{m}/' for m in missing)}; it must be a diffusers model folder")
+        raise ModelLoadError(f"{key}.path={path} lacks {', '.join(f'{m}/' for m in missing)}; it must be a diffusers model folder")
     return folder
 
 
-def _hub_folder(source: str | None, revision: str | None, variant: str | None) -> Path:
+def _hub_folder(source: str | None, revision: str | None, variant: str | None, key: str) -> Path:
     from huggingface_hub import snapshot_download
 
     if not source:
-        raise ConfigError("no model given: set model.source=<hub id> or model.path=<local folder>")
+        raise ConfigError(f"no model given: set {key}.source=<hub id> or {key}.path=<local folder>")
     suffix = f".{variant}.safetensors" if variant else ".safetensors"
     patterns = ["model_index.json", "scheduler/*.json"]
     for name in COMPONENTS:
@@ -268,7 +276,7 @@ def _hub_folder(source: str | None, revision: str | None, variant: str | None) -
     except Exception as err:  # noqa: BLE001 - every hub failure gets the same actionable message
         raise ModelLoadError(
             f"weights for {source} are neither cached nor downloadable here ({type(err).__name__}); "
-            f"download them where the hub is reachable (hf download {source}) and pass model.path=DIR"
+            f"download them where the hub is reachable (hf download {source}) and pass {key}.path=DIR"
         ) from None
 
 
