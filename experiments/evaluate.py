@@ -1,0 +1,135 @@
+"""Run a remover over a dataset, resumably, and compute metrics.
+
+    python -m experiments.evaluate method=magicremover data=toy out_dir=runs/toy_magic
+    python -m experiments.evaluate method=lama method.weights=big-lama.pt data=toy out_dir=runs/toy_lama
+
+Writes ``outputs/<sample_id>.png`` (unpadded, atomic), one ``manifest*.jsonl`` line per finished sample (status, UNet
+calls, seconds, or the error) and ``metrics.json``. Rerunning the same command skips finished samples. With
+``data.num_shards=N data.shard_index=i`` each shard writes its own manifest into the shared ``out_dir``; metrics are
+computed over all manifests once every sample is finished (or with ``metrics_only=true``).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+from pathlib import Path
+
+import hydra
+import numpy as np
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig, OmegaConf
+from PIL import Image
+from tqdm.auto import tqdm
+
+from eval.data import EvalItem
+from eval.metrics import ground_truth_metrics
+from experiments._cli import log, run_entry_point
+from magicremover.errors import ConfigError, UserError
+from magicremover.images import fit_mask, fit_to_model, load_image, to_pil
+from magicremover.outputs import atomic_write, save_image
+
+logger = logging.getLogger(__name__)
+
+
+def read_manifests(out_dir: Path) -> dict[str, dict]:
+    """Finished samples by id, from every shard's manifest; a torn last line (a crash mid-write) is ignored."""
+    done = {}
+    for manifest in sorted(out_dir.glob("manifest*.jsonl")):
+        for line in manifest.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            done[record["sample_id"]] = record
+    return done
+
+
+def _append(manifest: Path, record: dict) -> None:
+    with open(manifest, "a") as stream:
+        stream.write(json.dumps(record) + "\n")
+        stream.flush()
+        os.fsync(stream.fileno())
+
+
+def run_samples(cfg: DictConfig, out_dir: Path, items: list[EvalItem], remover) -> None:
+    """Remove the object of every item not yet in a manifest; failures are recorded and the run goes on."""
+    shards = (cfg.data.num_shards, cfg.data.shard_index)
+    manifest = out_dir / ("manifest.jsonl" if shards[0] == 1 else f"manifest-shard{shards[1]:03d}-of-{shards[0]:03d}.jsonl")
+    done = read_manifests(out_dir)
+    todo = [item for item in items if item.sample.sample_id not in done or (cfg.retry_errors and done[item.sample.sample_id]["status"] != "ok")]
+    (out_dir / "outputs").mkdir(parents=True, exist_ok=True)
+    for item in tqdm(todo, desc="samples", disable=None):
+        sample_id = item.sample.sample_id
+        try:
+            result = remover(item.sample)
+        except UserError as err:
+            _append(manifest, {"sample_id": sample_id, "status": "error", "error": str(err)})
+            logger.warning("%s failed: %s", sample_id, err)
+            continue
+        path = out_dir / "outputs" / f"{sample_id}.png"
+        save_image(result.image, path)
+        _append(manifest, {
+            "sample_id": sample_id, "status": "ok", "output": str(path.relative_to(out_dir)),
+            "unet_calls": {k: v.calls for k, v in result.calls.items()},
+            "unet_backward": {k: v.backward for k, v in result.calls.items()},
+            "seconds": result.seconds.get("total", sum(result.seconds.values())),
+        })  # fmt: skip
+
+
+def compute_metrics(out_dir: Path, items: list[EvalItem], resize: str) -> dict:
+    """Metrics over every finished sample; inputs and ground truth are fitted to the outputs' resolution."""
+    done = read_manifests(out_dir)
+    ok = [item for item in items if done.get(item.sample.sample_id, {}).get("status") == "ok"]
+    report = {"samples": len(items), "finished": len(done), "ok": len(ok), "errors": len(done) - len(ok)}
+    rows = []
+    for item in ok:
+        if item.ground_truth is None:
+            continue
+        output = np.asarray(Image.open(out_dir / done[item.sample.sample_id]["output"]).convert("RGB"))
+        size = output.shape[:2]
+        source = load_image(item.sample.image)
+        fit = lambda image: np.asarray(to_pil(fit_to_model(load_image(image), size, resize)))  # noqa: E731
+        region = fit_mask(Image.fromarray((item.region * 255).astype(np.uint8)), source.size, size, resize)[0, 0].numpy()
+        rows.append(ground_truth_metrics(output, fit(item.sample.image), fit(item.ground_truth), region))
+    if rows:
+        report |= {key: float(np.nanmean([row[key] for row in rows])) for key in rows[0]}
+    calls = [sum(record["unet_calls"].values()) for record in done.values() if record["status"] == "ok"]
+    if calls:
+        report["unet_calls_per_sample"] = float(np.mean(calls))
+    return report
+
+
+def evaluate(cfg: DictConfig, out_dir: Path) -> dict | None:
+    """Run (unless ``metrics_only``), then write ``metrics.json`` once every sample is finished."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data = functools.partial(instantiate, cfg.data)
+    if not cfg.metrics_only:
+        dataset = data(num_shards=cfg.data.num_shards, shard_index=cfg.data.shard_index)
+        # Refuse a dataset that lacks what the method needs before loading any weights.
+        missing = set(getattr(get_class(cfg.method._target_), "requires", ())) - set(dataset.provides)
+        if missing:
+            raise ConfigError(f"method {cfg.method._target_} needs {', '.join(sorted(missing))}, which data={cfg.data._target_} does not provide")
+        method = instantiate(cfg.method)
+        remover = method(components=instantiate(cfg.model)) if isinstance(method, functools.partial) else method
+        atomic_write(out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True).encode())
+        run_samples(cfg, out_dir, list(dataset), remover)
+    everything = list(data(num_shards=1, shard_index=0))
+    if len(read_manifests(out_dir)) < len(everything) and not cfg.metrics_only:
+        log.info("shard finished; metrics wait for the other shards (or run with metrics_only=true)")
+        return None
+    metrics = compute_metrics(out_dir, everything, cfg.resize)
+    atomic_write(out_dir / "metrics.json", json.dumps(metrics, indent=2).encode())
+    log.info("metrics: %s", json.dumps(metrics))
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    run_entry_point(evaluate, cfg)
+
+
+if __name__ == "__main__":
+    main()
