@@ -47,8 +47,15 @@ VARIANTS = {
 
 
 def removal_table(components, cases, cache_dir, variants=VARIANTS) -> dict[str, dict[str, float]]:
-    """Mean removal metrics per method variant over ``cases`` (inversions shared through the cache)."""
-    table = {}
+    """Mean removal metrics per method variant over ``cases`` (inversions shared through the cache), after the
+    reference row: the VAE's own reconstruction of the input, the best any latent method can keep outside the mask."""
+    from magicremover.diffusion import decode_latents, encode_image
+
+    rows = []
+    for case in cases:
+        image = torch.from_numpy(case.scene.image).permute(2, 0, 1)[None].float() / 255
+        rows.append(removal_metrics(case, to_uint8(decode_latents(components, encode_image(components, image)))))
+    table = {"vae_reconstruction": {key: float(np.mean([r[key] for r in rows])) for key in rows[0]}}
     for name, settings in variants.items():
         remover = MagicRemover(components, InversionConfig(), cache_dir=cache_dir, **settings)
         rows = [removal_metrics(case, to_uint8(remover(case.sample).image)) for case in cases]

@@ -82,9 +82,10 @@ def encode_pool(vae, pool: ScenePool, batch_size: int = 256) -> tuple[torch.Tens
     return means, 1.0 / means.std().item()
 
 
-def train_unet(cfg: DictConfig, unet, text_encoder, tokenizer, latents, pool: ScenePool, work: Path, sampler) -> tuple:
+def train_unet(cfg: DictConfig, unet, text_encoder, tokenizer, latents, pool: ScenePool, work: Path, sampler) -> None:
     """ε-prediction on SD's schedule with Min-SNR weighting, caption dropout for CFG, extra weight on object pixels,
-    and an auxiliary loss tying each object word's cross-attention to that object's mask. Returns the EMA modules."""
+    and an auxiliary loss tying each object word's cross-attention to that object's mask. Checkpoints hold the live and
+    the EMA weights."""
     path = work / "unet.pt"
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=1e-4)
@@ -136,8 +137,7 @@ def train_unet(cfg: DictConfig, unet, text_encoder, tokenizer, latents, pool: Sc
                 _save({"unet": unet.state_dict(), "text": text_encoder.state_dict(), "ema_unet": ema_unet.state_dict(),
                        "ema_text": ema_text.state_dict(), "opt": opt.state_dict(), "step": step + 1}, path)  # fmt: skip
             if (step + 1) % cfg.sample_every == 0:
-                sampler(ema_unet, ema_text, step + 1)
-    return ema_unet, ema_text
+                sampler({"live": (unet, text_encoder), "ema": (ema_unet, ema_text)}, step + 1)
 
 
 def attention_loss(store: CrossAttentionStore, token_masks: torch.Tensor, target: float) -> torch.Tensor:
@@ -159,9 +159,10 @@ def attention_loss(store: CrossAttentionStore, token_masks: torch.Tensor, target
 
 
 def export(out_dir: Path, unet, vae, text_encoder, tokenizer, scaling_factor: float) -> SDComponents:
+    """Write the diffusers folder (float16 weights) that ``model=toy`` loads."""
     vae.register_to_config(scaling_factor=scaling_factor)
     components = SDComponents(unet, vae, text_encoder, tokenizer, build_ddim_scheduler(), identity="toy")
-    components.save_pretrained(out_dir)
+    components.save_pretrained(out_dir, dtype=torch.float16)
     return components
 
 
@@ -188,10 +189,14 @@ def run(cfg: DictConfig) -> None:
     latents = latents * scaling
     held_out = ScenePool.render(range(HELD_OUT_SEED, HELD_OUT_SEED + 8), tokenizer).captions
 
-    def sampler(ema_unet, ema_text, step):
+    def sampler(weights: dict, step: int) -> None:
+        """A grid of samples from held-out captions with the weights that will be exported."""
         from magicremover.diffusion import decode_latents
 
-        components = SDComponents(copy.deepcopy(ema_unet), vae, copy.deepcopy(ema_text), tokenizer, build_ddim_scheduler(), identity="toy")
+        fresh_unet, _, fresh_text = toy_modules(tokenizer, cfg.seed)  # fresh modules: no training processors attached
+        for fresh, trained in zip((fresh_unet, fresh_text), weights[cfg.export_weights]):
+            fresh.load_state_dict(trained.state_dict())
+        components = SDComponents(fresh_unet, vae, fresh_text, tokenizer, build_ddim_scheduler(), identity="toy")
         images = sample(components, held_out, steps=20, seed=step)
         grid = torch.cat(list(decode_latents(components, images)), dim=-1)
         (work / "samples").mkdir(exist_ok=True)
@@ -199,9 +204,13 @@ def run(cfg: DictConfig) -> None:
         components.calls.close()
 
     start = time.perf_counter()
-    ema_unet, ema_text = train_unet(cfg.unet, unet, text_encoder, tokenizer, latents, pool, work, sampler)
+    train_unet(cfg.unet, unet, text_encoder, tokenizer, latents, pool, work, sampler)
     timings["unet_seconds"] = time.perf_counter() - start
-    export(out, ema_unet, vae, ema_text, tokenizer, scaling)
+    state = torch.load(work / "unet.pt")
+    prefix = "ema_" if cfg.export_weights == "ema" else ""
+    unet.load_state_dict(state[f"{prefix}unet"])
+    text_encoder.load_state_dict(state[f"{prefix}text"])
+    export(out, unet, vae, text_encoder, tokenizer, scaling)
     (out / "training.json").write_text(json.dumps({"config": OmegaConf.to_container(cfg), **timings}, indent=2))
     log.info("exported the toy model to %s", out)
 
