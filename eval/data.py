@@ -1,4 +1,5 @@
-"""Evaluation datasets: sequences of :class:`EvalItem`, split into deterministic shards."""
+"""Evaluation datasets: indexable sequences of :class:`EvalItem` with an ``ids`` list (cheap, loaded up front) and
+lazily built items, split into deterministic shards. ``provides`` names the optional sample fields they fill."""
 
 from __future__ import annotations
 
@@ -46,6 +47,8 @@ class ToyDataset:
         num_shards, shard_index: keep only this shard of the scenes (see :func:`shard`).
     """
 
+    has_ground_truth = True
+
     def __init__(self, size: int = 50, first_seed: int = 10_000_000, with_mask: bool = True, num_shards: int = 1, shard_index: int = 0):
         from magicremover.toy.quality import held_out_cases
 
@@ -56,12 +59,10 @@ class ToyDataset:
             sample = RemovalSample(Image.fromarray(case.scene.image), case.scene.caption, case.obj.phrase, mask=mask,
                                    instruction=f"remove the {case.obj.phrase}", sample_id=case.sample.sample_id)  # fmt: skip
             self.items.append(EvalItem(sample, Image.fromarray(case.obj.removed), case.obj.shadow_mask, case.obj.shape))
+        self.ids = [item.sample.sample_id for item in self.items]
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, index: int) -> EvalItem:
         return self.items[index]
-
-    def __iter__(self):
-        return iter(self.items)

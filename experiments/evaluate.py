@@ -24,7 +24,6 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from tqdm.auto import tqdm
 
-from eval.data import EvalItem
 from eval.metrics import ground_truth_metrics
 from experiments._cli import log, run_entry_point
 from magicremover.errors import ConfigError, UserError
@@ -54,17 +53,18 @@ def _append(manifest: Path, record: dict) -> None:
         os.fsync(stream.fileno())
 
 
-def run_samples(cfg: DictConfig, out_dir: Path, items: list[EvalItem], remover) -> None:
-    """Remove the object of every item not yet in a manifest; failures are recorded and the run goes on."""
+def run_samples(cfg: DictConfig, out_dir: Path, dataset, remover) -> None:
+    """Remove the object of every sample not yet in a manifest; failures are recorded and the run goes on."""
     shards = (cfg.data.num_shards, cfg.data.shard_index)
     manifest = out_dir / ("manifest.jsonl" if shards[0] == 1 else f"manifest-shard{shards[1]:03d}-of-{shards[0]:03d}.jsonl")
     done = read_manifests(out_dir)
-    todo = [item for item in items if item.sample.sample_id not in done or (cfg.retry_errors and done[item.sample.sample_id]["status"] != "ok")]
+    retry = lambda sample_id: cfg.retry_errors and done[sample_id]["status"] != "ok"  # noqa: E731
+    todo = [i for i, sample_id in enumerate(dataset.ids) if sample_id not in done or retry(sample_id)]
     (out_dir / "outputs").mkdir(parents=True, exist_ok=True)
-    for item in tqdm(todo, desc="samples", disable=None):
-        sample_id = item.sample.sample_id
+    for index in tqdm(todo, desc="samples", disable=None):
+        sample_id = dataset.ids[index]
         try:
-            result = remover(item.sample)
+            result = remover(dataset[index].sample)
         except UserError as err:
             _append(manifest, {"sample_id": sample_id, "status": "error", "error": str(err)})
             logger.warning("%s failed: %s", sample_id, err)
@@ -79,15 +79,14 @@ def run_samples(cfg: DictConfig, out_dir: Path, items: list[EvalItem], remover) 
         })  # fmt: skip
 
 
-def compute_metrics(out_dir: Path, items: list[EvalItem], resize: str) -> dict:
+def compute_metrics(out_dir: Path, dataset, resize: str) -> dict:
     """Metrics over every finished sample; inputs and ground truth are fitted to the outputs' resolution."""
     done = read_manifests(out_dir)
-    ok = [item for item in items if done.get(item.sample.sample_id, {}).get("status") == "ok"]
-    report = {"samples": len(items), "finished": len(done), "ok": len(ok), "errors": len(done) - len(ok)}
+    ok = [i for i, sample_id in enumerate(dataset.ids) if done.get(sample_id, {}).get("status") == "ok"]
+    report = {"samples": len(dataset.ids), "finished": len(done), "ok": len(ok), "errors": len(done) - len(ok)}
     rows = []
-    for item in ok:
-        if item.ground_truth is None:
-            continue
+    for index in ok if dataset.has_ground_truth else []:
+        item = dataset[index]
         output = np.asarray(Image.open(out_dir / done[item.sample.sample_id]["output"]).convert("RGB"))
         size = output.shape[:2]
         source = load_image(item.sample.image)
@@ -115,9 +114,9 @@ def evaluate(cfg: DictConfig, out_dir: Path) -> dict | None:
         method = instantiate(cfg.method)
         remover = method(components=instantiate(cfg.model)) if isinstance(method, functools.partial) else method
         atomic_write(out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True).encode())
-        run_samples(cfg, out_dir, list(dataset), remover)
-    everything = list(data(num_shards=1, shard_index=0))
-    if len(read_manifests(out_dir)) < len(everything) and not cfg.metrics_only:
+        run_samples(cfg, out_dir, dataset, remover)
+    everything = data(num_shards=1, shard_index=0)
+    if len(read_manifests(out_dir)) < len(everything.ids) and not cfg.metrics_only:
         log.info("shard finished; metrics wait for the other shards (or run with metrics_only=true)")
         return None
     metrics = compute_metrics(out_dir, everything, cfg.resize)

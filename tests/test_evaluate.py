@@ -35,7 +35,7 @@ def test_interrupted_run_resumes_without_redoing_or_losing_samples(tmp_path, mon
     calls = []
     real = ev.run_samples
 
-    def flaky(cfg, out_dir, items, remover):
+    def flaky(cfg, out_dir, dataset, remover):
         def counted(sample):
             calls.append(sample.sample_id)
             if len(calls) == 3:
@@ -43,7 +43,7 @@ def test_interrupted_run_resumes_without_redoing_or_losing_samples(tmp_path, mon
             return remover(sample)
 
         counted.requires = remover.requires
-        return real(cfg, out_dir, items, counted)
+        return real(cfg, out_dir, dataset, counted)
 
     monkeypatch.setattr(ev, "run_samples", flaky)
     with pytest.raises(KeyboardInterrupt):
@@ -59,14 +59,14 @@ def test_failures_are_recorded_and_the_run_goes_on(tmp_path, monkeypatch):
     cfg = _config(tmp_path)
     real = ev.run_samples
 
-    def failing_one(cfg, out_dir, items, remover):
+    def failing_one(cfg, out_dir, dataset, remover):
         def maybe(sample):
-            if sample.sample_id == items[1].sample.sample_id:
+            if sample.sample_id == dataset.ids[1]:
                 raise PromptError("target missing")
             return remover(sample)
 
         maybe.requires = remover.requires
-        return real(cfg, out_dir, items, maybe)
+        return real(cfg, out_dir, dataset, maybe)
 
     monkeypatch.setattr(ev, "run_samples", failing_one)
     metrics = ev.evaluate(cfg, Path(cfg.out_dir))
@@ -92,8 +92,7 @@ def test_shards_are_disjoint_and_cover_everything():
     assert sorted(sum(parts, [])) == items and not set(parts[0]) & set(parts[1])
     with pytest.raises(ConfigError, match="data.shard_index=3 must be in"):
         shard(items, 3, 3)
-    whole = [item.sample.sample_id for item in ToyDataset(size=5)]
-    assert [item.sample.sample_id for item in ToyDataset(size=5, num_shards=2, shard_index=1)] == whole[1::2]
+    assert ToyDataset(size=5, num_shards=2, shard_index=1).ids == ToyDataset(size=5).ids[1::2]
 
 
 def test_metrics_match_independent_computations():
