@@ -24,28 +24,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from experiments._cli import build_remover, compose_config
 from magicremover.costs import authors_cost
 from magicremover.inversion import InversionConfig, invert, reconstruct
 from magicremover.models import SDComponents, build_tiny, load_pretrained
 from magicremover.toy.quality import held_out_cases, psnr, to_uint8
 from magicremover.types import RemovalSample
 
-PRESETS = {
-    "magicremover": ("magicremover.method", "MagicRemover", {}),
-    "magicremover_coco": ("magicremover.method", "MagicRemover", {"t_ratio": 0.9, "mask_threshold": 0.3}),
-    "magicremover_paper": ("magicremover.method", "MagicRemover", {"t_ratio": 1.0, "guidance_window": [100, 800],
-                           "classifier_optimization_window": [500, 800], "loss": "relaxed_l1", "reweight": "attention",
-                           "multiword": "sum_of_losses", "blend": False}),
-    "p2p_reweight": ("baselines.p2p", "PromptToPrompt", {"edit": "reweight"}),
-    "p2p_refine": ("baselines.p2p", "PromptToPrompt", {"edit": "refine", "cross_replace_steps": 0.8}),
-}  # fmt: skip
-SWEEP = {  # Table 1's two MagicRemover rows and the four ablations of Fig. 6, on the COCO preset
-    "table1_without_mask": {},
-    "table1_with_mask": {"mask": True},
-    "ablation_no_relax": {"relax_constraints": False},
-    "ablation_no_reweight": {"reweight_perturbation": False},
-    "ablation_no_sag": {"self_attention_guidance": False},
-    "ablation_no_classifier_opt": {"classifier_optimization": False},
+PRESETS = ("magicremover", "magicremover_coco", "magicremover_paper", "p2p_reweight", "p2p_refine")  # conf/method/*.yaml
+SWEEP = {  # Table 1's two MagicRemover rows and the four ablations of Fig. 6, on the COCO preset (config overrides)
+    "table1_without_mask": [],
+    "table1_with_mask": [],
+    "ablation_no_relax": ["experiment=ablation_no_relax"],
+    "ablation_no_reweight": ["experiment=ablation_no_reweight"],
+    "ablation_no_sag": ["experiment=ablation_no_sag"],
+    "ablation_no_classifier_opt": ["experiment=ablation_no_classifier_opt"],
 }
 
 
@@ -53,10 +46,9 @@ def _median(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
 
 
-def _remover(c: SDComponents, preset: str, cache: Path, **extra):
-    module, name, settings = PRESETS[preset]
-    cls = getattr(__import__(module, fromlist=[name]), name)
-    return cls(c, InversionConfig(), cache_dir=cache, **(settings | extra))
+def _remover(c: SDComponents, preset: str, cache: Path, *overrides: str):
+    """The preset exactly as ``method=<preset>`` configures it (50 steps, null-text inversion)."""
+    return build_remover(compose_config("remove", [f"method={preset}", f"cache_dir={cache}", "device=cpu", *overrides]), c)
 
 
 def _samples(n: int) -> list[RemovalSample]:
@@ -77,11 +69,10 @@ def sweep_calls(c: SDComponents, cache: Path, n_images: int) -> dict:
     """A Table-1 + 4-ablation sweep over the same images: our total vs the authors' code for the same schedule."""
     ours = 0
     for sample in _samples(n_images):
-        for settings in SWEEP.values():
-            settings = dict(settings)
-            if settings.pop("mask", False):
+        for name, overrides in SWEEP.items():
+            if name == "table1_with_mask":
                 sample = RemovalSample(sample.image, sample.prompt, sample.target, mask=_box_mask(sample.image.size))
-            result = _remover(c, "magicremover_coco", cache, **settings)(sample)
+            result = _remover(c, "magicremover_coco", cache, *overrides)(sample)
             ours += sum(n.calls for n in result.calls.values())
     per_run = authors_cost(t_ratio=0.9, coco_script=True)
     reused = n_images * (per_run.null_text_calls + len(SWEEP) * per_run.edit_calls)
@@ -103,7 +94,7 @@ def controller_overhead(c: SDComponents, cache: Path, repeats: int) -> dict:
     from diffusers import StableDiffusionPipeline
 
     sample = _samples(1)[0]
-    remover = _remover(c, "magicremover", cache, attention_guidance=False)
+    remover = _remover(c, "magicremover", cache, "method.attention_guidance=false")
     remover(sample)  # warm the inversion cache
     pipe = StableDiffusionPipeline(c.vae, c.text_encoder, c.tokenizer, c.unet, c.scheduler, None, None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)

@@ -25,7 +25,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from eval.metrics import ground_truth_metrics
-from experiments._cli import log, run_entry_point
+from experiments._cli import build_remover, log, run_entry_point
 from magicremover.errors import ConfigError, UserError
 from magicremover.images import fit_mask, fit_to_model, load_image, to_pil
 from magicremover.outputs import atomic_write, save_image
@@ -111,8 +111,7 @@ def evaluate(cfg: DictConfig, out_dir: Path) -> dict | None:
         missing = set(getattr(get_class(cfg.method._target_), "requires", ())) - set(dataset.provides)
         if missing:
             raise ConfigError(f"method {cfg.method._target_} needs {', '.join(sorted(missing))}, which data={cfg.data._target_} does not provide")
-        method = instantiate(cfg.method)
-        remover = method(components=instantiate(cfg.model)) if isinstance(method, functools.partial) else method
+        remover = build_remover(cfg)
         atomic_write(out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True).encode())
         run_samples(cfg, out_dir, dataset, remover)
     everything = data(num_shards=1, shard_index=0)

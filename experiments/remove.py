@@ -8,15 +8,13 @@ Writes ``output.png``, ``reconstruction.png``, ``attention.png``, ``mask.png`` (
 
 from __future__ import annotations
 
-import functools
 from importlib import resources
 from pathlib import Path
 
 import hydra
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from experiments._cli import log, run_entry_point
+from experiments._cli import build_remover, log, run_entry_point
 from magicremover.images import load_image
 from magicremover.outputs import write_result
 from magicremover.types import RemovalSample
@@ -37,10 +35,7 @@ def remove(cfg: DictConfig, out_dir: Path) -> dict:
         mask=load_image(cfg.mask, min_side=1) if cfg.mask else None,
         sample_id=Path(image_path).stem,
     )
-    method = instantiate(cfg.method)
-    # Diffusion-based removers are partials waiting for the model; others (LaMa) need none, so none is loaded.
-    remover = method(components=instantiate(cfg.model)) if isinstance(method, functools.partial) else method
-    result = remover(sample)
+    result = build_remover(cfg)(sample)
     record = {"image": str(image_path), "config": OmegaConf.to_container(cfg, resolve=True)}
     payload = write_result(out_dir, result, record)
     calls = ", ".join(f"{stage} {count.calls}" for stage, count in result.calls.items()) or "none (cached)"

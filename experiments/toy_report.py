@@ -17,8 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from magicremover.inversion import InversionConfig
-from magicremover.method import MagicRemover
+from experiments._cli import build_remover, compose_config
 from magicremover.models import load_pretrained
 from magicremover.toy import toy_model_dir
 from magicremover.toy.quality import (
@@ -33,16 +32,15 @@ from magicremover.toy.quality import (
 )
 from magicremover.toy.scenes import render_scene
 
-PAPER = {"t_ratio": 1.0, "guidance_window": [100, 800], "classifier_optimization_window": [500, 800],
-         "loss": "relaxed_l1", "reweight": "attention", "multiword": "sum_of_losses", "blend": False}  # fmt: skip
-VARIANTS = {
-    "magicremover": {},
-    "w/o relax_constraints": {"relax_constraints": False},
-    "w/o reweight_perturbation": {"reweight_perturbation": False},
-    "w/o self_attention_guidance": {"self_attention_guidance": False},
-    "w/o classifier_optimization": {"classifier_optimization": False},
-    "no guidance (reconstruction)": {"attention_guidance": False},
-    "magicremover_paper": PAPER,
+VARIANTS = {  # report row → (conf/method preset, overrides)
+    "magicremover": ("magicremover", []),
+    "w/o relax_constraints": ("magicremover", ["experiment=ablation_no_relax"]),
+    "w/o reweight_perturbation": ("magicremover", ["experiment=ablation_no_reweight"]),
+    "w/o self_attention_guidance": ("magicremover", ["experiment=ablation_no_sag"]),
+    "w/o classifier_optimization": ("magicremover", ["experiment=ablation_no_classifier_opt"]),
+    "no guidance (reconstruction)": ("magicremover", ["method.attention_guidance=false"]),
+    "magicremover_paper": ("magicremover_paper", []),
+    "p2p_reweight": ("p2p_reweight", []),
 }
 
 
@@ -56,8 +54,9 @@ def removal_table(components, cases, cache_dir, variants=VARIANTS) -> dict[str, 
         image = torch.from_numpy(case.scene.image).permute(2, 0, 1)[None].float() / 255
         rows.append(removal_metrics(case, to_uint8(decode_latents(components, encode_image(components, image)))))
     table = {"vae_reconstruction": {key: float(np.mean([r[key] for r in rows])) for key in rows[0]}}
-    for name, settings in variants.items():
-        remover = MagicRemover(components, InversionConfig(), cache_dir=cache_dir, **settings)
+    for name, (preset, overrides) in variants.items():
+        cfg = compose_config("remove", [f"method={preset}", f"cache_dir={cache_dir}", "device=cpu", *overrides])
+        remover = build_remover(cfg, components)
         rows = [removal_metrics(case, to_uint8(remover(case.sample).image)) for case in cases]
         table[name] = {key: float(np.mean([r[key] for r in rows])) for key in rows[0]}
     return table
@@ -95,7 +94,7 @@ def main() -> None:
     if "removal" not in args.skip:
         report["removal"] = removal_table(c, cases, out / "cache")
     if "subsets" not in args.skip:
-        subset_variants = {"magicremover": {}}
+        subset_variants = {"magicremover": ("magicremover", [])}
         report["removal_glass"] = removal_table(c, held_out_cases(max(5, args.scenes // 5), kind="glass"), out / "cache", subset_variants)
         report["removal_shadow"] = removal_table(c, held_out_cases(max(5, args.scenes // 5), kind="shadow"), out / "cache", subset_variants)
     report["seconds"] = time.perf_counter() - timer

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
+from experiments._cli import method_settings
 from magicremover.errors import ConfigError, ImageError, PromptError
 from magicremover.inversion import InversionConfig
 from magicremover.method import MagicRemover
@@ -13,8 +14,7 @@ from magicremover.types import RemovalSample
 
 PROMPT = "a photo of a red circle on horizontal stripes"
 ABLATIONS = ["relax_constraints", "reweight_perturbation", "self_attention_guidance", "classifier_optimization"]
-PAPER = dict(t_ratio=1.0, guidance_window=[100, 800], classifier_optimization_window=[500, 800], loss="relaxed_l1",
-             reweight="attention", multiword="sum_of_losses", blend=False)  # fmt: skip
+PAPER = method_settings("magicremover_paper")  # the preset exactly as conf/method/magicremover_paper.yaml sets it
 
 
 @pytest.fixture(scope="module")
