@@ -1,19 +1,17 @@
-"""Removal on the trained toy model, against ground truth, on held-out scenes (a handful, 20 DDIM steps).
+"""Removal on the trained toy model against ground truth, on held-out scenes (a handful, 20 DDIM steps).
 
-Measured when the model was committed (20 steps, null-text inversion, the scenes below) — see the model card
-(magicremover/assets/toy/README.md) for the 50-scene, 50-step figures.
+Measured when the model was committed (1 thread, these scenes): the default preset lifted the PSNR inside the
+object's mask (with its shadow) against the ground truth from 10.56 dB (the input) to 18.57 dB (+8.0 dB) and kept
+29.6 dB outside it against the input; P2P reweight reached 16.99 dB inside and 26.0 dB outside. Glass discs
++10.5 dB, shadowed objects +9.6 dB. The model card has the 50-step figures.
 """
 
 import numpy as np
 import pytest
 
-from baselines.p2p import PromptToPrompt
-from magicremover.inversion import InversionConfig
-from magicremover.method import MagicRemover
+from experiments._cli import build_remover, compose_config
 from magicremover.toy import load_toy
 from magicremover.toy.quality import held_out_cases, removal_metrics, to_uint8
-
-STEPS = 20
 
 
 @pytest.fixture(scope="module")
@@ -22,20 +20,37 @@ def toy():
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("toy_inversions")
+def run(toy, tmp_path_factory):
+    cache = tmp_path_factory.mktemp("toy_inversions")
+
+    def scores(preset, cases):
+        cfg = compose_config("remove", [f"method={preset}", f"cache_dir={cache}", "device=cpu", "num_inference_steps=20"])
+        remover = build_remover(cfg, toy)
+        rows = [removal_metrics(case, to_uint8(remover(case.sample).image)) for case in cases]
+        return {key: float(np.mean([row[key] for row in rows])) for key in rows[0]}
+
+    return scores
 
 
-def _scores(remover, cases):
-    rows = [removal_metrics(case, to_uint8(remover(case.sample).image)) for case in cases]
-    return {key: float(np.mean([row[key] for row in rows])) for key in rows[0]}
+def _gain(scores):
+    return scores["psnr_in_vs_gt"] - scores["psnr_in_input_vs_gt"]
 
 
-@pytest.fixture(scope="module")
-def plain_cases():
-    return held_out_cases(4)
+def test_removal_restores_the_background_and_keeps_the_rest(run):
+    scores = run("magicremover", held_out_cases(4))
+    assert _gain(scores) >= 5.0, scores  # measured +8.0 dB
+    assert scores["psnr_out_vs_input"] >= 27.0, scores  # measured 29.6 dB
 
 
-@pytest.fixture(scope="module")
-def default_scores(toy, cache, plain_cases):
-    return _scores(MagicRemover(toy, InversionConfig(num_inference_steps=STEPS), cache_dir=cache), plain_cases)
+def test_magicremover_beats_p2p_reweight_on_the_same_scenes(run):
+    cases = held_out_cases(4)
+    ours, p2p = run("magicremover", cases), run("p2p_reweight", cases)
+    assert ours["psnr_in_vs_gt"] > p2p["psnr_in_vs_gt"] + 0.5, (ours, p2p)  # measured 18.57 vs 16.99 dB
+    assert ours["psnr_out_vs_input"] > p2p["psnr_out_vs_input"] + 1.0, (ours, p2p)  # measured 29.6 vs 26.0 dB
+
+
+@pytest.mark.parametrize(("kind", "measured"), [("glass", 10.5), ("shadow", 9.6)])
+def test_glass_discs_and_shadows_are_removed_too(run, kind, measured):
+    scores = run("magicremover", held_out_cases(2, kind=kind))
+    assert _gain(scores) >= 5.0, (kind, measured, scores)
+    assert scores["psnr_out_vs_input"] >= 27.0, scores

@@ -120,7 +120,8 @@ class MagicRemover:
                     # Phase A: before the edit start both branches share the null-text reconstruction.
                     kv.mode = "off"
                     with c.calls.stage("replay"), torch.no_grad():
-                        z_rec = z_edit = ddim_step(z_rec, cfg_eps(c, z_rec, t, null, cond, self.inversion.guidance_scale), alpha_t, alpha_prev)
+                        eps = cfg_eps(c, z_rec, t, null, cond, self.inversion.guidance_scale)
+                        z_rec = z_edit = ddim_step(z_rec, eps, alpha_t, alpha_prev)
                     continue
                 # Phase B: the reconstruction branch, recording every self-attention layer's K/V.
                 kv.mode = "record"
