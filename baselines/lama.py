@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from magicremover.errors import ConfigError, ImageError, ModelLoadError
 from magicremover.images import Resize, fit_mask, fit_to_model, load_image
 from magicremover.models import resolve_device
+from magicremover.reconstruction import InvertingRemover
 from magicremover.types import RemovalResult, RemovalSample
 
 BIG_LAMA_MD5 = "e3aa4aaa15225a33ec84f9f4bc47e500"  # the big-lama.pt export distributed with IOPaint / lama-cleaner
@@ -118,7 +119,7 @@ class LaMa:
         return RemovalResult(image=self.inpaint(image, mask), mask=hole)
 
 
-class AttentionLaMa:
+class AttentionLaMa(InvertingRemover):
     """A text-only baseline no paper row has: MagicRemover's own t = 1 attention mask (M₀), handed to LaMa.
 
     It tells whether MagicRemover's guidance, or just the text-derived mask, does the work. Costs one inversion
@@ -133,26 +134,20 @@ class AttentionLaMa:
         cache_dir: inversion cache folder.
     """
 
-    requires: ClassVar[frozenset[str]] = frozenset()
-
     def __init__(self, components, inversion, lama: LaMa, mask_threshold: float = 0.25, resize: Resize = "stretch", cache_dir=None):
-        from magicremover.inversion import InversionCache
-
-        self.components, self.inversion, self.lama = components, inversion, lama
-        self.mask_threshold, self.resize = mask_threshold, resize
-        self.cache = InversionCache(cache_dir) if cache_dir else None
+        super().__init__(components, inversion, resize, cache_dir)
+        self.lama, self.mask_threshold = lama, mask_threshold
 
     def __call__(self, sample: RemovalSample) -> RemovalResult:
         from magicremover.accounting import UNetCalls
-        from magicremover.inversion import invert_cached
         from magicremover.method.remover import t1_attention
         from magicremover.tokens import find_target
 
         c = self.components
         before = c.calls.totals()
         target = find_target(c.tokenizer, sample.prompt, sample.target)
-        image = fit_to_model(load_image(sample.image), c.resolution, self.resize)
-        inversion = invert_cached(c, image, sample.prompt, self.inversion, self.cache)
+        _, image = self.fit(sample)
+        inversion = self.invert(sample, image)
         soft, fixed = t1_attention(c, inversion, target, tuple(inversion.trajectory.shape[-2:]), self.mask_threshold)
         size = tuple(image.shape[-2:])
         mask = F.interpolate(fixed.cpu(), size=size, mode="nearest")

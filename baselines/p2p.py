@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Literal
 
 import torch
 
@@ -27,9 +27,10 @@ from magicremover.accounting import UNetCalls
 from magicremover.attention import AttentionController, AttnContext, ComposedController, SelfAttentionKV, controlled_attention
 from magicremover.diffusion import alpha_bar, cfg_eps, ddim_step, decode_latents, encode_text, step_size
 from magicremover.errors import PromptError
-from magicremover.images import Resize, fit_to_model, load_image
-from magicremover.inversion import InversionCache, InversionConfig, invert_cached, set_timesteps
+from magicremover.images import Resize
+from magicremover.inversion import InversionConfig, set_timesteps
 from magicremover.models import SDComponents
+from magicremover.reconstruction import InvertingRemover
 from magicremover.tokens import find_target
 from magicremover.types import RemovalResult, RemovalSample
 
@@ -64,7 +65,7 @@ class CrossAttentionEdit(AttentionController):
         self.mode = "off"
 
 
-class PromptToPrompt:
+class PromptToPrompt(InvertingRemover):
     """P2P removal (``edit="reweight"`` or ``"refine"``); same call contract as MagicRemover.
 
     Args:
@@ -77,8 +78,6 @@ class PromptToPrompt:
         resize: how to fit the image to the model resolution.
         cache_dir: inversion cache folder (shared with every other method).
     """
-
-    requires: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(
         self,
@@ -93,9 +92,9 @@ class PromptToPrompt:
     ):
         if edit not in ("reweight", "refine"):
             raise PromptError(f"method.edit={edit} is not reweight or refine")
-        self.components, self.inversion, self.edit, self.factor = components, inversion, edit, factor
-        self.cross_replace_steps, self.self_replace_steps, self.resize = cross_replace_steps, self_replace_steps, resize
-        self.cache = InversionCache(cache_dir) if cache_dir else None
+        super().__init__(components, inversion, resize, cache_dir)
+        self.edit, self.factor = edit, factor
+        self.cross_replace_steps, self.self_replace_steps = cross_replace_steps, self_replace_steps
 
     def _edit_plan(self, sample: RemovalSample) -> tuple[str, torch.Tensor, torch.Tensor]:
         """The target prompt, and per target token the source token it maps to and its scale."""
@@ -120,8 +119,8 @@ class PromptToPrompt:
         c = self.components
         start, before = time.perf_counter(), c.calls.totals()
         target_prompt, source_index, scale = self._edit_plan(sample)
-        image = fit_to_model(load_image(sample.image), c.resolution, self.resize)
-        inversion = invert_cached(c, image, sample.prompt, self.inversion, self.cache)
+        _, image = self.fit(sample)
+        inversion = self.invert(sample, image)
         n_steps = len(inversion.timesteps)
         set_timesteps(c, n_steps)
         stride, w = step_size(c), self.inversion.guidance_scale

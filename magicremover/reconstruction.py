@@ -6,26 +6,26 @@ import time
 from pathlib import Path
 from typing import ClassVar
 
+import torch
+from PIL import Image
+
 from magicremover.accounting import UNetCalls
 from magicremover.diffusion import decode_latents
 from magicremover.images import Resize, fit_to_model, load_image
-from magicremover.inversion import InversionCache, InversionConfig, invert_cached, reconstruct
+from magicremover.inversion import Inversion, InversionCache, InversionConfig, invert_cached, reconstruct
 from magicremover.models import SDComponents
 from magicremover.tokens import find_target
 from magicremover.types import RemovalResult, RemovalSample
 
 
-class Reconstruction:
-    """Invert the image under its prompt, then denoise it back with CFG; nothing is removed.
-
-    Its output shows what the inversion alone preserves (the null-text reconstruction the authors' code used as the
-    FID reference), and its cost is the inversion's.
+class InvertingRemover:
+    """Base of the removers that start from the image's inversion into the diffusion model.
 
     Args:
         components: the diffusion model.
         inversion: how to invert.
         resize: how to fit the image to the model resolution (``stretch`` or ``center_crop``).
-        cache_dir: folder of the inversion cache; ``None`` disables caching.
+        cache_dir: folder of the inversion cache, shared by every method; ``None`` disables caching.
     """
 
     requires: ClassVar[frozenset[str]] = frozenset()
@@ -42,13 +42,30 @@ class Reconstruction:
         self.resize = resize
         self.cache = InversionCache(cache_dir) if cache_dir else None
 
+    def fit(self, sample: RemovalSample) -> tuple[Image.Image, torch.Tensor]:
+        """The input as read, and fitted to the model: ``(1, 3, H, W)`` in [0, 1]."""
+        source = load_image(sample.image)
+        return source, fit_to_model(source, self.components.resolution, self.resize)
+
+    def invert(self, sample: RemovalSample, image: torch.Tensor) -> Inversion:
+        """The inversion of the fitted ``image`` under the sample's prompt, from the cache when possible."""
+        return invert_cached(self.components, image, sample.prompt, self.inversion, self.cache)
+
+
+class Reconstruction(InvertingRemover):
+    """Invert the image under its prompt, then denoise it back with CFG; nothing is removed.
+
+    Its output shows what the inversion alone preserves (the null-text reconstruction the authors' code used as the
+    FID reference), and its cost is the inversion's.
+    """
+
     def __call__(self, sample: RemovalSample) -> RemovalResult:
         c = self.components
         find_target(c.tokenizer, sample.prompt, sample.target)  # fail on a bad target before any UNet call
         before = c.calls.totals()
         start = time.perf_counter()
-        image = fit_to_model(load_image(sample.image), c.resolution, self.resize)
-        inversion = invert_cached(c, image, sample.prompt, self.inversion, self.cache)
+        _, image = self.fit(sample)
+        inversion = self.invert(sample, image)
         latents = reconstruct(c, inversion, self.inversion.guidance_scale)
         output = decode_latents(c, latents).cpu()
         calls = UNetCalls.delta(c.calls.totals(), before)

@@ -6,7 +6,6 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -15,12 +14,13 @@ from tqdm.auto import tqdm
 from magicremover.accounting import UNetCalls
 from magicremover.attention import ComposedController, CrossAttentionStore, SelfAttentionKV, controlled_attention, token_maps
 from magicremover.diffusion import alpha_bar, cfg_eps, ddim_step, decode_latents, step_size, unet_eps
-from magicremover.images import Resize, fit_mask, fit_to_model, load_image
-from magicremover.inversion import Inversion, InversionCache, InversionConfig, invert_cached, set_timesteps
+from magicremover.images import Resize, fit_mask
+from magicremover.inversion import Inversion, InversionConfig, set_timesteps
 from magicremover.method import guidance as G
 from magicremover.method.schedule import Plan, plan
 from magicremover.method.settings import Settings
 from magicremover.models import SDComponents
+from magicremover.reconstruction import InvertingRemover
 from magicremover.tokens import TargetTokens, find_target
 from magicremover.types import RemovalResult, RemovalSample
 
@@ -38,7 +38,7 @@ class _State:
     gate: torch.Tensor | None = None  # the latest M / W (latent res), used for blending
 
 
-class MagicRemover:
+class MagicRemover(InvertingRemover):
     """Text-guided object removal without tuning (Yang et al.), in its released-code and paper variants.
 
     Args:
@@ -49,8 +49,6 @@ class MagicRemover:
         **settings: the knobs of :class:`~magicremover.method.settings.Settings`.
     """
 
-    requires: ClassVar[frozenset[str]] = frozenset()
-
     def __init__(
         self,
         components: SDComponents,
@@ -59,22 +57,18 @@ class MagicRemover:
         cache_dir: str | Path | None = None,
         **settings,
     ):
-        self.components = components
-        self.inversion = inversion
-        self.resize = resize
+        super().__init__(components, inversion, resize, cache_dir)
         self.settings = Settings(**settings)
-        self.cache = InversionCache(cache_dir) if cache_dir else None
 
     def __call__(self, sample: RemovalSample) -> RemovalResult:
         c, s = self.components, self.settings
         start, before = time.perf_counter(), c.calls.totals()
         # 1. Inputs at the model resolution; the target is checked before any UNet call.
         target = find_target(c.tokenizer, sample.prompt, sample.target)
-        source = load_image(sample.image)
-        image = fit_to_model(source, c.resolution, self.resize)
+        source, image = self.fit(sample)
         user_mask = fit_mask(sample.mask, source.size, tuple(image.shape[-2:]), self.resize) if sample.mask else None
         # 2. Inversion (Eq. 6), shared through the cache by every method and ablation.
-        inversion = invert_cached(c, image, sample.prompt, self.inversion, self.cache)
+        inversion = self.invert(sample, image)
         latent_hw = tuple(inversion.trajectory.shape[-2:])
         # 3. The t = 1 attention of the target: the soft map, and M₀ (or the user's mask, Eq. 13).
         soft, fixed = t1_attention(c, inversion, target, latent_hw, s.mask_threshold)
