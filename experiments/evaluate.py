@@ -90,9 +90,9 @@ def compute_metrics(out_dir: Path, dataset, resize: str) -> dict:
         output = np.asarray(Image.open(out_dir / done[item.sample.sample_id]["output"]).convert("RGB"))
         size = output.shape[:2]
         source = load_image(item.sample.image)
-        fit = lambda image: np.asarray(to_pil(fit_to_model(load_image(image), size, resize)))  # noqa: E731
+        fit = lambda image: np.asarray(to_pil(fit_to_model(image, size, resize)))  # noqa: E731
         region = fit_mask(Image.fromarray((item.region * 255).astype(np.uint8)), source.size, size, resize)[0, 0].numpy()
-        rows.append(ground_truth_metrics(output, fit(item.sample.image), fit(item.ground_truth), region))
+        rows.append(ground_truth_metrics(output, fit(source), fit(load_image(item.ground_truth)), region))
     if rows:
         report |= {key: float(np.nanmean([row[key] for row in rows])) for key in rows[0]}
     calls = [sum(record["unet_calls"].values()) for record in done.values() if record["status"] == "ok"]

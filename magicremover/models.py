@@ -221,17 +221,7 @@ def build_tiny(seed: int = 0, device: str = "auto", dtype: str = "float32") -> S
     torch.manual_seed(seed)
     tokenizer = build_clip_tokenizer()
     text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            hidden_size=32,
-            intermediate_size=37,
-            num_attention_heads=4,
-            num_hidden_layers=5,
-            vocab_size=len(tokenizer),
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-            max_position_embeddings=tokenizer.model_max_length,
-        )
+        text_config_for(tokenizer, hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=5)
     )
     unet, vae, text_encoder = (m.to(dev) if torch_dtype == torch.float32 else m.to(dev, torch_dtype) for m in (unet, vae, text_encoder))
     return SDComponents(
@@ -250,6 +240,19 @@ def model_folder(
     """A local diffusers folder: ``path`` as given (checked), or the hub id ``source`` resolved through the Hugging Face
     cache, downloading only what is missing. Fails at once with one line naming ``<key>.path=`` when impossible."""
     return _local_folder(path, key) if path else _hub_folder(source, revision, variant, key)
+
+
+def text_config_for(tokenizer: CLIPTokenizer, **size) -> CLIPTextConfig:
+    """A ``CLIPTextConfig`` whose vocabulary, special tokens and context length match ``tokenizer``; ``size`` gives the
+    width and depth (``hidden_size``, ``num_hidden_layers`` …)."""
+    return CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        max_position_embeddings=tokenizer.model_max_length,
+        **size,
+    )
 
 
 def _local_folder(path: str, key: str) -> Path:

@@ -8,8 +8,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextModel, CLIPTokenizer
 
+from magicremover.models import text_config_for
 from magicremover.tokens import find_target
 from magicremover.toy.scenes import render_scene
 
@@ -30,17 +31,7 @@ def toy_modules(tokenizer: CLIPTokenizer, seed: int = 0) -> tuple[UNet2DConditio
     )
     torch.manual_seed(seed + 1)
     text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=64,
-            intermediate_size=256,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            max_position_embeddings=tokenizer.model_max_length,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
+        text_config_for(tokenizer, hidden_size=64, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4)
     )
     torch.manual_seed(seed + 2)
     unet = UNet2DConditionModel(

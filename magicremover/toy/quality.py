@@ -9,7 +9,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from magicremover.attention import CrossAttentionStore, controlled_attention, token_maps

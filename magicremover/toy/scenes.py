@@ -140,7 +140,6 @@ def render_scene(seed: int, glass_probability: float = 0.1, shadow_probability: 
     kind = list(BACKGROUNDS)[rng.integers(len(BACKGROUNDS))]
     background = _background(kind, rng)
     n_objects = 1 + int(rng.random() < 0.5)
-    pairs = [(c, s) for c in COLOURS for s in SHAPES]
     layers, used, centres = [], set(), []
     while len(layers) < n_objects:
         colour = list(COLOURS)[rng.integers(len(COLOURS))]
@@ -148,7 +147,7 @@ def render_scene(seed: int, glass_probability: float = 0.1, shadow_probability: 
         shape = "glass disc" if glass else SHAPES[rng.integers(len(SHAPES))]
         radius = rng.uniform(8, 16)
         cy, cx = rng.uniform(radius, SIZE - radius, 2)
-        if (colour, shape) in used or (colour if glass else None, shape) in used:
+        if (colour, shape) in used:
             continue
         if any(np.hypot(cy - y, cx - x) < radius + r - 4 for y, x, r in centres):
             continue  # keep objects mostly apart so each has a visible region
