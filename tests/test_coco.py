@@ -92,7 +92,10 @@ def test_fixture_runs_end_to_end_through_evaluate(coco_root, tmp_path):
     with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
         cfg = compose("evaluate", overrides=["data=coco", f"data.root={coco_root}", f"out_dir={tmp_path / 'run'}",
                                              f"cache_dir={tmp_path / 'cache'}", "device=cpu", "num_inference_steps=4",
-                                             "inversion=negative_prompt"])  # fmt: skip
+                                             "inversion=negative_prompt", "metrics=tiny"])  # fmt: skip
     metrics = ev.evaluate(cfg, Path(cfg.out_dir))
     assert (metrics["samples"], metrics["ok"], metrics["errors"]) == (4, 4, 0)
+    for key in ("fid_original", "fid_reconstruction", "u_ids", "p_ids", "clip_similarity", "clip_similarity_input"):
+        assert np.isfinite(metrics[key]), key
+    assert 0 <= metrics["u_ids"] <= 0.5 and 0 <= metrics["p_ids"] <= 1
     assert all(Image.open(p).size == (64, 64) for p in (Path(cfg.out_dir) / "outputs").glob("*.png"))

@@ -1,0 +1,83 @@
+"""CLIP similarity between each output and the bare class name ("dog"): lower means less of the object is left.
+
+Scores are torchmetrics' ``CLIPScore`` (100 · cosine, clipped at 0, averaged). The authors' code measured this with
+OpenAI CLIP ViT-B/16; the model is loaded here from a hub id or a local folder, and checked, because an offline hub
+load can return a silently broken tokenizer.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+from magicremover.errors import ModelLoadError
+
+ClipLoader = Callable[[], tuple[CLIPModel, CLIPProcessor]]
+
+
+class _ProjectedFeatures(torch.nn.Module):
+    """CLIP whose ``get_*_features`` return the projected embedding tensors. transformers 5 returns an output object
+    (projection in ``pooler_output``), which torchmetrics 1.9's CLIPScore cannot normalise."""
+
+    def __init__(self, clip: CLIPModel):
+        super().__init__()
+        self.clip, self.config = clip, clip.config
+
+    def get_image_features(self, *args, **kwargs) -> torch.Tensor:
+        return _tensor(self.clip.get_image_features(*args, **kwargs))
+
+    def get_text_features(self, *args, **kwargs) -> torch.Tensor:
+        return _tensor(self.clip.get_text_features(*args, **kwargs))
+
+
+def _tensor(features) -> torch.Tensor:
+    return features if isinstance(features, torch.Tensor) else features.pooler_output
+
+
+def load_clip(model: str = "openai/clip-vit-base-patch16") -> ClipLoader:
+    """A loader of a CLIP model and its processor from a hub id or a local folder (called when scores are needed)."""
+
+    def load() -> tuple[CLIPModel, CLIPProcessor]:
+        try:
+            clip, processor = CLIPModel.from_pretrained(model), CLIPProcessor.from_pretrained(model)
+        except (OSError, ValueError) as err:
+            raise ModelLoadError(f"could not load CLIP from {model} ({str(err).splitlines()[0]}); set metrics.clip.model=LOCAL_FOLDER") from err
+        if len(processor.tokenizer) != clip.config.text_config.vocab_size:
+            raise ModelLoadError(
+                f"CLIP at {model}: tokenizer has {len(processor.tokenizer)} tokens, the model embeds "
+                f"{clip.config.text_config.vocab_size}; set metrics.clip.model=LOCAL_FOLDER with a complete CLIP"
+            )
+        return clip.eval(), processor
+
+    load.description = f"CLIP {model}"
+    return load
+
+
+def tiny_clip(seed: int = 0) -> ClipLoader:
+    """A seeded random CLIP with the real tokenizer (built offline), for tests: plumbing only."""
+    from magicremover.models import text_config_for
+    from magicremover.tokenizer import build_clip_tokenizer
+
+    def load() -> tuple[CLIPModel, CLIPProcessor]:
+        tokenizer = build_clip_tokenizer()
+        text = text_config_for(tokenizer, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
+        vision = dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
+        torch.manual_seed(seed)
+        clip = CLIPModel(CLIPConfig(text_config=text.to_dict(), vision_config=vision, projection_dim=16)).eval()
+        images = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+        return clip, CLIPProcessor(image_processor=images, tokenizer=tokenizer)
+
+    load.description = f"tiny random CLIP (seed {seed}): plumbing only"
+    return load
+
+
+def clip_scores(loader: ClipLoader, count: int) -> list:
+    """``count`` torchmetrics ``CLIPScore`` metrics sharing one model (e.g. outputs and inputs vs the class name).
+    Update each with uint8 ``(3, H, W)`` images and one text per image; ``compute()`` is the mean in [0, 100]."""
+    from torchmetrics.multimodal.clip_score import CLIPScore
+
+    clip, processor = loader()
+    shared = (_ProjectedFeatures(clip), processor)
+    return [CLIPScore(model_name_or_path=lambda: shared) for _ in range(count)]

@@ -1,0 +1,103 @@
+"""Set-level metrics against independent computations: FID (scipy), U-IDS/P-IDS (a construction with a known answer),
+CLIP similarity (cosines by hand), and the loaders' failures."""
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+from torch import nn
+
+from eval.clip import clip_scores, load_clip, tiny_clip
+from eval.distribution import fid, inception_discriminative_scores
+from eval.features import TinyFeatures, inception
+from eval.scores import SetScores
+from magicremover.errors import ModelLoadError
+
+
+def _fid_by_hand(a, b):
+    (m1, m2), (s1, s2) = (a.mean(0), b.mean(0)), (np.cov(a, rowvar=False), np.cov(b, rowvar=False))
+    return float(((m1 - m2) ** 2).sum() + np.trace(s1 + s2 - 2 * scipy.linalg.sqrtm(s1 @ s2).real))
+
+
+def test_fid_matches_scipy_and_is_zero_against_itself():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(40, 6)), rng.normal(size=(30, 6)) * 1.5 + 0.3
+    assert fid(a, b) == pytest.approx(_fid_by_hand(a, b), rel=1e-6)
+    assert abs(fid(a, a)) < 1e-8
+
+
+def test_ids_on_a_construction_with_a_known_answer():
+    # Real features at x in [1, 2], fakes at -x except three that sit far on the real side: a linear SVM separates at
+    # ~0 and misclassifies exactly those three fakes, each of which also scores above its own real.
+    real = np.linspace(1, 2, 20)[:, None]
+    fake = -real.copy()
+    fake[:3] = [[5.0], [6.0], [7.0]]
+    scores = inception_discriminative_scores(real, fake)
+    assert scores["u_ids"] == pytest.approx(0.5 * 3 / 20) and scores["p_ids"] == pytest.approx(3 / 20)
+    separable = inception_discriminative_scores(real, real - 10)
+    assert separable == {"u_ids": 0.0, "p_ids": 0.0}
+
+
+def test_tiny_features_follow_the_extractor_contract():
+    images = torch.randint(0, 256, (3, 3, 40, 48), dtype=torch.uint8)
+    features = TinyFeatures(dim=8, seed=1)
+    assert features(images).shape == (3, 8) and torch.equal(features(images), TinyFeatures(dim=8, seed=1)(images))
+    with pytest.raises(TypeError, match="uint8"):
+        features(images.float())
+
+
+def test_inception_loads_a_weights_file_with_the_real_layout(tmp_path, monkeypatch):
+    # The real key layout with random values: build the module once without loading, save its state dict.
+    from torchmetrics.image.fid import NoTrainInceptionV3
+
+    captured = {}
+    monkeypatch.setattr(nn.Module, "load_state_dict", lambda self, state, *a, **k: captured.setdefault("keys", self.state_dict()))
+    monkeypatch.setattr(torch, "load", lambda *a, **k: {})
+    NoTrainInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path="unused")
+    monkeypatch.undo()
+    torch.manual_seed(0)
+    path = tmp_path / "weights-inception-2015-12-05-6726825d.pth"
+    random = {k: torch.rand_like(v) + 0.5 if "running_var" in k else torch.randn_like(v) * 0.05 if v.is_floating_point() else v
+              for k, v in captured["keys"].items()}  # fmt: skip
+    torch.save(random, path)
+    extractor = inception(weights=str(path), antialias=False)
+    features = extractor(torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8))
+    assert features.shape == (2, 2048) and torch.isfinite(features).all()
+    assert "antialias=False" in extractor.description
+
+
+def test_missing_extractor_weights_name_the_setting(tmp_path, monkeypatch):
+    with pytest.raises(ModelLoadError, match="metrics.features.weights=PATH"):
+        inception(weights=str(tmp_path / "nope.pth"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty hub cache: no silent download attempt
+    with pytest.raises(ModelLoadError, match="download https://github.com/toshas"):
+        inception()
+    with pytest.raises(ModelLoadError, match="metrics.clip.model=LOCAL_FOLDER"):
+        load_clip(str(tmp_path / "no_clip"))()
+
+
+def test_clip_similarity_is_the_mean_clipped_cosine():
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (48, 40, 3), dtype=np.uint8) for _ in range(5)]
+    texts = ["dog", "traffic light", "cat", "hair drier", "person"]
+    (metric,) = clip_scores(tiny_clip(seed=5), 1)
+    metric.update([torch.from_numpy(i).permute(2, 0, 1) for i in images[:3]], texts[:3])
+    metric.update([torch.from_numpy(i).permute(2, 0, 1) for i in images[3:]], texts[3:])
+    clip, processor = tiny_clip(seed=5)()
+    with torch.no_grad():
+        image = clip.get_image_features(**processor(images=images, return_tensors="pt")).pooler_output
+        text = clip.get_text_features(**processor(text=texts, return_tensors="pt", padding=True)).pooler_output
+    expected = (100 * torch.nn.functional.cosine_similarity(image, text)).clamp(min=0).mean()
+    assert float(metric.compute()) == pytest.approx(float(expected), rel=1e-5) and float(expected) > 0
+
+
+def test_set_scores_against_identical_sets_and_missing_reconstructions():
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(6)]
+    scores = SetScores(TinyFeatures(), tiny_clip(seed=5), batch_size=4)
+    for i, image in enumerate(images):
+        scores.add(image, image, image if i else None, "dog")  # the first sample has no reconstruction
+    report = scores.compute()
+    assert abs(report["fid_original"]) < 1e-6 and report["fid_reconstruction"] is None
+    assert report["clip_similarity"] == pytest.approx(report["clip_similarity_input"])
+    assert report["fid_settings"]["n"] == 6
