@@ -28,6 +28,8 @@ def example_image() -> Path:
 def remove(cfg: DictConfig, out_dir: Path) -> dict:
     """Run the configured method on the configured image; returns the ``result.json`` contents."""
     image_path = cfg.image or example_image()
+    if cfg.mask and "use_mask" in cfg.method:
+        cfg.method.use_mask = True  # a mask on the command line asks for mask mode (Eq. 13)
     sample = RemovalSample(
         image=load_image(image_path),
         prompt=cfg.prompt,

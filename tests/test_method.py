@@ -91,8 +91,9 @@ def test_mask_mode_keeps_the_outside_closer_to_the_reconstruction(remove):
     def outside_change(result):
         return ((result.image - result.reconstruction).abs() * outside).sum() / (3 * outside.sum())
 
-    with_mask, without = remove(mask=mask), remove()
+    with_mask, without = remove(mask=mask, use_mask=True), remove()
     assert outside_change(with_mask) < outside_change(without)
+    assert torch.equal(remove(mask=mask).image, without.image)  # a dataset's mask alone does not switch mask mode on
     # Eq. 13: the user's mask (at latent resolution) is the gate M, reported back at image resolution
     latent_mask = F.interpolate(soft, size=(8, 8), mode="bilinear", align_corners=False)
     assert torch.allclose(with_mask.mask, F.interpolate(latent_mask, size=(64, 64), mode="bilinear", align_corners=False), atol=1e-5)
@@ -110,9 +111,9 @@ def test_bad_inputs_fail_before_any_unet_call(tiny, remove):
     with pytest.raises(PromptError, match="target 'dog' is not in the prompt"):
         remove(target="dog")
     with pytest.raises(ImageError, match="the mask is 32x32 but the image is 64x64"):
-        remove(mask=_circle_mask(32))
+        remove(mask=_circle_mask(32), use_mask=True)
     with pytest.raises(ImageError, match="the mask is empty"):
-        remove(mask=Image.new("L", (64, 64), 0))
+        remove(mask=Image.new("L", (64, 64), 0), use_mask=True)
     assert tiny.calls.delta(tiny.calls.totals(), before) == {}
     with pytest.raises(ConfigError, match="method.loss=l2 is not one of"):
         remove(loss="l2")

@@ -66,7 +66,7 @@ class MagicRemover(InvertingRemover):
         # 1. Inputs at the model resolution; the target is checked before any UNet call.
         target = find_target(c.tokenizer, sample.prompt, sample.target)
         source, image = self.fit(sample)
-        user_mask = fit_mask(sample.mask, source.size, tuple(image.shape[-2:]), self.resize) if sample.mask else None
+        user_mask = fit_mask(sample.mask, source.size, tuple(image.shape[-2:]), self.resize) if sample.mask and s.use_mask else None
         # 2. Inversion (Eq. 6), shared through the cache by every method and ablation.
         inversion = self.invert(sample, image)
         latent_hw = tuple(inversion.trajectory.shape[-2:])

@@ -32,6 +32,9 @@ class Settings:
         reweight_perturbation: ablation "w/o Rp" when False: the gradient acts everywhere (W = 1).
         self_attention_guidance: ablation "w/o Sg" when False: no K/V injection from the reconstruction (Eq. 10).
         classifier_optimization: ablation "w/o Co" when False: no extra same-t step.
+        use_mask: mask mode (App. A.4, Eq. 13): a sample's mask, when it has one, replaces M₀. Off by default, so the
+            masks an evaluation dataset carries for mask-based baselines do not turn the text-only method into a
+            masked one; ``experiments.remove mask=PATH`` turns it on.
         gradient_checkpointing: recompute UNet activations during the guided backward pass instead of storing them:
             identical results, far less memory (see the README's Performance section), some extra compute.
     """
@@ -53,6 +56,7 @@ class Settings:
     reweight_perturbation: bool = True
     self_attention_guidance: bool = True
     classifier_optimization: bool = True
+    use_mask: bool = False
     gradient_checkpointing: bool = True
 
     def __post_init__(self) -> None:
