@@ -28,7 +28,7 @@ BIG_LAMA_MD5 = "e3aa4aaa15225a33ec84f9f4bc47e500"  # the big-lama.pt export dist
 def resolve_weights(weights: str | None, cache_dir: str | Path) -> Path:
     """A local file for ``weights``: a path as given, or a URL downloaded once into ``cache_dir``."""
     if not weights:
-        raise ModelLoadError("LaMa needs its TorchScript weights: set method.weights=/path/to/big-lama.pt (or a URL)")
+        raise ModelLoadError("LaMa needs its TorchScript weights: set weights.lama=/path/to/big-lama.pt (or a URL)")
     if weights.startswith(("http://", "https://")):
         target = Path(cache_dir).expanduser() / Path(weights.split("?")[0]).name
         if not target.is_file():
@@ -36,7 +36,7 @@ def resolve_weights(weights: str | None, cache_dir: str | Path) -> Path:
             try:
                 torch.hub.download_url_to_file(weights, str(target), progress=False)
             except Exception as err:  # noqa: BLE001 - any download failure has the same fix
-                raise ModelLoadError(f"could not download {weights} ({type(err).__name__}); download it yourself and set method.weights=PATH") from None
+                raise ModelLoadError(f"could not download {weights} ({type(err).__name__}); download it yourself and set weights.lama=PATH") from None
         return target
     path = Path(weights).expanduser()
     if not path.is_file():

@@ -43,11 +43,11 @@ def load_clip(model: str = "openai/clip-vit-base-patch16") -> ClipLoader:
         try:
             clip, processor = CLIPModel.from_pretrained(model), CLIPProcessor.from_pretrained(model)
         except (OSError, ValueError) as err:
-            raise ModelLoadError(f"could not load CLIP from {model} ({str(err).splitlines()[0]}); set metrics.clip.model=LOCAL_FOLDER") from err
+            raise ModelLoadError(f"could not load CLIP from {model} ({str(err).splitlines()[0]}); set weights.clip=LOCAL_FOLDER") from err
         if len(processor.tokenizer) != clip.config.text_config.vocab_size:
             raise ModelLoadError(
                 f"CLIP at {model}: tokenizer has {len(processor.tokenizer)} tokens, the model embeds "
-                f"{clip.config.text_config.vocab_size}; set metrics.clip.model=LOCAL_FOLDER with a complete CLIP"
+                f"{clip.config.text_config.vocab_size}; set weights.clip=LOCAL_FOLDER with a complete CLIP"
             )
         return clip.eval(), processor
 

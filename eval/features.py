@@ -35,7 +35,7 @@ def inception(weights: str | None = None, antialias: bool = False) -> nn.Module:
 
     path = Path(weights).expanduser() if weights else _hub_cache()
     if not path.is_file():
-        raise ModelLoadError(f"Inception weights not found at {path}: download {INCEPTION_URL} and set metrics.features.weights=PATH (or use metrics=ground_truth)")
+        raise ModelLoadError(f"Inception weights not found at {path}: download {INCEPTION_URL} and set weights.inception=PATH (or use metrics=ground_truth)")
     module = NoTrainInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(path), antialias=antialias)
     module.num_features = 2048
     module.description = f"inception-v3-compat pool3 (torch-fidelity 2015-12-05 weights), antialias={antialias}"

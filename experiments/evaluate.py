@@ -1,7 +1,7 @@
 """Run a remover over a dataset, resumably, and compute metrics.
 
     python -m experiments.evaluate method=magicremover data=toy out_dir=runs/toy_magic
-    python -m experiments.evaluate method=lama method.weights=big-lama.pt data=toy out_dir=runs/toy_lama
+    python -m experiments.evaluate method=lama weights.lama=big-lama.pt data=toy out_dir=runs/toy_lama
 
 Writes ``outputs/<sample_id>.png`` (unpadded, atomic), one ``manifest*.jsonl`` line per finished sample (status, UNet
 calls, seconds, or the error) and ``metrics.json``. Rerunning the same command skips finished samples. With

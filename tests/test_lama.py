@@ -73,7 +73,7 @@ def test_checksum_and_missing_weights_are_reported(weights, tmp_path):
         LaMa(str(weights))
     with pytest.raises(ModelLoadError, match="method.weights=/nope/big-lama.pt does not exist"):
         LaMa("/nope/big-lama.pt")
-    with pytest.raises(ModelLoadError, match="set method.weights="):
+    with pytest.raises(ModelLoadError, match="set weights.lama="):
         LaMa(None)
     with pytest.raises(ModelLoadError, match="could not download http://127.0.0.1:9/big-lama.pt"):
         LaMa("http://127.0.0.1:9/big-lama.pt", cache_dir=tmp_path)

@@ -67,12 +67,12 @@ def test_inception_loads_a_weights_file_with_the_real_layout(tmp_path, monkeypat
 
 
 def test_missing_extractor_weights_name_the_setting(tmp_path, monkeypatch):
-    with pytest.raises(ModelLoadError, match="metrics.features.weights=PATH"):
+    with pytest.raises(ModelLoadError, match="weights.inception=PATH"):
         inception(weights=str(tmp_path / "nope.pth"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty hub cache: no silent download attempt
     with pytest.raises(ModelLoadError, match="download https://github.com/toshas"):
         inception()
-    with pytest.raises(ModelLoadError, match="metrics.clip.model=LOCAL_FOLDER"):
+    with pytest.raises(ModelLoadError, match="weights.clip=LOCAL_FOLDER"):
         load_clip(str(tmp_path / "no_clip"))()
 
 

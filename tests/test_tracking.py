@@ -49,8 +49,8 @@ def test_a_failing_wandb_never_loses_results(tmp_path, wandb_home, monkeypatch, 
 
 
 def test_missing_metric_weights_fail_before_any_sample_runs(tmp_path):
-    cfg = _config(tmp_path, "metrics=standard", f"metrics.features.weights={tmp_path / 'inception.pth'}")
+    cfg = _config(tmp_path, "metrics=standard", f"weights.inception={tmp_path / 'inception.pth'}")
     with pytest.raises(Exception) as info:
         ev.evaluate(cfg, Path(cfg.out_dir))
-    assert isinstance(find_user_error(info.value), ModelLoadError) and "metrics.features.weights" in str(find_user_error(info.value))
+    assert isinstance(find_user_error(info.value), ModelLoadError) and "weights.inception" in str(find_user_error(info.value))
     assert not (Path(cfg.out_dir) / "manifest.jsonl").exists()
