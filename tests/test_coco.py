@@ -1,10 +1,9 @@
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from eval.coco import CocoDataset
 from experiments import evaluate as ev
@@ -13,46 +12,6 @@ from magicremover.errors import ConfigError
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def coco_root(tmp_path_factory):
-    """A COCO-layout folder: RGB, grayscale and CMYK images; polygon and crowd-RLE annotations; categories with a
-    two-word name ("fire hydrant": fire, hydr, ant) and a multi-token word ("surfboard": surf, board)."""
-    root = tmp_path_factory.mktemp("coco")
-    (root / "val2017").mkdir()
-    (root / "annotations").mkdir()
-    rgb = Image.new("RGB", (80, 60), (90, 120, 150))
-    ImageDraw.Draw(rgb).rectangle([10, 10, 30, 40], fill=(200, 40, 40))
-    rgb.save(root / "val2017" / "000000000001.jpg")
-    Image.new("L", (64, 64), 128).save(root / "val2017" / "000000000002.png")
-    Image.new("CMYK", (48, 48), (0, 80, 80, 0)).save(root / "val2017" / "000000000003.jpg")
-    crowd = np.zeros((64, 64), dtype=np.uint8)
-    crowd[20:40, 5:25] = 1
-    counts, flat, value, run = [], crowd.flatten(order="F"), 0, 0
-    for pixel in flat:  # uncompressed RLE, column-major, starting with zeros
-        if pixel == value:
-            run += 1
-        else:
-            counts.append(run)
-            value, run = pixel, 1
-    counts.append(run)
-    data = {
-        "images": [{"id": 1, "file_name": "000000000001.jpg", "width": 80, "height": 60},
-                   {"id": 2, "file_name": "000000000002.png", "width": 64, "height": 64},
-                   {"id": 3, "file_name": "000000000003.jpg", "width": 48, "height": 48}],
-        "categories": [{"id": 11, "name": "fire hydrant"}, {"id": 42, "name": "surfboard"}, {"id": 18, "name": "dog"}],
-        "annotations": [
-            {"id": 1, "image_id": 1, "category_id": 11, "iscrowd": 0, "area": 600.0, "bbox": [10, 10, 20, 30],
-             "segmentation": [[10, 10, 30, 10, 30, 40, 10, 40]]},
-            {"id": 2, "image_id": 1, "category_id": 18, "iscrowd": 0, "area": 100.0, "bbox": [50, 30, 10, 10],
-             "segmentation": [[50, 30, 60, 30, 60, 40, 50, 40]]},
-            {"id": 3, "image_id": 2, "category_id": 42, "iscrowd": 1, "area": 400.0, "bbox": [5, 20, 20, 20],
-             "segmentation": {"counts": counts, "size": [64, 64]}},
-            {"id": 4, "image_id": 3, "category_id": 18, "iscrowd": 0, "area": 100.0, "bbox": [4, 4, 10, 10],
-             "segmentation": [[4, 4, 14, 4, 14, 14, 4, 14]]},
-        ],
-    }  # fmt: skip
-    (root / "annotations" / "instances_val2017.json").write_text(json.dumps(data))
-    return root
 
 
 def test_every_image_category_pair_with_prompt_and_union_mask(coco_root):

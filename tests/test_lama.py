@@ -10,28 +10,9 @@ from magicremover.inversion import InversionConfig
 from magicremover.types import RemovalSample
 
 
-class TinyLaMa(torch.nn.Module):
-    """Same signature and conventions as big-lama.pt, at toy size (one FFT round trip like LaMa's FFC blocks)."""
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.inp = torch.nn.Conv2d(4, 8, 3, padding=1)
-        self.out = torch.nn.Conv2d(8, 3, 3, padding=1)
-
-    def forward(self, image, mask):
-        x = self.inp(torch.cat([image * (1 - mask), mask], dim=1))
-        x = torch.fft.irfftn(torch.fft.rfftn(x, dim=(-2, -1)), s=x.shape[-2:], dim=(-2, -1))
-        predicted = torch.sigmoid(self.out(torch.relu(x)))
-        return mask * predicted + (1 - mask) * image
-
-
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    path = tmp_path_factory.mktemp("lama") / "tiny-lama.pt"
-    traced = torch.jit.trace(TinyLaMa(), (torch.rand(1, 3, 64, 64), torch.zeros(1, 1, 64, 64)))
-    traced.save(str(path))
-    return path
+def weights(lama_weights):
+    return lama_weights
 
 
 def _sample(size=(60, 60), with_mask=True):

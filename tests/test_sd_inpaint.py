@@ -1,32 +1,12 @@
 import pytest
 import torch
-from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionInpaintPipeline, UNet2DConditionModel
 from PIL import Image, ImageDraw
-from transformers import CLIPTextConfig, CLIPTextModel
 
 from baselines.sd_inpaint import SDInpaint
 from magicremover.errors import ImageError, ModelLoadError
-from magicremover.tokenizer import build_clip_tokenizer
 from magicremover.types import RemovalSample
 
 
-@pytest.fixture(scope="module")
-def inpaint_dir(tmp_path_factory):
-    """A tiny SD-inpainting folder: the real classes and layout (9-channel UNet), random weights."""
-    tokenizer = build_clip_tokenizer()
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(sample_size=8, in_channels=9, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
-                                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-                                cross_attention_dim=32, attention_head_dim=4, norm_num_groups=16)  # fmt: skip
-    vae = AutoencoderKL(block_out_channels=(16, 16, 32, 32), down_block_types=("DownEncoderBlock2D",) * 4,
-                        up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, norm_num_groups=8, layers_per_block=1)  # fmt: skip
-    text = CLIPTextModel(CLIPTextConfig(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
-                                        vocab_size=len(tokenizer), max_position_embeddings=77))  # fmt: skip
-    pipe = StableDiffusionInpaintPipeline(vae, text, tokenizer, unet, PNDMScheduler(skip_prk_steps=True), None, None,
-                                          requires_safety_checker=False)  # fmt: skip
-    folder = tmp_path_factory.mktemp("sd-inpaint")
-    pipe.save_pretrained(folder)
-    return folder
 
 
 def _sample(with_mask=True):

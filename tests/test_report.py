@@ -1,0 +1,76 @@
+"""Sweeps and paper artefacts: tables and figures from saved metrics.json files; a sweep inverts each image once."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from eval.report import collect, render, row_labels, table
+from experiments._cli import compose_config
+from magicremover.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _sweep(tmp_path, *args):
+    env = os.environ | {"PYTHONPATH": str(ROOT), "MAGICREMOVER_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "experiments.evaluate", "-m", *args, "device=cpu", "num_inference_steps=4",
+                           "inversion=negative_prompt"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def _fake_sweep(root, runs):
+    for name, (metrics, config) in runs.items():
+        (root / name).mkdir(parents=True)
+        (root / name / "metrics.json").write_text(json.dumps(metrics))
+        (root / name / "config.yaml").write_text(config)
+    return root
+
+
+def test_tables_follow_the_spec_order_labels_and_paper_column(tmp_path):
+    sweep = _fake_sweep(tmp_path / "sweep", {
+        "lama": ({"fid_original": 8.123456, "ok": 10, "inversions": 0}, "method: {}\n"),
+        "magicremover": ({"fid_original": 12.5, "fid_reconstruction": None, "ok": 10, "inversions": 10}, "method: {}\n"),
+        "extra_run": ({"fid_original": 3.0, "ok": 9}, "method: {}\n"),
+    })  # fmt: skip
+    spec = compose_config("report", ["artefact=table1", f"sweep_dir={sweep}"]).report
+    runs = collect(sweep)
+    header, rows = table(runs, row_labels(sweep, runs, spec), spec)
+    assert header[:3] == ["Method", "FID (originals)", "FID (reconstructions)"] and header[-2:] == ["paper FID", "N"]
+    assert [row[0] for row in rows] == ["LaMa", "MagicRemover w/o mask", "extra_run"]  # spec order, then the rest
+    assert rows[0][1:3] == ["8.123", "–"] and rows[0][-2:] == ["8.44", "10"] and rows[2][-2] == "–"
+    paths = render(sweep, spec)
+    assert "| LaMa | 8.123 |" in paths["md"].read_text() and "10 inversions" in paths["md"].read_text()
+    assert r"MagicRemover w/o mask & 12.5 & -- &" in paths["tex"].read_text()
+    assert paths["png"].stat().st_size > 0 and json.loads(paths["json"].read_text())["inversions"] == 10
+
+
+def test_numeric_sweeps_are_labelled_by_their_value_and_sorted(tmp_path):
+    sweep = _fake_sweep(tmp_path / "sweep", {
+        f"lambda_{value}": ({"psnr_out": value * 10, "ok": 2}, f"method:\n  lambda_: {value}\n") for value in (0.8, 0.2, 0.5)
+    })  # fmt: skip
+    spec = compose_config("report", ["artefact=fig9", f"sweep_dir={sweep}"]).report
+    runs = collect(sweep)
+    assert list(row_labels(sweep, runs, spec).values()) == ["0.2", "0.5", "0.8"]
+    assert render(sweep, spec)["png"].is_file()
+
+
+def test_bad_sweep_folders_are_clear_errors(tmp_path):
+    spec = compose_config("report", ["artefact=fig6", f"sweep_dir={tmp_path}"]).report
+    with pytest.raises(ConfigError, match="is not a folder"):
+        render(tmp_path / "missing", spec)
+    with pytest.raises(ConfigError, match="no run in .* has a metrics.json"):
+        render(tmp_path, spec)
+
+
+def test_a_two_config_sweep_inverts_each_image_once_and_draws_its_artefact(tmp_path):
+    sweep = tmp_path / "fig9"
+    _sweep(tmp_path, "+artefact=fig9", f"hydra.sweep.dir={sweep}", "method.lambda_=0.3,0.7", "data.size=2")
+    first, second = (json.loads((sweep / name / "metrics.json").read_text()) for name in ("lambda_0.3", "lambda_0.7"))
+    assert (first["inversions"], second["inversions"]) == (2, 0)  # the second configuration reuses both
+    summary = json.loads((sweep / "fig9.json").read_text())
+    assert summary["inversions"] == 2 and summary["samples"] == 4
+    assert "| 0.3 |" in (sweep / "fig9.md").read_text() and (sweep / "fig9.png").is_file()
