@@ -88,7 +88,7 @@ def run_samples(cfg: DictConfig, out_dir: Path, dataset, remover) -> None:
 
 
 def compute_metrics(out_dir: Path, dataset, resize: str, scores: SetScores, reconstructions_from: str | None = None) -> dict:
-    """Metrics over every finished sample; inputs and ground truth are fitted to the outputs' resolution.
+    """Metrics over every finished sample; inputs and ground truth are fitted to the outputs' resolution and framing.
 
     ``reconstructions_from``: another run on the same samples whose reconstructions serve as the second FID reference,
     for methods that make none (LaMa, SD-Inpaint).
@@ -103,7 +103,8 @@ def compute_metrics(out_dir: Path, dataset, resize: str, scores: SetScores, reco
         record = done[item.sample.sample_id]
         output = _read(out_dir / record["output"])
         source = load_image(item.sample.image)
-        fit = lambda image: np.asarray(to_pil(fit_to_model(image, output.shape[:2], resize)))  # noqa: E731
+        framing = record.get("extras", {}).get("resize", resize)  # a method with its own framing (Inst-Inpaint's crop)
+        fit = lambda image: np.asarray(to_pil(fit_to_model(image, output.shape[:2], framing)))  # noqa: E731
         original = fit(source)
         if "reconstruction" in record:
             reconstruction = _read(out_dir / record["reconstruction"])
@@ -113,7 +114,7 @@ def compute_metrics(out_dir: Path, dataset, resize: str, scores: SetScores, reco
             reconstruction = None
         scores.add(output, original, reconstruction, item.category or item.sample.target)
         if dataset.has_ground_truth:
-            region = fit_mask(Image.fromarray((item.region * 255).astype(np.uint8)), source.size, output.shape[:2], resize)
+            region = fit_mask(Image.fromarray((item.region * 255).astype(np.uint8)), source.size, output.shape[:2], framing)
             rows.append(ground_truth_metrics(output, original, fit(load_image(item.ground_truth)), region[0, 0].numpy()))
     if rows:
         report |= {key: float(np.nanmean([row[key] for row in rows])) for key in rows[0]}

@@ -129,3 +129,29 @@ def inpaint_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("sd-inpaint")
     pipe.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def bert_vocab(tmp_path_factory):
+    """A 64-token BERT-uncased-style WordPiece vocabulary folder."""
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "remove", "the", "a", "red", "circle", "dog", "on", "stripes"]
+    words += [f"tok{i}" for i in range(64 - len(words))]
+    folder = tmp_path_factory.mktemp("bert")
+    (folder / "vocab.txt").write_text("\n".join(words) + "\n")
+    (folder / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": True, "model_max_length": 77}))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def inst_inpaint_weights(tmp_path_factory):
+    """A tiny random Inst-Inpaint in our converted format (.safetensors recording its architecture)."""
+    from safetensors.torch import save_file
+
+    from baselines.inst_inpaint import Architecture, InstInpaintModel
+
+    torch.manual_seed(0)
+    model = InstInpaintModel(Architecture.named("tiny"))
+    path = tmp_path_factory.mktemp("inst_inpaint") / "inst-inpaint-tiny.safetensors"
+    tensors = {f"{prefix}.{k}": v.contiguous() for prefix, module in model.parts().items() for k, v in module.state_dict().items()}
+    save_file(tensors, str(path), metadata={"architecture": "tiny"})
+    return path
