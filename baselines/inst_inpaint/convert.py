@@ -132,8 +132,6 @@ def main(argv: list[str]) -> None:
     """Convert the official ``model.ckpt`` once into a safetensors file of our modules (``unet.``/``text.``/``vq.``)."""
     import argparse
 
-    from safetensors.torch import save_file
-
     from baselines.inst_inpaint.model import Architecture, InstInpaintModel
 
     parser = argparse.ArgumentParser(prog="python -m baselines.inst_inpaint.convert", description=main.__doc__)
@@ -146,8 +144,7 @@ def main(argv: list[str]) -> None:
     state = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
     model = InstInpaintModel(Architecture.named(args.architecture))
     report = convert(state.get("state_dict", state), model.unet, model.text_encoder, model.vq, alphas_cumprod=model.scheduler.alphas_cumprod)
-    tensors = {f"{prefix}.{k}": v.contiguous() for prefix, module in model.parts().items() for k, v in module.state_dict().items()}
-    save_file(tensors, str(args.output), metadata={"architecture": args.architecture})
+    model.save(args.output, args.architecture)
     print(f"wrote {args.output}: {len(report['consumed'])} checkpoint tensors used, {len(report['ignored'])} ignored")
 
 

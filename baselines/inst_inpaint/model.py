@@ -74,6 +74,14 @@ class InstInpaintModel(nn.Module):
     def parts(self) -> dict[str, nn.Module]:
         return {"unet": self.unet, "text": self.text_encoder, "vq": self.vq}
 
+    def save(self, path: str | Path, name: str) -> None:
+        """Our format: one ``.safetensors`` of the three networks (``unet.``/``text.``/``vq.``) recording ``name``,
+        the architecture (see :meth:`Architecture.named`)."""
+        from safetensors.torch import save_file
+
+        tensors = {f"{prefix}.{k}": v.contiguous() for prefix, module in self.parts().items() for k, v in module.state_dict().items()}
+        save_file(tensors, str(path), metadata={"architecture": name})
+
     def load(self, path: str | Path, use_ema: bool = True) -> dict:
         """Weights from the official Lightning ``.ckpt`` (tensors only) or from our converted ``.safetensors``."""
         path = Path(path).expanduser()
