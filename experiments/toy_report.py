@@ -2,6 +2,7 @@
 
     python -m experiments.toy_report                       # the embedded toy model, 50 held-out scenes
     python -m experiments.toy_report --model DIR --scenes 20 --out report/
+    python -m experiments.toy_report --scenes 25 --start 25 --skip vae samples attention inversion subsets   # a second half
 
 The figures go into the model card (``magicremover/assets/toy/README.md``).
 """
@@ -66,6 +67,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=str(toy_model_dir()), help="toy model folder")
     parser.add_argument("--scenes", type=int, default=50, help="held-out scenes per figure")
+    parser.add_argument("--start", type=int, default=0, help="skip this many held-out scenes (split a long report across processes)")
     parser.add_argument("--out", default="toy_report", help="output folder")
     parser.add_argument("--skip", nargs="*", default=[], choices=["vae", "samples", "attention", "inversion", "removal", "subsets"])
     args = parser.parse_args()
@@ -74,9 +76,9 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     c = load_pretrained(path=args.model, device="cpu")
-    scenes = [render_scene(HELD_OUT_SEED + i) for i in range(args.scenes)]
-    cases = held_out_cases(args.scenes)
-    report: dict = {"scenes": args.scenes, "model": args.model}
+    scenes = [render_scene(HELD_OUT_SEED + args.start + i) for i in range(args.scenes)]
+    cases = held_out_cases(args.scenes, HELD_OUT_SEED + args.start)
+    report: dict = {"scenes": args.scenes, "start": args.start, "model": args.model}
     timer = time.perf_counter()
     if "vae" not in args.skip:
         report["vae_psnr"] = vae_psnr(c, scenes)
