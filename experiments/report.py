@@ -15,11 +15,19 @@ from omegaconf import DictConfig
 
 from eval.report import render
 from experiments._cli import run_entry_point
+from magicremover.errors import ConfigError
+
+
+def report(cfg: DictConfig, _: Path) -> dict[str, Path]:
+    """Render ``cfg.report`` (the artefact's spec) from ``cfg.sweep_dir``."""
+    if not cfg.sweep_dir:
+        raise ConfigError("set sweep_dir=DIR, the folder of a finished sweep (its hydra.sweep.dir)")
+    return render(Path(cfg.sweep_dir), cfg.report)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="report")
 def main(cfg: DictConfig) -> None:
-    run_entry_point(lambda cfg, _: render(Path(cfg.sweep_dir), cfg.report), cfg)
+    run_entry_point(report, cfg)
 
 
 if __name__ == "__main__":

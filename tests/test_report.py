@@ -89,3 +89,15 @@ def test_the_table1_command_produces_its_table_on_the_coco_fixture(tmp_path, coc
         assert metrics["fid_reconstruction"] is not None, name  # baselines are scored against MagicRemover's reconstructions
     assert "| 8.44 | 4 |" in rows["LaMa"]  # the paper's number beside ours
     assert (sweep / "table1.tex").is_file() and (sweep / "table1.png").is_file()
+
+
+def test_the_report_command_redraws_a_sweep_and_names_what_is_missing(tmp_path):
+    sweep = _fake_sweep(tmp_path / "sweep", {"default": ({"clip_similarity": 20.0, "ok": 3}, "method: {}\n")})
+    env = os.environ | {"PYTHONPATH": str(ROOT)}
+    run = lambda *args: subprocess.run([sys.executable, "-m", "experiments.report", *args], cwd=tmp_path, env=env,  # noqa: E731
+                                       capture_output=True, text=True, timeout=300)  # fmt: skip
+    done = run("artefact=fig6", f"sweep_dir={sweep}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "| full | – | – | 20 |" in (sweep / "fig6.md").read_text()
+    missing = run("artefact=fig6")
+    assert missing.returncode == 2 and missing.stderr.strip() == "error: set sweep_dir=DIR, the folder of a finished sweep (its hydra.sweep.dir)"
