@@ -89,8 +89,10 @@ def attention_iou(c: SDComponents, cases: list[ToyCase], quantile: float = 0.8) 
     The map is taken like M₀: one conditional UNet pass on the DDIM-inverted latent at the last timestep, heads and
     layers summed. Reported for the object's words, the "photo" token, the start token and, in two-object scenes,
     the other object's words; plus how often the target's map is higher on its own object than on the other.
+    ``iou_ceiling`` is the best any map can score under this protocol (a top-20 % region against an object covering
+    a fraction f of the image: min(f, 0.2) / max(f, 0.2)); ``iou_object_matched`` sizes the region to the object.
     """
-    scores: dict[str, list[float]] = {"object": [], "photo": [], "start": [], "other_object": []}
+    scores: dict[str, list[float]] = {"object": [], "photo": [], "start": [], "other_object": [], "ceiling": [], "object_matched": []}
     prefers_right = []
     config = InversionConfig(method="ddim", num_inference_steps=50)
     for case in cases:
@@ -108,6 +110,9 @@ def attention_iou(c: SDComponents, cases: list[ToyCase], quantile: float = 0.8) 
         target = find_target(c.tokenizer, case.scene.caption, case.obj.phrase)
         own, own_map = region(target.flat)
         scores["object"].append(_iou(own, truth))
+        area = truth.mean()
+        scores["ceiling"].append(min(area, 1 - quantile) / max(area, 1 - quantile))
+        scores["object_matched"].append(_iou(own_map >= np.quantile(own_map, 1 - area), truth))
         scores["photo"].append(_iou(region(find_target(c.tokenizer, case.scene.caption, "photo").flat)[0], truth))
         scores["start"].append(_iou(region([0])[0], truth))
         if len(case.scene.objects) == 2:
