@@ -37,7 +37,8 @@ def _tensor(features) -> torch.Tensor:
 
 
 def load_clip(model: str = "openai/clip-vit-base-patch16") -> ClipLoader:
-    """A loader of a CLIP model and its processor from a hub id or a local folder (called when scores are needed)."""
+    """A loader of a CLIP model and its processor from a hub id or a local folder (called when the metric set is built,
+    so a missing model fails before any sample runs)."""
 
     def load() -> tuple[CLIPModel, CLIPProcessor]:
         try:
@@ -64,8 +65,9 @@ def tiny_clip(seed: int = 0) -> ClipLoader:
         tokenizer = build_clip_tokenizer()
         text = text_config_for(tokenizer, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
         vision = dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
-        torch.manual_seed(seed)
-        clip = CLIPModel(CLIPConfig(text_config=text.to_dict(), vision_config=vision, projection_dim=16)).eval()
+        with torch.random.fork_rng():  # seeded weights without touching the caller's random state
+            torch.manual_seed(seed)
+            clip = CLIPModel(CLIPConfig(text_config=text.to_dict(), vision_config=vision, projection_dim=16)).eval()
         images = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
         return clip, CLIPProcessor(image_processor=images, tokenizer=tokenizer)
 
