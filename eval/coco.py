@@ -40,7 +40,7 @@ class CocoDataset:
         num_shards / shard_index: this process's share of the pairs.
     """
 
-    provides = frozenset({"mask", "instruction"})
+    provides = frozenset({"mask"})
     has_ground_truth = False
 
     def __init__(
@@ -110,6 +110,5 @@ class CocoDataset:
         category = self.coco.cats[category_id]["name"]
         image = load_image(self.image_dir / info["file_name"])
         mask = Image.fromarray(self.mask(image_id, category_id).astype(np.uint8) * 255)
-        sample = RemovalSample(image, self.prompt_template.format(category=category), category, mask=mask,
-                               instruction=f"remove the {category}", sample_id=self.ids[index])  # fmt: skip
+        sample = RemovalSample(image, self.prompt_template.format(category=category), category, mask=mask, sample_id=self.ids[index])
         return EvalItem(sample, category=category)

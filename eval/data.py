@@ -52,12 +52,12 @@ class ToyDataset:
     def __init__(self, size: int = 50, first_seed: int = 10_000_000, with_mask: bool = True, num_shards: int = 1, shard_index: int = 0):
         from magicremover.toy.quality import held_out_cases
 
-        self.provides = frozenset({"instruction", "mask"} if with_mask else {"instruction"})
+        self.provides = frozenset({"mask"} if with_mask else ())
         self.items = []
         for case in shard(held_out_cases(size, first_seed), num_shards, shard_index):
             mask = Image.fromarray((case.obj.shadow_mask * 255).round().astype(np.uint8)) if with_mask else None
             sample = RemovalSample(Image.fromarray(case.scene.image), case.scene.caption, case.obj.phrase, mask=mask,
-                                   instruction=f"remove the {case.obj.phrase}", sample_id=case.sample.sample_id)  # fmt: skip
+                                   sample_id=case.sample.sample_id)  # fmt: skip
             self.items.append(EvalItem(sample, Image.fromarray(case.obj.removed), case.obj.shadow_mask, case.obj.shape))
         self.ids = [item.sample.sample_id for item in self.items]
 

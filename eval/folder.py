@@ -28,7 +28,7 @@ class FolderDataset:
         num_shards / shard_index: this process's share.
     """
 
-    provides = frozenset({"mask", "instruction"})
+    provides = frozenset({"mask"})
     has_ground_truth = True
 
     def __init__(self, root: str | None = None, size: int | None = None, num_shards: int = 1, shard_index: int = 0):
@@ -63,6 +63,6 @@ class FolderDataset:
         sample_id, prompt, target = self.records[index]
         image = load_image(self._file("images", sample_id))
         mask = load_image(self._file("masks", sample_id), min_side=1).convert("L")
-        sample = RemovalSample(image, prompt, target, mask=mask, instruction=f"remove the {target}", sample_id=sample_id)
+        sample = RemovalSample(image, prompt, target, mask=mask, sample_id=sample_id)
         region = np.asarray(mask, dtype=np.float32) / 255
         return EvalItem(sample, ground_truth=load_image(self._file("ground_truth", sample_id)), region=region, category=target)
