@@ -12,7 +12,7 @@ from PIL import Image
 from baselines.inst_inpaint import Architecture, InstInpaint, InstInpaintModel
 from baselines.inst_inpaint.convert import EMA_PREFIX, convert, ema_name, text_key, vq_key
 from experiments.remove import remove
-from magicremover.errors import ModelLoadError
+from magicremover.errors import ConfigError, ModelLoadError
 from magicremover.types import RemovalSample
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -147,6 +147,9 @@ def test_bad_checkpoints_are_refused(checkpoint, tmp_path):
         InstInpaintModel(Architecture.named("tiny")).load(pickled)
     with pytest.raises(ModelLoadError, match="set weights.inst_inpaint="):
         InstInpaint(weights=None)
+    for template in ("remove the object", "remove the {target} {where}"):
+        with pytest.raises(ConfigError, match="must be a template with {target} and no other fields"):
+            InstInpaint(weights=str(path), instruction=template)
 
 
 def test_removal_runs_deterministically_and_records_its_handicap(checkpoint, bert_vocab, tmp_path):

@@ -22,7 +22,7 @@ from torch import nn
 
 from baselines.inst_inpaint.convert import convert
 from baselines.inst_inpaint.unet import UNetConfig, UNetModel
-from magicremover.errors import ModelLoadError
+from magicremover.errors import ConfigError, ModelLoadError
 from magicremover.images import Resize, fit_to_model, load_image, to_pil
 from magicremover.models import resolve_device
 from magicremover.types import RemovalResult, RemovalSample
@@ -125,6 +125,8 @@ class InstInpaint:
     def __init__(self, weights: str | None = None, tokenizer: str = "bert-base-uncased", architecture: str | None = None,
                  use_ema: bool = True, num_inference_steps: int = 50, seed: int = 0, instruction: str = "remove the {target}",
                  resolution: int = 512, resize: Resize = "center_crop", device: str = "auto"):  # fmt: skip
+        if "{target}" not in instruction or _formats(instruction) is None:
+            raise ConfigError(f"method.instruction={instruction!r} must be a template with {{target}} and no other fields, e.g. 'remove the {{target}}'")
         if not weights:
             raise ModelLoadError("Inst-Inpaint needs its weights: set weights.inst_inpaint=/path/to/ldm/model.ckpt (from the authors' release)")
         self.device = resolve_device(device)
@@ -160,6 +162,13 @@ class InstInpaint:
             seconds={"total": time.perf_counter() - start},
             extras={"instruction": instruction, "native_resolution": size, "upsampled_to": self.resolution, "resize": self.resize},
         )
+
+
+def _formats(template: str) -> str | None:
+    try:
+        return template.format(target="x")
+    except (KeyError, IndexError, ValueError):
+        return None
 
 
 def _recorded_architecture(weights: str) -> str:
