@@ -31,7 +31,7 @@ class SetScores:
         self.clip = clip_scores(clip, 2) if clip is not None else None
         self.pending: list[tuple[np.ndarray, np.ndarray, np.ndarray | None, str]] = []
         self.feats: dict[str, list[np.ndarray]] = {"output": [], "original": [], "reconstruction": []}
-        self.count = self.with_reconstruction = 0
+        self.count = 0
 
     def add(self, output: np.ndarray, original: np.ndarray, reconstruction: np.ndarray | None, text: str) -> None:
         """One sample: its output, its input, the inversion's reconstruction (if the method made one), the class."""
@@ -47,7 +47,6 @@ class SetScores:
         self.pending = []
         self.count += len(outputs)
         batches = {"output": outputs, "original": originals, "reconstruction": [r for r in reconstructions if r is not None]}
-        self.with_reconstruction += len(batches["reconstruction"])
         if self.features is not None:
             for key, images in batches.items():
                 if images:
@@ -64,7 +63,7 @@ class SetScores:
         if self.features is not None and self.count >= 2:
             out, orig = (np.concatenate(self.feats[key]) for key in ("output", "original"))
             report["fid_original"] = fid(orig, out)
-            complete = self.with_reconstruction == self.count
+            complete = sum(len(f) for f in self.feats["reconstruction"]) == self.count
             report["fid_reconstruction"] = fid(np.concatenate(self.feats["reconstruction"]), out) if complete else None
             report |= inception_discriminative_scores(orig, out)
             report["fid_settings"] = {
