@@ -1,4 +1,4 @@
-"""Measure the toy model's quality gates and removal figures; print a markdown report and write ``toy_report.json``.
+"""Measure the toy model's quality gates and removal figures; print them and write ``toy_report.json``.
 
     python -m experiments.toy_report                       # the embedded toy model, 50 held-out scenes
     python -m experiments.toy_report --model DIR --scenes 20 --out report/
@@ -45,22 +45,26 @@ VARIANTS = {  # report row → (conf/method preset, overrides)
 }
 
 
-def removal_table(components, cases, cache_dir, variants=VARIANTS) -> dict[str, dict[str, float]]:
-    """Mean removal metrics per method variant over ``cases`` (inversions shared through the cache), after the
-    reference row: the VAE's own reconstruction of the input, the best any latent method can keep outside the mask."""
+def removal_table(components, cases, cache_dir, variants=VARIANTS) -> tuple[dict, dict]:
+    """Removal metrics per method variant over ``cases`` (inversions shared through the cache), after the reference
+    row: the VAE's own reconstruction of the input, the best any latent method can keep outside the mask.
+
+    Returns the mean per variant and metric, and every scene's row per variant (a mean of dB hides whether a figure
+    comes from a few failures or from all scenes).
+    """
     from magicremover.diffusion import decode_latents, encode_image
 
-    rows = []
+    per_scene = {"vae_reconstruction": []}
     for case in cases:
         image = torch.from_numpy(case.scene.image).permute(2, 0, 1)[None].float() / 255
-        rows.append(removal_metrics(case, to_uint8(decode_latents(components, encode_image(components, image)))))
-    table = {"vae_reconstruction": {key: float(np.mean([r[key] for r in rows])) for key in rows[0]}}
+        per_scene["vae_reconstruction"].append(removal_metrics(case, to_uint8(decode_latents(components, encode_image(components, image)))))
     for name, (preset, overrides) in variants.items():
         cfg = compose_config("remove", [f"method={preset}", f"cache_dir={cache_dir}", "device=cpu", *overrides])
         remover = build_remover(cfg, components)
-        rows = [removal_metrics(case, to_uint8(remover(case.sample).image)) for case in cases]
-        table[name] = {key: float(np.mean([r[key] for r in rows])) for key in rows[0]}
-    return table
+        per_scene[name] = [removal_metrics(case, to_uint8(remover(case.sample).image)) for case in cases]
+    means = {name: {key: float(np.mean([r[key] for r in rows])) for key in rows[0]} for name, rows in per_scene.items()}
+    seeds = [case.scene.seed for case in cases]
+    return means, {name: [{"seed": seed, **row} for seed, row in zip(seeds, rows)] for name, rows in per_scene.items()}
 
 
 def main() -> None:
@@ -94,11 +98,12 @@ def main() -> None:
     if "inversion" not in args.skip:
         report["inversion"] = inversion_gap(c, scenes[: max(10, args.scenes // 5)])
     if "removal" not in args.skip:
-        report["removal"] = removal_table(c, cases, out / "cache")
+        report["removal"], report["removal_per_scene"] = removal_table(c, cases, out / "cache")
     if "subsets" not in args.skip:
         subset_variants = {"magicremover": ("magicremover", [])}
-        report["removal_glass"] = removal_table(c, held_out_cases(max(5, args.scenes // 5), kind="glass"), out / "cache", subset_variants)
-        report["removal_shadow"] = removal_table(c, held_out_cases(max(5, args.scenes // 5), kind="shadow"), out / "cache", subset_variants)
+        for kind in ("glass", "shadow"):
+            subset = held_out_cases(max(5, args.scenes // 5), kind=kind)
+            report[f"removal_{kind}"], report[f"removal_{kind}_per_scene"] = removal_table(c, subset, out / "cache", subset_variants)
     report["seconds"] = time.perf_counter() - timer
     (out / "toy_report.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))

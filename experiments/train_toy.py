@@ -27,6 +27,7 @@ from magicremover.attention import CrossAttentionStore, controlled_attention
 from magicremover.images import to_pil
 from magicremover.models import SDComponents, build_ddim_scheduler
 from magicremover.toy.model import ScenePool, toy_modules
+from magicremover.toy.scenes import RADIUS
 from magicremover.toy.tokenizer import build_toy_tokenizer
 
 log = logging.getLogger("train_toy")
@@ -173,12 +174,13 @@ def run(cfg: DictConfig) -> None:
     (work / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
     tokenizer = build_toy_tokenizer()
     unet, vae, text_encoder = toy_modules(tokenizer, cfg.seed)
-    pool_path = work / f"pool_{cfg.pool_size}.pt"
+    radius = tuple(cfg.scene_radius or RADIUS)
+    pool_path = work / f"pool_{cfg.pool_size}_r{radius[0]:g}-{radius[1]:g}.pt"
     if pool_path.is_file():
         pool = ScenePool.load(pool_path)
     else:
-        log.info("rendering %d training scenes", cfg.pool_size)
-        pool = ScenePool.render(range(cfg.seed, cfg.seed + cfg.pool_size), tokenizer)
+        log.info("rendering %d training scenes (object radii %s px)", cfg.pool_size, radius)
+        pool = ScenePool.render(range(cfg.seed, cfg.seed + cfg.pool_size), tokenizer, radius)
         pool.save(pool_path)
     timings = {}
     start = time.perf_counter()

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from magicremover.toy.detect import caption_background, caption_objects, classify_background, detect_objects
-from magicremover.toy.scenes import BACKGROUNDS, GLASS_ALPHA, VOCABULARY, render_scene
+from magicremover.toy.scenes import BACKGROUNDS, GLASS_ALPHA, RADIUS, VOCABULARY, render_scene
 from magicremover.toy.tokenizer import build_toy_tokenizer
 
 SEEDS = range(500, 560)
@@ -35,6 +35,24 @@ def test_ground_truth_differs_from_the_scene_only_under_the_object_and_its_shado
             assert (obj.shadow_mask >= obj.mask).all()
             expected = GLASS_ALPHA if obj.shape == "glass disc" else 1.0
             assert np.allclose(obj.soft_mask, obj.mask * expected)
+
+
+def test_object_areas_follow_the_radius_range(scenes):
+    # area of each shape per squared radius: disc pi, square of half-side 0.85 r, equilateral triangle of circumradius r
+    per_r2 = {"circle": np.pi, "glass disc": np.pi, "square": 1.7**2, "triangle": 3 * np.sqrt(3) / 4}
+    low, high = RADIUS
+    for scene in scenes:
+        for obj in scene.objects:
+            area = obj.mask.sum()
+            assert per_r2[obj.shape] * low**2 - 1 <= area <= per_r2[obj.shape] * high**2 + 1, (scene.seed, obj.phrase)
+    small, large = render_scene(SEEDS[0], radius=(8, 8)), render_scene(SEEDS[0], radius=(16, 16))
+    assert small.objects[0].mask.sum() < 0.3 * large.objects[0].mask.sum()
+
+
+def test_the_embedded_example_is_held_out_scene_10500259(example_image):
+    scene = render_scene(10_500_259)
+    assert np.array_equal(np.asarray(example_image), scene.image)
+    assert scene.caption == "a photo of a red circle on horizontal stripes"  # conf/remove.yaml's default prompt
 
 
 def test_domain_variety(scenes):

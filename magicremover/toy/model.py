@@ -12,7 +12,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from magicremover.models import text_config_for
 from magicremover.tokens import find_target
-from magicremover.toy.scenes import render_scene
+from magicremover.toy.scenes import RADIUS, render_scene
 
 LATENT = 16  # f4 VAE: 64 px scenes ↔ 16×16×4 latents (f8 would leave a 10 px object 1–2 latent pixels)
 
@@ -65,11 +65,11 @@ class ScenePool:
     token_masks: torch.Tensor
 
     @classmethod
-    def render(cls, seeds: range, tokenizer: CLIPTokenizer) -> "ScenePool":
+    def render(cls, seeds: range, tokenizer: CLIPTokenizer, radius: tuple[float, float] = RADIUS) -> "ScenePool":
         images, captions = [], []
         token_masks = torch.zeros(len(seeds), tokenizer.model_max_length, LATENT, LATENT, dtype=torch.float16)
         for n, seed in enumerate(seeds):
-            scene = render_scene(seed)
+            scene = render_scene(seed, radius=radius)
             images.append(torch.from_numpy(scene.image).permute(2, 0, 1))
             captions.append(scene.caption)
             for obj in scene.objects:
