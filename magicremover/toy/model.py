@@ -14,7 +14,7 @@ from magicremover.models import text_config_for
 from magicremover.tokens import find_target
 from magicremover.toy.scenes import RADIUS, render_scene
 
-LATENT = 16  # f4 VAE: 64 px scenes ↔ 16×16×4 latents (f8 would leave a 10 px object 1–2 latent pixels)
+LATENT = 16  # f4 VAE: 64 px scenes ↔ 16×16×4 latents (f8 would leave a 12-px-radius object 3 latent pixels across)
 
 
 def toy_modules(tokenizer: CLIPTokenizer, seed: int = 0) -> tuple[UNet2DConditionModel, AutoencoderKL, CLIPTextModel]:
