@@ -23,11 +23,12 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
+from experiments._cli import run_entry_point
 from magicremover.attention import CrossAttentionStore, controlled_attention
 from magicremover.images import to_pil
 from magicremover.models import SDComponents, build_ddim_scheduler
 from magicremover.toy.model import ScenePool, toy_modules
-from magicremover.toy.scenes import RADIUS
+from magicremover.toy.scenes import RADIUS, radius_range
 from magicremover.toy.tokenizer import build_toy_tokenizer
 
 log = logging.getLogger("train_toy")
@@ -168,13 +169,13 @@ def export(out_dir: Path, unet, vae, text_encoder, tokenizer, scaling_factor: fl
 
 
 def run(cfg: DictConfig) -> None:
+    radius = radius_range(cfg.scene_radius or RADIUS)  # a bad range fails before anything is written
     torch.set_num_threads(cfg.threads)
     work, out = Path(cfg.work_dir), Path(cfg.out_dir)
     work.mkdir(parents=True, exist_ok=True)
     (work / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
     tokenizer = build_toy_tokenizer()
     unet, vae, text_encoder = toy_modules(tokenizer, cfg.seed)
-    radius = tuple(cfg.scene_radius or RADIUS)
     pool_path = work / f"pool_{cfg.pool_size}_r{radius[0]:g}-{radius[1]:g}.pt"
     if pool_path.is_file():
         pool = ScenePool.load(pool_path)
@@ -237,7 +238,7 @@ def sample(components: SDComponents, captions: list[str], steps: int = 20, guida
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train_toy")
 def main(cfg: DictConfig) -> None:
-    run(cfg)
+    run_entry_point(lambda cfg, _out_dir: run(cfg), cfg)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from magicremover.toy.detect import caption_background, caption_objects, classify_background, detect_objects
-from magicremover.toy.scenes import BACKGROUNDS, GLASS_ALPHA, RADIUS, VOCABULARY, render_scene
+from magicremover.errors import ConfigError
+from magicremover.toy.scenes import BACKGROUNDS, GLASS_ALPHA, RADIUS, VOCABULARY, radius_range, render_scene
 from magicremover.toy.tokenizer import build_toy_tokenizer
 
 SEEDS = range(500, 560)
@@ -45,8 +46,19 @@ def test_object_areas_follow_the_radius_range(scenes):
         for obj in scene.objects:
             area = obj.mask.sum()
             assert per_r2[obj.shape] * low**2 - 1 <= area <= per_r2[obj.shape] * high**2 + 1, (scene.seed, obj.phrase)
-    small, large = render_scene(SEEDS[0], radius=(8, 8)), render_scene(SEEDS[0], radius=(16, 16))
+    small, large = render_scene(SEEDS[0], radius=(6, 6)), render_scene(SEEDS[0], radius=(12, 12))
     assert small.objects[0].mask.sum() < 0.3 * large.objects[0].mask.sum()
+
+
+@pytest.mark.parametrize("bad", [(16, 12), (0, 16), (12, 32), (16, 16), 12, ("a", "b"), (8, 12, 16)])
+def test_radius_ranges_the_generator_cannot_draw_are_refused(bad):
+    # (16, 16): a first object at the centre leaves no room for a second, and the redraw loop would never end
+    with pytest.raises(ConfigError, match=r"cannot be drawn: give \[low, high\] px .* e.g. scene_radius=\[12,16\]"):
+        render_scene(SEEDS[0], radius=bad)
+
+
+def test_the_radius_ranges_in_use_are_drawable():
+    assert radius_range(RADIUS) == RADIUS and radius_range([8, 16]) == (8.0, 16.0)
 
 
 def test_the_embedded_example_is_held_out_scene_10500259(example_image):

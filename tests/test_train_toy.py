@@ -1,6 +1,9 @@
 """The toy-model training command: a few steps on a few scenes, resumed, exported and loaded like any SD folder."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import torch
 
@@ -42,3 +45,12 @@ def test_training_resumes_and_exports_a_loadable_model(tmp_path):
     assert (work / "pool_8_r12-16.pt").is_file()
     again = torch.load(work / "unet.pt")
     assert again["step"] == 3 and all(torch.equal(again["unet"][k], resumed["unet"][k]) for k in resumed["unet"])
+
+
+def test_a_radius_range_it_cannot_draw_is_a_one_line_error_before_anything_is_written(tmp_path):
+    cmd = [sys.executable, "-m", "experiments.train_toy", "scene_radius=[16,12]", f"work_dir={tmp_path / 'work'}",
+           f"out_dir={tmp_path / 'model'}", f"hydra.run.dir={tmp_path / 'hydra'}"]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("error: object radii [16, 12] cannot be drawn")
+    assert not (tmp_path / "work").exists() and not (tmp_path / "model").exists()

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from magicremover.errors import ConfigError
+
 SIZE, SUPERSAMPLE = 64, 4
 BACKGROUNDS = {
     "hstripes": "horizontal stripes",
@@ -137,13 +139,36 @@ def _compose(background: np.ndarray, layers: list[dict], skip: int | None = None
     return np.clip(np.round(_downsample(canvas)), 0, 255).astype(np.uint8)
 
 
+def radius_range(value) -> tuple[float, float]:
+    """``value`` as ``(low, high)`` object radii in pixels, checked to be drawable.
+
+    Objects are placed one after the other and a second one is redrawn until it sits apart from the first (centres at
+    least r1 + r2 - 4 px apart), so the range must leave room for a radius-``low`` object beside a radius-``high`` one
+    even at the image centre: sqrt(2) (32 - low) >= high + low - 4. Otherwise the generator could loop forever.
+
+    Raises:
+        ConfigError: not two numbers, not 0 < low <= high < 32, or no room for a second object.
+    """
+    try:
+        low, high = (float(v) for v in value)
+    except (TypeError, ValueError):
+        low = high = float("nan")
+    half = SIZE / 2
+    if not (0 < low <= high < half and np.sqrt(2) * (half - low) >= high + low - 4):
+        raise ConfigError(f"object radii {value!r} cannot be drawn: give [low, high] px with 0 < low <= high < 32 and room "
+                          "for a second object beside any first (sqrt(2) * (32 - low) >= high + low - 4), "
+                          "e.g. scene_radius=[12,16]")
+    return low, high
+
+
 def render_scene(seed: int, glass_probability: float = 0.1, shadow_probability: float = 0.3,
                  radius: tuple[float, float] = RADIUS) -> ToyScene:
     """Render the scene of ``seed`` (deterministic) with its caption and per-object ground truth.
 
-    ``radius`` (low, high) in pixels: the range object radii are drawn from; only reproducing the first training
-    stages of the committed model needs anything but the default.
+    ``radius`` (low, high) in pixels: the range object radii are drawn from (checked by ``radius_range``); only
+    reproducing the first training stages of the committed model needs anything but the default.
     """
+    radius = radius_range(radius)
     rng = np.random.default_rng(seed)
     kind = list(BACKGROUNDS)[rng.integers(len(BACKGROUNDS))]
     background = _background(kind, rng)
