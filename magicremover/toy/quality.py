@@ -91,9 +91,12 @@ def attention_iou(c: SDComponents, cases: list[ToyCase], quantile: float = 0.8) 
     the other object's words; plus how often the target's map is higher on its own object than on the other.
     ``iou_ceiling`` is the best any map can score under this protocol (a top-20 % region against an object covering
     a fraction f of the image: min(f, 0.2) / max(f, 0.2)); ``iou_object_matched`` sizes the region to the object.
+    ``other_covered_same_colour`` / ``other_covered_distinct_colour``: in two-object scenes, the fraction of the other
+    object's mask inside the target's top-20 % region, split by whether the two objects share a colour — what the
+    edit will also touch.
     """
     scores: dict[str, list[float]] = {"object": [], "photo": [], "start": [], "other_object": [], "ceiling": [], "object_matched": []}
-    prefers_right = []
+    prefers_right, covered = [], {"same_colour": [], "distinct_colour": []}
     config = InversionConfig(method="ddim", num_inference_steps=50)
     for case in cases:
         image = _tensor(case.scene.image)
@@ -117,10 +120,15 @@ def attention_iou(c: SDComponents, cases: list[ToyCase], quantile: float = 0.8) 
         scores["start"].append(_iou(region([0])[0], truth))
         if len(case.scene.objects) == 2:
             other = case.scene.objects[1]
+            other_truth = other.mask > 0.5
             other_region, _ = region(find_target(c.tokenizer, case.scene.caption, other.phrase).flat)
             scores["other_object"].append(_iou(other_region, truth))
-            prefers_right.append(own_map[truth].mean() > own_map[other.mask > 0.5].mean())
+            prefers_right.append(own_map[truth].mean() > own_map[other_truth].mean())
+            pair = "same_colour" if other.colour == case.obj.colour else "distinct_colour"
+            covered[pair].append(float((own & other_truth).sum() / max(other_truth.sum(), 1)))
     result = {f"iou_{k}": float(np.mean(v)) for k, v in scores.items() if v}
+    result.update({f"other_covered_{k}": float(np.mean(v)) for k, v in covered.items() if v})
+    result.update({f"{k}_pairs": len(v) for k, v in covered.items()})
     result["prefers_right_object"] = float(np.mean(prefers_right)) if prefers_right else float("nan")
     return result
 
