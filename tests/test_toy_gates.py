@@ -2,7 +2,7 @@
 
 Measured when the model was committed (1 thread): VAE 30.71 dB on the first 10 scenes; on the first 6 cases the
 target's top-20 % attention region scores IoU 0.56 with its mask (ceiling 0.62) against 0.00 for "photo" and the
-start token; null-text inversion of the first scene is 0.10 dB from the VAE.
+start token; null-text inversion of the first scene is 0.09 dB from the VAE (29.71 vs 29.79 dB).
 """
 
 import pytest
