@@ -27,6 +27,14 @@ def tiny():
 
 
 @pytest.fixture(scope="session")
+def toy():
+    """The committed toy model (loaded once; tests must leave it as they found it)."""
+    from magicremover.toy import load_toy
+
+    return load_toy(device="cpu")
+
+
+@pytest.fixture(scope="session")
 def example_image() -> Image.Image:
     from experiments.remove import example_image
 

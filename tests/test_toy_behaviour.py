@@ -15,13 +15,7 @@ import numpy as np
 import pytest
 
 from experiments._cli import build_remover, compose_config
-from magicremover.toy import load_toy
 from magicremover.toy.quality import held_out_cases, removal_metrics, to_uint8
-
-
-@pytest.fixture(scope="module")
-def toy():
-    return load_toy(device="cpu")
 
 
 @pytest.fixture(scope="module")

@@ -7,14 +7,8 @@ start token; null-text inversion of the first scene is 0.09 dB from the VAE (29.
 
 import pytest
 
-from magicremover.toy import load_toy
 from magicremover.toy.quality import HELD_OUT_SEED, attention_iou, held_out_cases, inversion_gap, vae_psnr
 from magicremover.toy.scenes import render_scene
-
-
-@pytest.fixture(scope="module")
-def toy():
-    return load_toy(device="cpu")
 
 
 def test_vae_reconstructs_held_out_scenes_above_30_db(toy):
