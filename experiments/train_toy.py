@@ -176,12 +176,14 @@ def run(cfg: DictConfig) -> None:
     (work / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
     tokenizer = build_toy_tokenizer()
     unet, vae, text_encoder = toy_modules(tokenizer, cfg.seed)
-    pool_path = work / f"pool_{cfg.pool_size}_r{radius[0]:g}-{radius[1]:g}.pt"
+    colours = "distinct" if cfg.scene_distinct_colours else "any"
+    pool_path = work / f"pool_{cfg.pool_size}_r{radius[0]:g}-{radius[1]:g}_colours-{colours}.pt"
     if pool_path.is_file():
         pool = ScenePool.load(pool_path)
     else:
-        log.info("rendering %d training scenes (object radii %s px)", cfg.pool_size, radius)
-        pool = ScenePool.render(range(cfg.seed, cfg.seed + cfg.pool_size), tokenizer, radius)
+        log.info("rendering %d training scenes (object radii %s px, colours %s)", cfg.pool_size, radius, colours)
+        seeds = range(cfg.seed, cfg.seed + cfg.pool_size)
+        pool = ScenePool.render(seeds, tokenizer, radius, cfg.scene_distinct_colours)
         pool.save(pool_path)
     timings = {}
     start = time.perf_counter()

@@ -1,14 +1,13 @@
 """Removal on the trained toy model against ground truth, on a few held-out scenes at the model card's 50 DDIM steps.
 
 Each check is on the median over three scenes (the first three held-out cases of each kind), so one failed scene
-cannot carry a figure either way. The first held-out scene is such a failure: a blue circle overlapping a blue
-square, where "blue" × "circle" also covers the square and both are damaged (the model card lists it with the
-50-scene figures, whose means include it).
+cannot carry a figure either way. The first held-out scene is such a failure: its shadowed blue circle (beside a
+yellow circle) gains only 2.9 dB inside (the model card's 50-scene means include it).
 
-Measured when the model was committed (1 thread, these scenes, medians): the default preset gains +13.6 dB inside
-the object's mask (with its shadow) against the ground truth and keeps 30.8 dB outside against the input; P2P
-reweight reaches 14.7 dB inside (ours 25.1) and 20.3 dB outside. Glass discs +13.6 dB (30.8 dB outside), shadowed
-objects +14.9 dB (30.2 dB outside). On the failed scene alone: +4.2 dB inside, 16.2 dB outside.
+Measured for the model card (1 thread, these scenes, medians): the default preset gains +13.4 dB inside the object's
+mask (with its shadow) against the ground truth and keeps 30.9 dB outside against the input; P2P reweight reaches
+14.9 dB inside (ours 25.0) and 25.1 dB outside. Glass discs +13.4 dB (30.9 dB outside), shadowed objects +14.5 dB
+(31.7 dB outside).
 """
 
 import numpy as np

@@ -20,9 +20,9 @@ def _config(tmp_path, *overrides):
 
 
 def test_training_resumes_and_exports_a_loadable_model(tmp_path):
-    run(_config(tmp_path, "scene_radius=[8,16]"))
+    run(_config(tmp_path, "scene_radius=[8,16]", "scene_distinct_colours=false"))
     work = tmp_path / "work"
-    assert (work / "pool_8_r8-16.pt").is_file()  # the pool is keyed by the radius range it was rendered with
+    assert (work / "pool_8_r8-16_colours-any.pt").is_file()  # the pool is keyed by the domain it was rendered with
     assert (work / "samples" / "step_000002.png").is_file()
     first = torch.load(work / "unet.pt")
     vae_bytes = (work / "vae.pt").read_bytes()
@@ -32,7 +32,7 @@ def test_training_resumes_and_exports_a_loadable_model(tmp_path):
 
     first["unet"]["conv_out.bias"] += 100.0  # a mark no fresh start could produce
     torch.save(first, work / "unet.pt")
-    run(_config(tmp_path, "scene_radius=[8,16]", "unet.steps=3"))
+    run(_config(tmp_path, "scene_radius=[8,16]", "scene_distinct_colours=false", "unet.steps=3"))
     resumed = torch.load(work / "unet.pt")
     assert first["step"] == 2 and resumed["step"] == 3
     step = resumed["unet"]["conv_out.bias"] - first["unet"]["conv_out.bias"]
@@ -41,8 +41,8 @@ def test_training_resumes_and_exports_a_loadable_model(tmp_path):
     record = json.loads((tmp_path / "model" / "training.json").read_text())
     assert record["config"]["unet"]["steps"] == 3 and record["config"]["scene_radius"] == [8, 16]
 
-    run(_config(tmp_path))  # the domain's radii: a second pool; the finished schedule only re-exports
-    assert (work / "pool_8_r12-16.pt").is_file()
+    run(_config(tmp_path))  # the domain's radii and colours: a second pool; the finished schedule only re-exports
+    assert (work / "pool_8_r12-16_colours-distinct.pt").is_file()
     again = torch.load(work / "unet.pt")
     assert again["step"] == 3 and all(torch.equal(again["unet"][k], resumed["unet"][k]) for k in resumed["unet"])
 

@@ -1,8 +1,9 @@
 """Scoring toy images without a neural network: which (colour, shape) objects and which background they show.
 
-Objects: pixels close to a palette colour form connected blobs; a blob's shape comes from the rotation-invariant
-ratio area / (π r²), r the largest distance from its centroid to one of its pixels — about 1.0 for a circle, 0.64
-for a square and 0.41 for a triangle. Glass discs (half-transparent) are not scored as objects.
+Objects: pixels close to a palette colour form connected blobs; a blob is the shape whose ideal outline — same area,
+same centroid, best of 5° rotations — it overlaps most, if that IoU is at least ``min_iou``. Unlike a single
+area-to-extent ratio, this survives the rounded corners of decoded images, and a blob like no shape counts as
+nothing. Glass discs (half-transparent) are not scored as objects.
 Backgrounds: a small CNN fit on rendered scenes whose seeds are disjoint from training and evaluation.
 """
 
@@ -14,29 +15,64 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from magicremover.toy.scenes import BACKGROUNDS, COLOURS, render_scene
+from magicremover.toy.scenes import BACKGROUNDS, COLOURS, SHAPES, render_scene
 
 _PALETTE = np.array(list(COLOURS.values()), dtype=float)
-_SHAPE_RATIOS = {"circle": 1.0, "square": 0.637, "triangle": 0.413}
+# rotations up to each shape's symmetry: a square repeats every 90°, an equilateral triangle every 120°
+_ANGLES = {"circle": (0.0,), "square": np.deg2rad(np.arange(0, 90, 5)), "triangle": np.deg2rad(np.arange(0, 120, 5))}
 
 
-def detect_objects(image: np.ndarray, max_distance: float = 60.0, min_area: int = 40) -> set[tuple[str, str]]:
-    """(colour, shape) pairs visible in an ``(H, W, 3)`` uint8 image."""
-    pixels = image.astype(float)
-    distance = np.linalg.norm(pixels[:, :, None, :] - _PALETTE[None, None], axis=-1)  # (H, W, colours)
+def _ideal(shape: str, area: float, dy: np.ndarray, dx: np.ndarray, angle: float) -> np.ndarray:
+    """Boolean mask of ``shape`` with ``area`` px² centred where (``dy``, ``dx``) = 0, rotated by ``angle``."""
+    if shape == "circle":
+        return dy**2 + dx**2 <= area / np.pi
+    u, v = np.cos(angle) * dx + np.sin(angle) * dy, -np.sin(angle) * dx + np.cos(angle) * dy
+    if shape == "square":
+        half = np.sqrt(area) / 2
+        return (np.abs(u) <= half) & (np.abs(v) <= half)
+    circumradius = np.sqrt(area * 4 / (3 * np.sqrt(3)))  # equilateral triangle: area = 3√3/4 R²
+    inside = np.ones(u.shape, dtype=bool)
+    for k in range(3):
+        a = np.pi / 2 + 2 * np.pi * k / 3
+        inside &= u * np.cos(a) + v * np.sin(a) <= circumradius / 2
+    return inside
+
+
+def classify_shape(blob: np.ndarray) -> tuple[str, float]:
+    """The shape an ``(H, W)`` boolean blob matches best, and its IoU with that ideal shape in [0, 1]."""
+    ys, xs = np.nonzero(blob)
+    y, x = np.mgrid[0 : blob.shape[0], 0 : blob.shape[1]]
+    dy, dx = y - ys.mean(), x - xs.mean()
+    best = {}
+    for shape in SHAPES:
+        ideals = (_ideal(shape, len(ys), dy, dx, angle) for angle in _ANGLES[shape])
+        best[shape] = max((ideal & blob).sum() / (ideal | blob).sum() for ideal in ideals)
+    shape = max(best, key=best.get)
+    return shape, float(best[shape])
+
+
+def detect_objects(
+    image: np.ndarray, max_distance: float = 40.0, min_area: int = 40, min_iou: float = 0.75
+) -> set[tuple[str, str]]:
+    """(colour, shape) pairs visible in an ``(H, W, 3)`` uint8 image.
+
+    Defaults chosen on the toy VAE's reconstructions of rendered scenes (seeds from 30,000,000, disjoint from training,
+    the held-out split and the background classifier's): their objects match an ideal shape at a median IoU of 0.96
+    (98 % ≥ 0.84), other blobs mostly below 0.45; there 411 of 412 objects are found and nothing else.
+    """
+    distance = np.linalg.norm(image.astype(float)[:, :, None, :] - _PALETTE[None, None], axis=-1)  # (H, W, colours)
     nearest = distance.argmin(-1)
     close = distance.min(-1) < max_distance
     found = set()
     for index, colour in enumerate(COLOURS):
         labels, count = ndimage.label(close & (nearest == index))
         for label in range(1, count + 1):
-            ys, xs = np.nonzero(labels == label)
-            if len(ys) < min_area:
+            blob = labels == label
+            if blob.sum() < min_area:
                 continue
-            radius = np.sqrt(((ys - ys.mean()) ** 2 + (xs - xs.mean()) ** 2).max()) + 0.5
-            ratio = len(ys) / (np.pi * radius**2)
-            shape = min(_SHAPE_RATIOS, key=lambda s: abs(_SHAPE_RATIOS[s] - ratio))
-            found.add((colour, shape))
+            shape, iou = classify_shape(blob)
+            if iou >= min_iou:
+                found.add((colour, shape))
     return found
 
 
@@ -89,7 +125,7 @@ def classify_background(images: list[np.ndarray]) -> list[str]:
 def caption_objects(caption: str) -> set[tuple[str, str]]:
     """The opaque (colour, shape) pairs a caption asks for."""
     words = caption.split()
-    return {(words[i], words[i + 1]) for i in range(len(words) - 1) if words[i] in COLOURS and words[i + 1] in _SHAPE_RATIOS}
+    return {(words[i], words[i + 1]) for i in range(len(words) - 1) if words[i] in COLOURS and words[i + 1] in SHAPES}
 
 
 def caption_background(caption: str) -> str:

@@ -65,11 +65,12 @@ class ScenePool:
     token_masks: torch.Tensor
 
     @classmethod
-    def render(cls, seeds: range, tokenizer: CLIPTokenizer, radius: tuple[float, float] = RADIUS) -> "ScenePool":
+    def render(cls, seeds: range, tokenizer: CLIPTokenizer, radius: tuple[float, float] = RADIUS,
+               distinct_colours: bool = True) -> "ScenePool":
         images, captions = [], []
         token_masks = torch.zeros(len(seeds), tokenizer.model_max_length, LATENT, LATENT, dtype=torch.float16)
         for n, seed in enumerate(seeds):
-            scene = render_scene(seed, radius=radius)
+            scene = render_scene(seed, radius=radius, distinct_colours=distinct_colours)
             images.append(torch.from_numpy(scene.image).permute(2, 0, 1))
             captions.append(scene.caption)
             for obj in scene.objects:

@@ -62,19 +62,25 @@ def to_uint8(image: torch.Tensor) -> np.ndarray:
     return (image[0].permute(1, 2, 0).clamp(0, 1).numpy() * 255).round().astype(np.uint8)
 
 
-def _tensor(array: np.ndarray) -> torch.Tensor:
+def to_tensor(array: np.ndarray) -> torch.Tensor:
+    """``(H, W, 3)`` uint8 → ``(1, 3, H, W)`` float in [0, 1]."""
     return torch.from_numpy(array).permute(2, 0, 1)[None].float() / 255
 
 
 @torch.no_grad()
 def vae_psnr(c: SDComponents, scenes: list[ToyScene]) -> float:
     """Mean PSNR of encode (posterior mean) → decode."""
-    return float(np.mean([psnr(s.image, to_uint8(decode_latents(c, encode_image(c, _tensor(s.image))))) for s in scenes]))
+    return float(np.mean([psnr(s.image, to_uint8(decode_latents(c, encode_image(c, to_tensor(s.image))))) for s in scenes]))
 
 
 def removal_metrics(case: ToyCase, output: np.ndarray) -> dict[str, float]:
-    """PSNR inside the object's mask (with shadow) against the ground truth, and outside it against the input."""
-    inside = case.obj.shadow_mask > 0.5
+    """PSNR inside the object's mask (with shadow) against the ground truth, and outside it against the input.
+
+    Inside is every pixel the object or its shadow touches at all (coverage > 0), so the ground truth equals the input
+    outside: an anti-aliased rim pixel changes when the object goes, and counted outside it would cost even a perfect
+    removal (the ground truth itself scored ~39 dB there).
+    """
+    inside = case.obj.shadow_mask > 0
     return {
         "psnr_in_vs_gt": psnr(output, case.obj.removed, inside.astype(float)[..., None].repeat(3, -1)),
         "psnr_in_input_vs_gt": psnr(case.scene.image, case.obj.removed, inside.astype(float)[..., None].repeat(3, -1)),
@@ -91,15 +97,14 @@ def attention_iou(c: SDComponents, cases: list[ToyCase], quantile: float = 0.8) 
     the other object's words; plus how often the target's map is higher on its own object than on the other.
     ``iou_ceiling`` is the best any map can score under this protocol (a top-20 % region against an object covering
     a fraction f of the image: min(f, 0.2) / max(f, 0.2)); ``iou_object_matched`` sizes the region to the object.
-    ``other_covered_same_colour`` / ``other_covered_distinct_colour``: in two-object scenes, the fraction of the other
-    object's mask inside the target's top-20 % region, split by whether the two objects share a colour — what the
-    edit will also touch.
+    ``other_covered``: in two-object scenes, the fraction of the other object's mask inside the target's top-20 %
+    region — what the edit will also touch.
     """
     scores: dict[str, list[float]] = {"object": [], "photo": [], "start": [], "other_object": [], "ceiling": [], "object_matched": []}
-    prefers_right, covered = [], {"same_colour": [], "distinct_colour": []}
+    prefers_right, covered = [], []
     config = InversionConfig(method="ddim", num_inference_steps=50)
     for case in cases:
-        image = _tensor(case.scene.image)
+        image = to_tensor(case.scene.image)
         inversion = invert(c, image, case.scene.caption, config)
         store = CrossAttentionStore()
         with controlled_attention(c.unet, store):
@@ -124,12 +129,11 @@ def attention_iou(c: SDComponents, cases: list[ToyCase], quantile: float = 0.8) 
             other_region, _ = region(find_target(c.tokenizer, case.scene.caption, other.phrase).flat)
             scores["other_object"].append(_iou(other_region, truth))
             prefers_right.append(own_map[truth].mean() > own_map[other_truth].mean())
-            pair = "same_colour" if other.colour == case.obj.colour else "distinct_colour"
-            covered[pair].append(float((own & other_truth).sum() / max(other_truth.sum(), 1)))
+            covered.append(float((own & other_truth).sum() / max(other_truth.sum(), 1)))
     result = {f"iou_{k}": float(np.mean(v)) for k, v in scores.items() if v}
-    result.update({f"other_covered_{k}": float(np.mean(v)) for k, v in covered.items() if v})
-    result.update({f"{k}_pairs": len(v) for k, v in covered.items()})
-    result["prefers_right_object"] = float(np.mean(prefers_right)) if prefers_right else float("nan")
+    result["two_object_scenes"] = len(covered)
+    if covered:
+        result.update(other_covered=float(np.mean(covered)), prefers_right_object=float(np.mean(prefers_right)))
     return result
 
 
@@ -167,7 +171,7 @@ def inversion_gap(c: SDComponents, scenes: list[ToyScene], steps: int = 50) -> d
     """Null-text reconstruction PSNR vs the VAE's own reconstruction, and both vs the input."""
     vae, nti, nti_vs_vae = [], [], []
     for scene in scenes:
-        image = _tensor(scene.image)
+        image = to_tensor(scene.image)
         inversion = invert(c, image, scene.caption, InversionConfig(num_inference_steps=steps))
         recon = to_uint8(decode_latents(c, reconstruct(c, inversion, 7.5)))
         own = to_uint8(decode_latents(c, inversion.trajectory[:1]))

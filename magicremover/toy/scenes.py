@@ -1,6 +1,6 @@
 """The toy world: 64×64 synthetic scenes with captions and, for every object, the ground truth without it.
 
-A scene is a patterned background in muted colours with one or two distinct (colour, shape) objects, sometimes with
+A scene is a patterned background in muted colours with one or two objects of different colours, sometimes with
 a drop shadow, sometimes a semi-transparent "glass disc" (alpha 0.5) through which the background shows. Every
 scene is a pure function of its seed. Shapes are rendered at 4× resolution and box-filtered, so edges are
 anti-aliased and masks are soft coverage values.
@@ -162,11 +162,13 @@ def radius_range(value) -> tuple[float, float]:
 
 
 def render_scene(seed: int, glass_probability: float = 0.1, shadow_probability: float = 0.3,
-                 radius: tuple[float, float] = RADIUS) -> ToyScene:
+                 radius: tuple[float, float] = RADIUS, distinct_colours: bool = True) -> ToyScene:
     """Render the scene of ``seed`` (deterministic) with its caption and per-object ground truth.
 
-    ``radius`` (low, high) in pixels: the range object radii are drawn from (checked by ``radius_range``); only
-    reproducing the first training stages of the committed model needs anything but the default.
+    ``radius`` (low, high) in pixels: the range object radii are drawn from (checked by ``radius_range``).
+    ``distinct_colours=False`` also allows two objects of one colour (distinct shapes), the domain the committed
+    model was trained on; a draw it rejects is redrawn, so every other scene is the same either way. Only reproducing
+    that training run needs anything but the defaults.
     """
     radius = radius_range(radius)
     rng = np.random.default_rng(seed)
@@ -180,7 +182,9 @@ def render_scene(seed: int, glass_probability: float = 0.1, shadow_probability: 
         shape = "glass disc" if glass else SHAPES[rng.integers(len(SHAPES))]
         size = rng.uniform(*radius)
         cy, cx = rng.uniform(size, SIZE - size, 2)
-        if (colour, shape) in used:
+        # No two objects of one colour: the toy model ties words to regions by colour, so such a pair shares the
+        # target's attention and the edit damages both (model card, "Domain changes").
+        if (colour, shape) in used or distinct_colours and any(colour == c for c, _ in used):
             continue
         if any(np.hypot(cy - y, cx - x) < size + r - 4 for y, x, r in centres):
             continue  # keep objects mostly apart so each has a visible region
