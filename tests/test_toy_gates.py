@@ -1,6 +1,6 @@
 """The model card's cheaper quality gates, held on the first held-out scenes (the card's figures use 50).
 
-Measured when the model was committed (1 thread): VAE 30.67 dB on the first 10 scenes; on the first 6 cases the
+Measured for the model card (1 thread): VAE 30.67 dB on the first 10 scenes; on the first 6 cases the
 target's top-20 % attention region scores IoU 0.62 with its mask (ceiling 0.62) against 0.00 for "photo" and the
 start token; null-text inversion of the first scene is 0.08 dB from the VAE (29.28 vs 29.36 dB). The detector finds
 all 85 opaque objects in the VAE's reconstructions of the 60 rendered scenes below, and nothing else.

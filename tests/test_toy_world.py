@@ -7,6 +7,7 @@ from magicremover.toy.detect import (
     caption_background, caption_objects, classify_background, classify_shape, detect_objects,
 )
 from magicremover.errors import ConfigError
+from magicremover.toy.quality import held_out_cases, removal_metrics
 from magicremover.toy.scenes import BACKGROUNDS, COLOURS, GLASS_ALPHA, RADIUS, SHAPES, VOCABULARY, radius_range, render_scene
 from magicremover.toy.tokenizer import build_toy_tokenizer
 
@@ -71,6 +72,15 @@ def test_radius_ranges_the_generator_cannot_draw_are_refused(bad):
 
 def test_the_radius_ranges_in_use_are_drawable():
     assert radius_range(RADIUS) == RADIUS and radius_range([8, 16]) == (8.0, 16.0)
+
+
+def test_the_ground_truth_is_a_perfect_removal_under_the_removal_metrics():
+    # inside = every pixel the object or its shadow touches, so outside the ground truth is the input, pixel for pixel
+    for case in held_out_cases(10):
+        scores = removal_metrics(case, case.obj.removed)
+        identical = 10 * np.log10(255.0**2 / 1e-10)  # psnr() floors the MSE at 1e-10
+        assert scores["psnr_out_vs_input"] == scores["psnr_in_vs_gt"] == pytest.approx(identical)
+        assert scores["psnr_in_input_vs_gt"] < 25.0
 
 
 def test_the_embedded_example_is_held_out_scene_10500259(example_image):
