@@ -30,6 +30,7 @@ from magicremover.toy.quality import (
     sample_scores,
     to_uint8,
     vae_psnr,
+    vae_reconstruction,
 )
 from magicremover.toy.scenes import render_scene
 
@@ -52,13 +53,8 @@ def removal_table(components, cases, cache_dir, variants=VARIANTS) -> tuple[dict
     Returns the mean per variant and metric, and every scene's row per variant (a mean of dB hides whether a figure
     comes from a few failures or from all scenes).
     """
-    from magicremover.diffusion import decode_latents, encode_image
-
-    per_scene = {"vae_reconstruction": []}
-    for case in cases:
-        image = torch.from_numpy(case.scene.image).permute(2, 0, 1)[None].float() / 255
-        own = decode_latents(components, encode_image(components, image))
-        per_scene["vae_reconstruction"].append(removal_metrics(case, to_uint8(own)))
+    reference = [removal_metrics(case, vae_reconstruction(components, case.scene.image)) for case in cases]
+    per_scene = {"vae_reconstruction": reference}
     for name, (preset, overrides) in variants.items():
         cfg = compose_config("remove", [f"method={preset}", f"cache_dir={cache_dir}", "device=cpu", *overrides])
         remover = build_remover(cfg, components)

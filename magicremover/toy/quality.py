@@ -68,9 +68,14 @@ def to_tensor(array: np.ndarray) -> torch.Tensor:
 
 
 @torch.no_grad()
+def vae_reconstruction(c: SDComponents, image: np.ndarray) -> np.ndarray:
+    """``(H, W, 3)`` uint8 → encode (posterior mean) → decode → ``(H, W, 3)`` uint8."""
+    return to_uint8(decode_latents(c, encode_image(c, to_tensor(image))))
+
+
 def vae_psnr(c: SDComponents, scenes: list[ToyScene]) -> float:
-    """Mean PSNR of encode (posterior mean) → decode."""
-    return float(np.mean([psnr(s.image, to_uint8(decode_latents(c, encode_image(c, to_tensor(s.image))))) for s in scenes]))
+    """Mean PSNR of the VAE's reconstructions."""
+    return float(np.mean([psnr(s.image, vae_reconstruction(c, s.image)) for s in scenes]))
 
 
 def removal_metrics(case: ToyCase, output: np.ndarray) -> dict[str, float]:
