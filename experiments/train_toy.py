@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from experiments._cli import run_entry_point
 from magicremover.attention import CrossAttentionStore, controlled_attention
+from magicremover.errors import ConfigError
 from magicremover.images import to_pil
 from magicremover.models import SDComponents, build_ddim_scheduler
 from magicremover.toy.model import ScenePool, toy_modules
@@ -169,7 +170,10 @@ def export(out_dir: Path, unet, vae, text_encoder, tokenizer, scaling_factor: fl
 
 
 def run(cfg: DictConfig) -> None:
-    radius = radius_range(cfg.scene_radius or RADIUS)  # a bad range fails before anything is written
+    radius = radius_range(cfg.scene_radius or RADIUS)  # bad scene settings fail before anything is written
+    if not isinstance(cfg.scene_distinct_colours, bool):
+        raise ConfigError(f"scene_distinct_colours={cfg.scene_distinct_colours!r}: give true (the domain) or false "
+                          "(two objects may share a colour, as the committed model's training scenes)")
     torch.set_num_threads(cfg.threads)
     work, out = Path(cfg.work_dir), Path(cfg.out_dir)
     work.mkdir(parents=True, exist_ok=True)

@@ -5,10 +5,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from experiments._cli import compose_config
 from experiments.train_toy import run
+from magicremover.errors import ConfigError
 from magicremover.models import load_pretrained
 
 
@@ -45,6 +47,12 @@ def test_training_resumes_and_exports_a_loadable_model(tmp_path):
     assert (work / "pool_8_r12-16_colours-distinct.pt").is_file()
     again = torch.load(work / "unet.pt")
     assert again["step"] == 3 and all(torch.equal(again["unet"][k], resumed["unet"][k]) for k in resumed["unet"])
+
+
+def test_a_colour_rule_that_is_not_a_boolean_is_refused_before_anything_is_written(tmp_path):
+    with pytest.raises(ConfigError, match=r"^scene_distinct_colours='yes': give true \(the domain\) or false"):
+        run(_config(tmp_path, "scene_distinct_colours=yes"))
+    assert not (tmp_path / "work").exists() and not (tmp_path / "model").exists()
 
 
 def test_a_radius_range_it_cannot_draw_is_a_one_line_error_before_anything_is_written(tmp_path):
