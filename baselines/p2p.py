@@ -1,18 +1,19 @@
 """Prompt-to-Prompt removal on our null-text inversion and attention kernel (paper App. A.2).
 
 Two branches per step from the inverted z_T with the per-step null embeddings: the *source* branch reconstructs
-the image under its prompt and records its self-attention K/V and conditional cross-attention; the *target*
-branch denoises with an edited cross-attention:
+the image under its prompt and records its conditional attention; the *target* branch denoises with edited
+attention, as P2P's null-text notebook (``AttentionControlEdit``) does:
 
 * ``p2p_reweight``: the same prompt; the target words' cross-attention is the source's multiplied by ``factor``
   (0 removes, 1 changes nothing) — P2P's ``AttentionReweight`` with an equaliser.
-* ``p2p_refine``: the target words are deleted from the prompt; each remaining token takes the source's
-  attention of the token it came from — P2P's ``AttentionRefine`` with a deletion-only alignment.
+* ``p2p_refine``: the target words are deleted from the prompt; each target token takes the source's attention of
+  the token P2P's global alignment maps it to (:func:`~baselines.alignment.refinement_mapper`) — ``AttentionRefine``.
 
-Cross-attention is edited on the conditional half for the first ``cross_replace_steps`` of the steps (after that
-the target branch attends on its own), and the target's self-attention uses the source's K/V for the first
-``self_replace_steps`` (P2P swaps self-attention maps at ≤ 16² resolution; K/V injection is our kernel's
-equivalent that never materialises those maps). No LocalBlend.
+Cross-attention is edited in the conditional half for the first ``int(cross_replace_steps · (steps + 1))`` steps.
+Self-attention (``self_attention=maps``, P2P's own): for the first ``int(self_replace_steps · steps)`` steps the
+target's conditional self-attention probabilities are replaced by the source's, on query grids of at most
+``self_max_tokens`` cells (32², as the notebook's ``replace_self_attention``). ``self_attention=kv`` instead injects
+the source's K/V into both halves at every resolution (our kernel's cheaper variant; not P2P). No LocalBlend.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Literal
 
 import torch
 
+from baselines.alignment import refinement_mapper
 from magicremover.accounting import UNetCalls
 from magicremover.attention import AttentionController, AttnContext, ComposedController, SelfAttentionKV, controlled_attention
 from magicremover.diffusion import alpha_bar, cfg_eps, ddim_step, decode_latents, encode_text, step_size
@@ -49,7 +51,7 @@ class CrossAttentionEdit(AttentionController):
         self.source: dict[str, torch.Tensor] = {}
 
     def wants_probs(self, ctx: AttnContext) -> bool:
-        return self.mode != "off"
+        return self.mode != "off" and ctx.is_cross
 
     def on_probs(self, ctx: AttnContext, probs: torch.Tensor) -> torch.Tensor:
         if self.mode == "record":
@@ -65,6 +67,33 @@ class CrossAttentionEdit(AttentionController):
         self.mode = "off"
 
 
+class SelfAttentionMapEdit(AttentionController):
+    """P2P's self-attention replacement: the target's conditional self-attention probabilities become the source's.
+
+    Args:
+        max_tokens: only query grids of at most this many cells take part (P2P: 32² — memory, and the coarse
+            layers carry the layout).
+    """
+
+    def __init__(self, max_tokens: int = 32**2):
+        self.max_tokens = max_tokens
+        self.mode: Literal["off", "record", "edit"] = "off"
+        self.source: dict[str, torch.Tensor] = {}
+
+    def wants_probs(self, ctx: AttnContext) -> bool:
+        return self.mode != "off" and not ctx.is_cross and ctx.height * ctx.width <= self.max_tokens
+
+    def on_probs(self, ctx: AttnContext, probs: torch.Tensor) -> torch.Tensor:
+        if self.mode == "record":
+            self.source[ctx.name] = probs[1:].detach()  # conditional half of [uncond, cond]
+            return probs
+        return torch.cat([probs[:1], self.source[ctx.name].to(probs.dtype)])
+
+    def reset(self) -> None:
+        self.source.clear()
+        self.mode = "off"
+
+
 class PromptToPrompt(InvertingRemover):
     """P2P removal (``edit="reweight"`` or ``"refine"``); same call contract as MagicRemover.
 
@@ -74,7 +103,9 @@ class PromptToPrompt(InvertingRemover):
         edit: ``reweight`` or ``refine``.
         factor: reweighting factor for the target words (0 in the paper).
         cross_replace_steps: fraction of steps, from the start, with edited cross-attention.
-        self_replace_steps: fraction of steps, from the start, with the source's self-attention K/V.
+        self_replace_steps: fraction of steps, from the start, with the source's self-attention.
+        self_attention: ``maps`` (P2P: probabilities, conditional half, grids ≤ ``self_max_tokens``) or ``kv``.
+        self_max_tokens: the largest query grid whose self-attention maps are replaced (32² in P2P).
         resize: how to fit the image to the model resolution.
         cache_dir: inversion cache folder (shared with every other method).
     """
@@ -87,14 +118,19 @@ class PromptToPrompt(InvertingRemover):
         factor: float = 0.0,
         cross_replace_steps: float = 1.0,
         self_replace_steps: float = 0.4,
+        self_attention: Literal["maps", "kv"] = "maps",
+        self_max_tokens: int = 32**2,
         resize: Resize = "stretch",
         cache_dir: str | Path | None = None,
     ):
         if edit not in ("reweight", "refine"):
             raise PromptError(f"method.edit={edit} is not reweight or refine")
+        if self_attention not in ("maps", "kv"):
+            raise PromptError(f"method.self_attention={self_attention} is not maps or kv")
         super().__init__(components, inversion, resize, cache_dir)
         self.edit, self.factor = edit, factor
         self.cross_replace_steps, self.self_replace_steps = cross_replace_steps, self_replace_steps
+        self.self_attention, self.self_max_tokens = self_attention, self_max_tokens
 
     def _edit_plan(self, sample: RemovalSample) -> tuple[str, torch.Tensor, torch.Tensor]:
         """The target prompt, and per target token the source token it maps to and its scale."""
@@ -105,15 +141,14 @@ class PromptToPrompt(InvertingRemover):
         if self.edit == "reweight":
             scale[list(target.flat)] = self.factor
             return sample.prompt, source_index, scale
-        removed = set(target.flat)
-        kept = [i for i in range(length) if i not in removed]
         words = sample.prompt.split()
         lowered = [w.lower().strip(".,") for w in words]
         for word in sample.target.lower().split():
             if word in lowered:
                 del words[lowered.index(word)], lowered[lowered.index(word)]
-        source_index = torch.tensor(kept + [-1] * (length - len(kept)))
-        return " ".join(words), source_index, scale
+        target_prompt = " ".join(words)
+        ids = [tokenizer(text, truncation=True, max_length=length).input_ids for text in (sample.prompt, target_prompt)]
+        return target_prompt, refinement_mapper(*ids, length), scale
 
     def __call__(self, sample: RemovalSample) -> RemovalResult:
         c = self.components
@@ -125,17 +160,22 @@ class PromptToPrompt(InvertingRemover):
         set_timesteps(c, n_steps)
         stride, w = step_size(c), self.inversion.guidance_scale
         cond_source, cond_target = inversion.cond_embedding, encode_text(c, [target_prompt])
-        kv, cross = SelfAttentionKV(), CrossAttentionEdit(source_index.to(c.device), scale.to(c.device))
+        cross = CrossAttentionEdit(source_index.to(c.device), scale.to(c.device))
+        maps = self.self_attention == "maps"
+        own = SelfAttentionMapEdit(self.self_max_tokens) if maps else SelfAttentionKV()
+        # P2P's step counts: cross-attention over int(f · (steps + 1)) alphas, self-attention int(f · steps) steps
+        cross_steps, self_steps = int(self.cross_replace_steps * (n_steps + 1)), int(self.self_replace_steps * n_steps)
         z_source = z_target = inversion.z_T
-        with controlled_attention(c.unet, ComposedController([kv, cross])), torch.no_grad():
+        with controlled_attention(c.unet, ComposedController([own, cross])), torch.no_grad():
             for i, t in enumerate(inversion.timesteps.tolist()):
                 null = inversion.null_embeddings[i : i + 1]
                 alpha_t, alpha_prev = alpha_bar(c, t), alpha_bar(c, t - stride)
-                kv.mode, cross.mode = "record", "record"
+                own.mode = "record" if i < self_steps else "off"
+                cross.mode = "record" if i < cross_steps else "off"
                 with c.calls.stage("reconstruction"):
                     z_source_next = ddim_step(z_source, cfg_eps(c, z_source, t, null, cond_source, w), alpha_t, alpha_prev)
-                kv.mode = "inject" if i < self.self_replace_steps * n_steps else "off"
-                cross.mode = "edit" if i < self.cross_replace_steps * n_steps else "off"
+                own.mode = ("edit" if maps else "inject") if i < self_steps else "off"
+                cross.mode = "edit" if i < cross_steps else "off"
                 with c.calls.stage("edit"):
                     z_target = ddim_step(z_target, cfg_eps(c, z_target, t, null, cond_target, w), alpha_t, alpha_prev)
                 z_source = z_source_next

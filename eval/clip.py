@@ -1,8 +1,13 @@
 """CLIP similarity between each output and the bare class name ("dog"): lower means less of the object is left.
 
-Scores are torchmetrics' ``CLIPScore`` (100 · cosine, clipped at 0, averaged). The authors' code measured this with
-OpenAI CLIP ViT-B/16; the model is loaded here from a hub id or a local folder, and checked, because an offline hub
-load can return a silently broken tokenizer.
+Two protocols on one model (OpenAI CLIP ViT-B/16, as the authors), loaded from a hub id or a local folder and
+checked, because an offline hub load can return a silently broken tokenizer:
+
+* ``torchmetrics`` — ``CLIPScore``: 100 · cosine, clipped at 0, averaged; CLIP's processor (bicubic resize of the
+  short side to 224, centre crop).
+* ``authors`` — the authors' ``evaluation/evaluate.py`` (task ``cs``): the plain cosine averaged (0.21, not 21), the
+  image resized to 224 × 224 by bilinear tensor interpolation without antialias (torchvision's ``T.Resize`` on a
+  tensor before 0.17), then CLIP's mean/std normalisation; the text is the bare class name.
 """
 
 from __future__ import annotations
@@ -10,11 +15,13 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
-from magicremover.errors import ModelLoadError
+from magicremover.errors import ConfigError, ModelLoadError
 
 ClipLoader = Callable[[], tuple[CLIPModel, CLIPProcessor]]
+PROTOCOLS = ("torchmetrics", "authors")
 
 
 class _ProjectedFeatures(torch.nn.Module):
@@ -75,11 +82,40 @@ def tiny_clip(seed: int = 0) -> ClipLoader:
     return load
 
 
-def clip_scores(loader: ClipLoader, count: int) -> list:
-    """``count`` torchmetrics ``CLIPScore`` metrics sharing one model (e.g. outputs and inputs vs the class name).
-    Update each with uint8 ``(3, H, W)`` images and one text per image; ``compute()`` is the mean in [0, 100]."""
+def clip_scores(loader: ClipLoader, count: int, protocol: str = "torchmetrics") -> list:
+    """``count`` metrics sharing one model (e.g. outputs and inputs vs the class name). Update each with uint8
+    ``(3, H, W)`` images and one text per image; ``compute()`` is the mean: in [0, 100] under ``torchmetrics``, a
+    cosine in [−1, 1] under ``authors``."""
     from torchmetrics.multimodal.clip_score import CLIPScore
 
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"metrics.clip_protocol={protocol} is not one of {', '.join(PROTOCOLS)}")
     clip, processor = loader()
+    if protocol == "authors":
+        return [AuthorsClipSimilarity(clip, processor) for _ in range(count)]
     shared = (_ProjectedFeatures(clip), processor)
     return [CLIPScore(model_name_or_path=lambda: shared) for _ in range(count)]
+
+
+class AuthorsClipSimilarity:
+    """The authors' CLIP similarity (``evaluate.py``, task ``cs``): mean cosine of image and class-name embeddings."""
+
+    def __init__(self, clip: CLIPModel, processor: CLIPProcessor):
+        self.clip, self.tokenizer = clip, processor.tokenizer
+        images = processor.image_processor
+        self.side = images.crop_size["height"] if getattr(images, "crop_size", None) else images.size["shortest_edge"]
+        self.mean = torch.tensor(images.image_mean).view(1, 3, 1, 1)
+        self.std = torch.tensor(images.image_std).view(1, 3, 1, 1)
+        self.cosines: list[torch.Tensor] = []
+
+    @torch.no_grad()
+    def update(self, images: list[torch.Tensor], texts: list[str]) -> None:
+        pixels = torch.stack(list(images)).float() / 255
+        pixels = F.interpolate(pixels, size=(self.side, self.side), mode="bilinear", align_corners=False, antialias=False)
+        image = _tensor(self.clip.get_image_features(pixel_values=(pixels - self.mean) / self.std))
+        tokens = self.tokenizer(list(texts), padding=True, return_tensors="pt")
+        text = _tensor(self.clip.get_text_features(**tokens))
+        self.cosines.append(F.cosine_similarity(image, text))
+
+    def compute(self) -> torch.Tensor:
+        return torch.cat(self.cosines).mean()

@@ -40,6 +40,6 @@ def inception_discriminative_scores(real: np.ndarray, fake: np.ndarray) -> dict[
     svm = LinearSVC(dual=False).fit(np.concatenate([real, fake]), np.r_[np.ones(len(real)), np.zeros(len(fake))])
     real_score, fake_score = svm.decision_function(real), svm.decision_function(fake)
     return {
-        "u_ids": float(0.5 * (np.mean(real_score < 0) + np.mean(fake_score > 0))),
+        "u_ids": float(0.5 * (np.mean(real_score <= 0) + np.mean(fake_score > 0))),  # 1 − svm.score: 0 predicts fake
         "p_ids": float(np.mean(fake_score > real_score)),
     }

@@ -24,11 +24,22 @@ class SetScores:
         features: the FID / IDS extractor (uint8 ``(N, 3, H, W)`` → ``(N, D)``), or ``None`` for no FID / IDS.
         clip: a CLIP loader (see :mod:`eval.clip`), or ``None`` for no CLIP similarity.
         batch_size: images per extractor call.
+        fid_backend: the Inception port the extractor is (recorded in ``fid_settings``), if it is one.
+        clip_protocol: ``torchmetrics`` (100 · clipped cosine) or ``authors`` (plain cosine, their resize); see
+            :mod:`eval.clip`.
     """
 
-    def __init__(self, features: nn.Module | None = None, clip: ClipLoader | None = None, batch_size: int = 16):
-        self.features, self.clip_loader, self.batch_size = features, clip, batch_size
-        self.clip = clip_scores(clip, 2) if clip is not None else None
+    def __init__(
+        self,
+        features: nn.Module | None = None,
+        clip: ClipLoader | None = None,
+        batch_size: int = 16,
+        fid_backend: str | None = None,
+        clip_protocol: str = "torchmetrics",
+    ):
+        self.features, self.clip_loader, self.batch_size, self.fid_backend = features, clip, batch_size, fid_backend
+        self.clip_protocol = clip_protocol
+        self.clip = clip_scores(clip, 2, clip_protocol) if clip is not None else None
         self.pending: list[tuple[np.ndarray, np.ndarray, np.ndarray | None, str]] = []
         self.feats: dict[str, list[np.ndarray]] = {"output": [], "original": [], "reconstruction": []}
         self.count = 0
@@ -67,6 +78,7 @@ class SetScores:
             report["fid_reconstruction"] = fid(np.concatenate(self.feats["reconstruction"]), out) if complete else None
             report |= inception_discriminative_scores(orig, out)
             report["fid_settings"] = {
+                "backend": self.fid_backend,
                 "extractor": getattr(self.features, "description", type(self.features).__name__),
                 "input": "uint8 PNG pixels",
                 "n": self.count,
@@ -75,6 +87,7 @@ class SetScores:
         if self.clip is not None and self.count:
             report["clip_similarity"], report["clip_similarity_input"] = (float(m.compute()) for m in self.clip)
             report["clip_model"] = getattr(self.clip_loader, "description", "custom")
+            report["clip_protocol"] = self.clip_protocol
         return report
 
 

@@ -3,6 +3,7 @@
     python -m experiments.toy_report                       # the embedded toy model, 50 held-out scenes
     python -m experiments.toy_report --model DIR --scenes 20 --out report/
     python -m experiments.toy_report --scenes 25 --start 25 --skip vae samples attention inversion subsets   # a second half
+    python -m experiments.toy_report --skip vae samples attention inversion --variants magicremover p2p_reweight
 
 The figures go into the model card (``magicremover/assets/toy/README.md``).
 """
@@ -71,6 +72,7 @@ def main() -> None:
     parser.add_argument("--start", type=int, default=0, help="skip this many held-out scenes (split a long report across processes)")
     parser.add_argument("--out", default="toy_report", help="output folder")
     parser.add_argument("--skip", nargs="*", default=[], choices=["vae", "samples", "attention", "inversion", "removal", "subsets"])
+    parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS), help="removal rows to measure")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     out = Path(args.out)
@@ -95,7 +97,8 @@ def main() -> None:
     if "inversion" not in args.skip:
         report["inversion"] = inversion_gap(c, scenes[: max(10, args.scenes // 5)])
     if "removal" not in args.skip:
-        report["removal"], report["removal_per_scene"] = removal_table(c, cases, out / "cache")
+        variants = {name: VARIANTS[name] for name in args.variants}
+        report["removal"], report["removal_per_scene"] = removal_table(c, cases, out / "cache", variants)
     if "subsets" not in args.skip:
         subset_variants = {"magicremover": ("magicremover", [])}
         for kind in ("glass", "shadow"):

@@ -81,8 +81,9 @@ def fit_to_model(image: Image.Image, size: int | tuple[int, int], resize: Resize
         image: RGB image of any size.
         size: target side, or ``(height, width)``.
         resize: ``stretch`` — bilinear ``F.interpolate`` straight to the size, aspect ratio not kept, no
-            antialias (the authors' code); ``center_crop`` — crop the central square/aspect, then PIL bicubic
-            (the null-text inversion reference).
+            antialias (the authors' code); ``center_crop`` — crop the central box of the target aspect, then PIL
+            bicubic on the crop alone (the null-text reference's ``load_512``: crop first, so no pixel outside the
+            box leaks into the edge rows as it does with ``ImageOps.fit``).
 
     Returns:
         ``(1, 3, H, W)`` float32 in [0, 1].
@@ -92,9 +93,21 @@ def fit_to_model(image: Image.Image, size: int | tuple[int, int], resize: Resize
         tensor = to_tensor(image)
         return F.interpolate(tensor, size=(height, width), mode="bilinear", align_corners=False).clamp(0, 1)
     if resize == "center_crop":
-        return to_tensor(ImageOps.fit(image, (width, height), method=Image.Resampling.BICUBIC))
+        return to_tensor(center_crop(image, width / height).resize((width, height), Image.Resampling.BICUBIC))
     raise ConfigError(f"resize={resize!r} is not one of stretch, center_crop")
 
+
+
+def center_crop(image: Image.Image, aspect: float) -> Image.Image:
+    """The central box of ``aspect`` = width / height, offsets rounded down as ``load_512`` (``(w − h) // 2``)."""
+    width, height = image.size
+    if width > height * aspect:
+        crop = max(1, round(height * aspect))
+        left = (width - crop) // 2
+        return image.crop((left, 0, left + crop, height))
+    crop = max(1, round(width / aspect))
+    top = (height - crop) // 2
+    return image.crop((0, top, width, top + crop))
 
 
 def fit_mask(

@@ -30,7 +30,7 @@ class Recorder(AttentionController):
         self.kv_calls, self.prob_calls = [], []
 
     def wants_probs(self, ctx):
-        return True  # asks for every layer: self-attention must still never materialise probabilities
+        return True  # every layer, self-attention included
 
     def on_kv(self, ctx, key, value):
         self.kv_calls.append(ctx)
@@ -68,10 +68,11 @@ def test_every_layer_is_seen_once_per_call_with_its_name_and_grid(tiny, inputs):
         assert ctx.is_cross == ctx.name.endswith("attn2")
         assert (ctx.height, ctx.width) == EXPECTED_GRID[".".join(ctx.name.split(".")[:2]).replace(".attentions", "")]
         assert ctx.place == ctx.name.split("_")[0]
-    # probabilities only for cross-attention, rows summing to one, and the explicit path matches SDPA
-    assert recorder.prob_calls and all(ctx.is_cross for ctx, _ in recorder.prob_calls)
+    # probabilities for every layer that asks, rows summing to one, and the explicit path matches SDPA
+    assert sorted(ctx.name for ctx, _ in recorder.prob_calls) == sorted(names)
     for ctx, probs in recorder.prob_calls:
-        assert probs.shape == (2, 4, ctx.height * ctx.width, 77)
+        keys = 77 if ctx.is_cross else ctx.height * ctx.width
+        assert probs.shape == (2, 4, ctx.height * ctx.width, keys)
         assert torch.allclose(probs.sum(-1), torch.ones(()), atol=1e-5)
     assert (explicit - _run(tiny.unet, *inputs)).abs().max() <= 1e-5
 
@@ -79,7 +80,7 @@ def test_every_layer_is_seen_once_per_call_with_its_name_and_grid(tiny, inputs):
 def test_edited_probabilities_are_used(tiny, inputs):
     class ZeroTokens(AttentionController):
         def wants_probs(self, ctx):
-            return True
+            return ctx.is_cross
 
         def on_probs(self, ctx, probs):
             return torch.zeros_like(probs)  # attend to nothing: cross-attention contributes only its bias

@@ -11,7 +11,7 @@ from eval.clip import clip_scores, load_clip, tiny_clip
 from eval.distribution import fid, inception_discriminative_scores
 from eval.features import TinyFeatures, inception
 from eval.scores import SetScores
-from magicremover.errors import ModelLoadError
+from magicremover.errors import ConfigError, ModelLoadError
 
 
 def _fid_by_hand(a, b):
@@ -66,6 +66,52 @@ def test_inception_loads_a_weights_file_with_the_real_layout(tmp_path, monkeypat
     assert "antialias=False" in extractor.description
 
 
+def test_pytorch_fid_backend_reads_a_local_file_and_is_the_package_network(tmp_path, monkeypatch):
+    # pytorch-fid's network with the real key layout and random values: build it without loading, save its state.
+    from pytorch_fid import inception as pytorch_fid
+
+    monkeypatch.setattr(pytorch_fid, "load_state_dict_from_url", lambda *a, **k: {})
+    monkeypatch.setattr(nn.Module, "load_state_dict", lambda self, state, *a, **k: None)
+    template = pytorch_fid.fid_inception_v3().state_dict()
+    monkeypatch.undo()
+    torch.manual_seed(0)
+    random = {k: torch.rand_like(v) + 0.5 if "running_var" in k else torch.randn_like(v) * 0.05 if v.is_floating_point() else v
+              for k, v in template.items()}  # fmt: skip
+    path = tmp_path / "elsewhere.pth"
+    torch.save(random, path)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_hub"))  # nothing cached: a download attempt would fail
+    hub_before = torch.hub.get_dir()
+    extractor = inception(backend="pytorch_fid", pytorch_fid_weights=str(path))
+    assert torch.hub.get_dir() == hub_before
+    images = torch.randint(0, 256, (2, 3, 64, 48), dtype=torch.uint8)
+    # the package's own network, handed the same weights as its hub download would: [0, 1] input, pool3
+    monkeypatch.setattr(pytorch_fid, "load_state_dict_from_url", lambda *a, **k: random)
+    reference = pytorch_fid.InceptionV3([3]).eval()
+    monkeypatch.undo()
+    with torch.no_grad():
+        expected = reference(images.float() / 255)[0].flatten(1)
+    assert extractor(images).shape == (2, 2048) and torch.equal(extractor(images), expected)
+    assert "pytorch-fid" in extractor.description
+    with pytest.raises(ModelLoadError, match="weights.inception_pytorch_fid=PATH"):
+        inception(backend="pytorch_fid")
+    with pytest.raises(ConfigError, match="metrics.fid_backend=tf is not one of torch_fidelity, pytorch_fid"):
+        inception(backend="tf")
+
+
+def test_table1_measures_fid_with_the_authors_backend():
+    from experiments._cli import compose_config
+
+    assert compose_config("evaluate", ["+artefact=table1", "metrics=standard"]).metrics.features.backend == "pytorch_fid"
+    assert compose_config("evaluate", ["metrics=standard"]).metrics.features.backend == "torch_fidelity"
+    scores = SetScores(features=TinyFeatures(dim=4), fid_backend="pytorch_fid")
+    for seed in range(3):
+        image = np.random.default_rng(seed).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+        scores.add(image, image[::-1].copy(), None, "dog")
+    assert scores.compute()["fid_settings"]["backend"] == "pytorch_fid"
+    table1 = compose_config("evaluate", ["+artefact=table1", "metrics=standard"]).metrics
+    assert table1.clip_protocol == "authors"
+
+
 def test_missing_extractor_weights_name_the_setting(tmp_path, monkeypatch):
     with pytest.raises(ModelLoadError, match="weights.inception=PATH"):
         inception(weights=str(tmp_path / "nope.pth"))
@@ -89,6 +135,30 @@ def test_clip_similarity_is_the_mean_clipped_cosine():
         text = clip.get_text_features(**processor(text=texts, return_tensors="pt", padding=True)).pooler_output
     expected = (100 * torch.nn.functional.cosine_similarity(image, text)).clamp(min=0).mean()
     assert float(metric.compute()) == pytest.approx(float(expected), rel=1e-5) and float(expected) > 0
+
+
+def test_authors_clip_protocol_is_their_plain_cosine_after_their_resize():
+    import torchvision.transforms as T
+
+    rng = np.random.default_rng(2)
+    images = [rng.integers(0, 256, (48, 40, 3), dtype=np.uint8) for _ in range(4)]
+    texts = ["dog", "fire hydrant", "cat", "person"]
+    (metric,) = clip_scores(tiny_clip(seed=5), 1, protocol="authors")
+    metric.update([torch.from_numpy(i).permute(2, 0, 1) for i in images], texts)
+    clip, processor = tiny_clip(seed=5)()
+    # evaluate.py: TF.to_tensor, T.Resize((224, 224)) on the tensor (no antialias then), CLIP's Normalize; one text each
+    side = processor.image_processor.crop_size["height"]
+    aug = T.Compose([T.Resize((side, side), antialias=False), T.Normalize(processor.image_processor.image_mean, processor.image_processor.image_std)])
+    expected = []
+    with torch.no_grad():
+        for image, text in zip(images, texts):
+            pixels = aug(torch.from_numpy(image).permute(2, 0, 1).float()[None] / 255)
+            image_z = clip.get_image_features(pixel_values=pixels).pooler_output
+            text_z = clip.get_text_features(**processor.tokenizer([text], return_tensors="pt")).pooler_output
+            expected.append(float((image_z / image_z.norm(dim=-1, keepdim=True) * text_z / text_z.norm(dim=-1, keepdim=True)).sum()))
+    assert float(metric.compute()) == pytest.approx(np.mean(expected), rel=1e-5, abs=1e-7)
+    with pytest.raises(ConfigError, match="metrics.clip_protocol=openai is not one of torchmetrics, authors"):
+        clip_scores(tiny_clip(seed=5), 1, protocol="openai")
 
 
 def test_set_scores_against_identical_sets_and_missing_reconstructions():

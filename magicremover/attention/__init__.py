@@ -1,6 +1,6 @@
 """Attention control: per-layer processors, controllers, and map aggregation."""
 
-from magicremover.attention.aggregate import token_maps
+from magicremover.attention.aggregate import layer_token_maps, token_maps
 from magicremover.attention.controller import (
     AttentionController,
     AttnContext,
@@ -19,5 +19,6 @@ __all__ = [
     "EmptyController",
     "SelfAttentionKV",
     "controlled_attention",
+    "layer_token_maps",
     "token_maps",
 ]

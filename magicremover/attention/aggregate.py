@@ -35,11 +35,24 @@ def token_maps(
         raise ValueError("no cross-attention maps were stored: was a CrossAttentionStore installed and enabled?")
     total, count = None, 0
     for name, probs in maps.items():
-        batch, heads, _, _ = probs.shape
-        height, width = shapes[name]
-        selected = probs[..., list(tokens)].sum(dim=1)  # (B, h*w, n): heads summed
-        grid = selected.transpose(1, 2).reshape(batch, len(tokens), height, width)
-        resized = F.interpolate(grid.float(), size=size, mode="bilinear", align_corners=False)
+        native = layer_token_maps(probs, shapes[name], tokens)
+        resized = F.interpolate(native.float(), size=size, mode="bilinear", align_corners=False)
         total = resized if total is None else total + resized
-        count += heads
+        count += probs.shape[1]
     return total / count if reduce == "mean" else total
+
+
+def layer_token_maps(probs: torch.Tensor, shape: tuple[int, int], tokens: Sequence[int]) -> torch.Tensor:
+    """One layer's cross-attention of chosen tokens at the layer's own query grid, heads summed.
+
+    Args:
+        probs: probabilities ``(B, heads, h*w, T)``.
+        shape: ``(h, w)`` of the layer's query grid.
+        tokens: token positions to keep.
+
+    Returns:
+        ``(B, len(tokens), h, w)``, non-negative; differentiable w.r.t. ``probs``.
+    """
+    batch = probs.shape[0]
+    selected = probs[..., list(tokens)].sum(dim=1)  # (B, h*w, n)
+    return selected.transpose(1, 2).reshape(batch, len(tokens), *shape)

@@ -42,10 +42,10 @@ class AttentionController:
     """
 
     def wants_probs(self, ctx: AttnContext) -> bool:
-        """Whether this cross-attention call must compute explicit probabilities (and call :meth:`on_probs`).
+        """Whether this attention call must compute explicit probabilities (and call :meth:`on_probs`).
 
-        Only consulted for cross-attention: self-attention always runs on fused SDPA, because its
-        probabilities are ``L × L`` (1 GB per 64² layer at 512 px) and no controller needs them.
+        Asked for every layer. Self-attention probabilities are ``L × L`` (1 GB per 64² layer at 512 px), so a
+        controller asks for them only on the layers it edits (P2P: query grids of at most 32²).
         """
         return False
 
@@ -54,7 +54,7 @@ class AttentionController:
         return key, value
 
     def on_probs(self, ctx: AttnContext, probs: torch.Tensor) -> torch.Tensor:
-        """See, store or edit cross-attention probabilities; the returned tensor is used."""
+        """See, store or edit the probabilities of a call this controller asked for; the returned tensor is used."""
         return probs
 
     def reset(self) -> None:
@@ -83,13 +83,12 @@ class CrossAttentionStore(AttentionController):
         self.shapes: dict[str, tuple[int, int]] = {}
 
     def wants_probs(self, ctx: AttnContext) -> bool:
-        return self.enabled
+        return self.enabled and ctx.is_cross
 
     def on_probs(self, ctx: AttnContext, probs: torch.Tensor) -> torch.Tensor:
-        if self.enabled:
-            kept = probs if self.batch_index is None else probs[self.batch_index]
-            self.maps[ctx.name] = kept if self.keep_graph else kept.detach()
-            self.shapes[ctx.name] = (ctx.height, ctx.width)
+        kept = probs if self.batch_index is None else probs[self.batch_index]
+        self.maps[ctx.name] = kept if self.keep_graph else kept.detach()
+        self.shapes[ctx.name] = (ctx.height, ctx.width)
         return probs
 
     def reset(self) -> None:
@@ -132,7 +131,8 @@ class SelfAttentionKV(AttentionController):
 
 
 class ComposedController(AttentionController):
-    """Runs several controllers in order; probabilities are computed if any of them wants them."""
+    """Runs several controllers in order; probabilities are computed if any of them wants them, and handed only to
+    those that do."""
 
     def __init__(self, controllers: Iterable[AttentionController]):
         self.controllers = list(controllers)
@@ -147,7 +147,8 @@ class ComposedController(AttentionController):
 
     def on_probs(self, ctx, probs):
         for c in self.controllers:
-            probs = c.on_probs(ctx, probs)
+            if c.wants_probs(ctx):
+                probs = c.on_probs(ctx, probs)
         return probs
 
     def reset(self) -> None:

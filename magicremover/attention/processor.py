@@ -1,8 +1,9 @@
 """The attention processor that hands a layer's K/V and cross-attention probabilities to a controller.
 
 The maths is diffusers' ``AttnProcessor2_0`` (SDPA). Two additions: K/V pass through
-``controller.on_kv``, and cross-attention layers whose controller asks for probabilities compute them
-explicitly (softmax of Q Kᵀ · scale) so the maps exist as tensors that keep their autograd graph.
+``controller.on_kv``, and layers whose controller asks for probabilities compute them explicitly
+(softmax of Q Kᵀ · scale) so the maps exist as tensors that keep their autograd graph. Every other call
+stays on fused SDPA.
 
 Under gradient checkpointing a block's forward runs again during backward; controllers must then answer
 ``wants_probs`` and ``on_kv`` as they did in the forward pass (keep their mode until the gradient is taken).
@@ -89,7 +90,7 @@ class ControlledAttnProcessor:
 
         ctx = AttnContext(self.name, self.place, is_cross, *grid_size(q_len, self.state["latent_hw"]))
         key, value = self.controller.on_kv(ctx, key, value)
-        if is_cross and self.controller.wants_probs(ctx):
+        if self.controller.wants_probs(ctx):
             probs = self.controller.on_probs(ctx, _probabilities(attn, query, key, attention_mask))
             hidden_states = probs.to(value.dtype) @ value
         else:

@@ -13,8 +13,12 @@ Maps are ``(1, 1, H, W)`` float tensors; gradients flow through them to the late
 
 from __future__ import annotations
 
+from typing import Mapping, Sequence
+
 import torch
 import torch.nn.functional as F
+
+from magicremover.attention.aggregate import layer_token_maps
 
 
 def normalize_map(attention: torch.Tensor, reference_max: torch.Tensor | float, scale: float) -> torch.Tensor:
@@ -104,3 +108,48 @@ def minmax(x: torch.Tensor) -> torch.Tensor:
     """Scale to [0, 1] over all elements."""
     low, high = x.min(), x.max()
     return (x - low) / (high - low).clamp_min(1e-12)
+
+
+def fixed_mask_map(
+    maps: Mapping[str, torch.Tensor],
+    shapes: Mapping[str, tuple[int, int]],
+    words: Sequence[Sequence[int]],
+    size: tuple[int, int],
+) -> torch.Tensor:
+    """The soft map behind M₀, as the released code builds it from the t = 1 cross-attention.
+
+    Per layer, at the layer's own resolution: heads summed, each word's map (its tokens summed), min-max normalised
+    jointly over the words, multiplied (soft AND); only then resized to ``size``. Bilinear resizing moves minima and
+    maxima, so resizing first would change the map and flip pixels of M₀ = map > threshold. Then the layers are
+    averaged and the mean min-max normalised.
+
+    Args:
+        maps: layer name → conditional probabilities ``(1, heads, h*w, T)``.
+        shapes: layer name → ``(h, w)``.
+        words: a target's words, each a list of token positions.
+        size: output ``(H, W)``, the latent grid.
+
+    Returns:
+        ``(1, 1, H, W)`` in [0, 1].
+    """
+    per_layer = []
+    for name, probs in maps.items():
+        word_maps = torch.cat([layer_token_maps(probs, shapes[name], w).sum(1, keepdim=True) for w in words])
+        native = minmax(word_maps.float()).prod(dim=0, keepdim=True)
+        per_layer.append(F.interpolate(native, size=size, mode="bilinear", align_corners=False))
+    return minmax(torch.stack(per_layer).mean(dim=0))
+
+
+def loss_maps(word_maps: list[torch.Tensor], size: tuple[int, int], product: bool) -> list[torch.Tensor]:
+    """The maps the loss is taken on, at image resolution: one product map (released code) or one map per word.
+
+    The released code multiplies a phrase's words at the latent grid and resizes the product; product and bilinear
+    resizing do not commute, so that order is kept.
+
+    Args:
+        word_maps: one ``(1, 1, h, w)`` map per word, at the latent grid.
+        size: the image ``(H, W)``.
+        product: multiply the words first (``multiword=product_map``).
+    """
+    maps = [word_product(word_maps)] if product else word_maps
+    return [F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in maps]

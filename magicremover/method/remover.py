@@ -12,7 +12,13 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from magicremover.accounting import UNetCalls
-from magicremover.attention import ComposedController, CrossAttentionStore, SelfAttentionKV, controlled_attention, token_maps
+from magicremover.attention import (
+    ComposedController,
+    CrossAttentionStore,
+    SelfAttentionKV,
+    controlled_attention,
+    token_maps,
+)
 from magicremover.diffusion import alpha_bar, cfg_eps, ddim_step, decode_latents, step_size, unet_eps
 from magicremover.images import Resize, fit_mask
 from magicremover.inversion import Inversion, InversionConfig, set_timesteps
@@ -150,11 +156,9 @@ class MagicRemover(InvertingRemover):
         store.enabled = True  # stays on through the backward pass: checkpointed blocks recompute with the same path
         with torch.enable_grad():
             eps = cfg_eps(c, z, t, null, cond, self.inversion.guidance_scale)
-            word_maps = [
-                F.interpolate(token_maps(store.maps, store.shapes, word, state.latent_hw).sum(1, keepdim=True),
-                              size=state.image_hw, mode="bilinear", align_corners=False)
-                for word in state.target.words
-            ]  # fmt: skip
+            # Each word's map at the latent grid: every layer resized to it, heads and layers summed.
+            word_maps = [token_maps(store.maps, store.shapes, word, state.latent_hw).sum(1, keepdim=True)
+                         for word in state.target.words]  # fmt: skip
             loss, region = self._loss(word_maps, state)
             grad = torch.autograd.grad(loss, z)[0]
         store.enabled = False
@@ -163,9 +167,10 @@ class MagicRemover(InvertingRemover):
         return eps.detach(), G.guided_noise(eps.detach(), grad, state.gate, s.guidance_weight)
 
     def _loss(self, word_maps: list[torch.Tensor], state: _State) -> tuple[torch.Tensor, torch.Tensor]:
-        """The attention loss (Eq. 7 / released code) and its binary region at image resolution."""
+        """The attention loss (Eq. 7 / released code) and its binary region at image resolution; ``word_maps`` are
+        at the latent grid."""
         s = self.settings
-        maps = [G.word_product(word_maps)] if s.multiword == "product_map" else word_maps
+        maps = G.loss_maps(word_maps, state.image_hw, product=s.multiword == "product_map")
         if not state.reference_max:
             state.reference_max = [m.detach().max().clamp_min(1e-12) for m in maps]
         losses, regions = [], []
@@ -188,8 +193,7 @@ class MagicRemover(InvertingRemover):
             return state.fixed_mask
         if s.reweight == "mask":
             return G.gate_mask(G.latent_region(region, state.latent_hw), state.fixed_mask)
-        latent_maps = [F.interpolate(m.detach(), size=state.latent_hw, mode="bilinear", align_corners=False) for m in word_maps]
-        return G.reweight_map(latent_maps)
+        return G.reweight_map(word_maps)
 
 
 @torch.no_grad()
@@ -198,8 +202,7 @@ def t1_attention(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The target's attention on the inversion latent at the last timestep (t = 1), as the released code builds M₀.
 
-    Per layer: heads summed, each word's map, min-max normalised jointly over the words, multiplied (soft AND),
-    resized to latent resolution; then averaged over layers and min-max normalised. One conditional UNet call.
+    One conditional UNet call; the map is :func:`~magicremover.method.guidance.fixed_mask_map`.
 
     Returns:
         ``(soft, fixed)``: the soft map in [0, 1] and M₀ = soft > ``threshold``, both ``(1, 1, h, w)``.
@@ -207,12 +210,7 @@ def t1_attention(
     store = CrossAttentionStore()
     with controlled_attention(c.unet, store), c.calls.stage("attention_mask"):
         unet_eps(c, inversion.trajectory[1:2], int(inversion.timesteps[-1]), inversion.cond_embedding)
-    per_layer = []
-    for name in store.maps:
-        words = torch.cat([token_maps({name: store.maps[name]}, store.shapes, w, latent_hw).sum(1, keepdim=True)
-                           for w in target.words])  # fmt: skip
-        per_layer.append(G.minmax(words).prod(dim=0, keepdim=True))
-    soft = G.minmax(torch.stack(per_layer).mean(dim=0))
+    soft = G.fixed_mask_map(store.maps, store.shapes, target.words, latent_hw)
     return soft, (soft > threshold).float()
 
 
