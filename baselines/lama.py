@@ -36,7 +36,9 @@ def resolve_weights(weights: str | None, cache_dir: str | Path) -> Path:
             try:
                 torch.hub.download_url_to_file(weights, str(target), progress=False)
             except Exception as err:  # noqa: BLE001 - any download failure has the same fix
-                raise ModelLoadError(f"could not download {weights} ({type(err).__name__}); download it yourself and set weights.lama=PATH") from None
+                raise ModelLoadError(
+                    f"could not download {weights} ({type(err).__name__}); download it yourself and set weights.lama=PATH"
+                ) from None
         return target
     path = Path(weights).expanduser()
     if not path.is_file():
@@ -87,7 +89,9 @@ class LaMa:
     ):
         path = resolve_weights(weights, cache_dir)
         if md5 is not None and (found := file_md5(path)) != md5:
-            raise ModelLoadError(f"{path} has MD5 {found}, not the expected {md5}: re-download it, or set method.md5=null for another export")
+            raise ModelLoadError(
+                f"{path} has MD5 {found}, not the expected {md5}: re-download it, or set method.md5=null for another export"
+            )
         if mask_dilation < 0 or resolution < 8:
             raise ConfigError("method.mask_dilation must be ≥ 0 and method.resolution ≥ 8")
         self.device = resolve_device(device)
@@ -134,7 +138,15 @@ class AttentionLaMa(InvertingRemover):
         cache_dir: inversion cache folder.
     """
 
-    def __init__(self, components, inversion, lama: LaMa, mask_threshold: float = 0.25, resize: Resize = "stretch", cache_dir=None):
+    def __init__(
+        self,
+        components,
+        inversion,
+        lama: LaMa,
+        mask_threshold: float = 0.25,
+        resize: Resize = "stretch",
+        cache_dir=None,
+    ):
         super().__init__(components, inversion, resize, cache_dir)
         self.lama, self.mask_threshold = lama, mask_threshold
 

@@ -26,7 +26,13 @@ import torch
 
 from baselines.alignment import refinement_mapper
 from magicremover.accounting import UNetCalls
-from magicremover.attention import AttentionController, AttnContext, ComposedController, SelfAttentionKV, controlled_attention
+from magicremover.attention import (
+    AttentionController,
+    AttnContext,
+    ComposedController,
+    SelfAttentionKV,
+    controlled_attention,
+)
 from magicremover.diffusion import alpha_bar, cfg_eps, ddim_step, decode_latents, encode_text, step_size
 from magicremover.errors import PromptError
 from magicremover.images import Resize
@@ -173,7 +179,9 @@ class PromptToPrompt(InvertingRemover):
                 own.mode = "record" if i < self_steps else "off"
                 cross.mode = "record" if i < cross_steps else "off"
                 with c.calls.stage("reconstruction"):
-                    z_source_next = ddim_step(z_source, cfg_eps(c, z_source, t, null, cond_source, w), alpha_t, alpha_prev)
+                    z_source_next = ddim_step(
+                        z_source, cfg_eps(c, z_source, t, null, cond_source, w), alpha_t, alpha_prev
+                    )
                 own.mode = ("edit" if maps else "inject") if i < self_steps else "off"
                 cross.mode = "edit" if i < cross_steps else "off"
                 with c.calls.stage("edit"):

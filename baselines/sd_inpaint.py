@@ -58,23 +58,40 @@ class SDInpaint:
         self.device = resolve_device(device)
         try:
             self.pipe = StableDiffusionInpaintPipeline.from_pretrained(
-                folder, torch_dtype=resolve_dtype(dtype, self.device), safety_checker=None, requires_safety_checker=False
+                folder,
+                torch_dtype=resolve_dtype(dtype, self.device),
+                safety_checker=None,
+                requires_safety_checker=False,
             ).to(self.device)
         except (OSError, ValueError) as err:
-            raise ModelLoadError(f"could not load an inpainting pipeline from {folder}: {str(err).splitlines()[0]}") from err
+            raise ModelLoadError(
+                f"could not load an inpainting pipeline from {folder}: {str(err).splitlines()[0]}"
+            ) from err
         if self.pipe.unet.config.in_channels != 9:
-            raise ModelLoadError(f"{folder} has a {self.pipe.unet.config.in_channels}-channel UNet, not an inpainting model (9 channels)")
+            raise ModelLoadError(
+                f"{folder} has a {self.pipe.unet.config.in_channels}-channel UNet, not an inpainting model (9 channels)"
+            )
         self.pipe.set_progress_bar_config(disable=True)
         self.prompt, self.negative_prompt = prompt, negative_prompt
         self.steps, self.guidance_scale, self.strength = num_inference_steps, guidance_scale, strength
-        self.mask_dilation, self.paste_back, self.resolution, self.resize, self.seed = mask_dilation, paste_back, resolution, resize, seed
+        self.mask_dilation, self.paste_back, self.resolution, self.resize, self.seed = (
+            mask_dilation,
+            paste_back,
+            resolution,
+            resize,
+            seed,
+        )
 
     def __call__(self, sample: RemovalSample) -> RemovalResult:
         if sample.mask is None:
-            raise ImageError(f"SD-Inpaint needs a mask and sample {sample.sample_id} has none; use a dataset with masks")
+            raise ImageError(
+                f"SD-Inpaint needs a mask and sample {sample.sample_id} has none; use a dataset with masks"
+            )
         source = load_image(sample.image)
         image = fit_to_model(source, self.resolution, self.resize)
-        hole = dilate((fit_mask(sample.mask, source.size, tuple(image.shape[-2:]), self.resize) > 0.5).float(), self.mask_dilation)
+        hole = dilate(
+            (fit_mask(sample.mask, source.size, tuple(image.shape[-2:]), self.resize) > 0.5).float(), self.mask_dilation
+        )
         height, width = image.shape[-2:]
         output = self.pipe(
             prompt=self.prompt,

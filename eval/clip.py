@@ -51,7 +51,9 @@ def load_clip(model: str = "openai/clip-vit-base-patch16") -> ClipLoader:
         try:
             clip, processor = CLIPModel.from_pretrained(model), CLIPProcessor.from_pretrained(model)
         except (OSError, ValueError) as err:
-            raise ModelLoadError(f"could not load CLIP from {model} ({str(err).splitlines()[0]}); set weights.clip=LOCAL_FOLDER") from err
+            raise ModelLoadError(
+                f"could not load CLIP from {model} ({str(err).splitlines()[0]}); set weights.clip=LOCAL_FOLDER"
+            ) from err
         if len(processor.tokenizer) != clip.config.text_config.vocab_size:
             raise ModelLoadError(
                 f"CLIP at {model}: tokenizer has {len(processor.tokenizer)} tokens, the model embeds "
@@ -70,8 +72,17 @@ def tiny_clip(seed: int = 0) -> ClipLoader:
 
     def load() -> tuple[CLIPModel, CLIPProcessor]:
         tokenizer = build_clip_tokenizer()
-        text = text_config_for(tokenizer, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
-        vision = dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
+        text = text_config_for(
+            tokenizer, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2
+        )
+        vision = dict(
+            image_size=32,
+            patch_size=8,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+        )
         with torch.random.fork_rng():  # seeded weights without touching the caller's random state
             torch.manual_seed(seed)
             clip = CLIPModel(CLIPConfig(text_config=text.to_dict(), vision_config=vision, projection_dim=16)).eval()
@@ -111,7 +122,9 @@ class AuthorsClipSimilarity:
     @torch.no_grad()
     def update(self, images: list[torch.Tensor], texts: list[str]) -> None:
         pixels = torch.stack(list(images)).float() / 255
-        pixels = F.interpolate(pixels, size=(self.side, self.side), mode="bilinear", align_corners=False, antialias=False)
+        pixels = F.interpolate(
+            pixels, size=(self.side, self.side), mode="bilinear", align_corners=False, antialias=False
+        )
         image = _tensor(self.clip.get_image_features(pixel_values=(pixels - self.mean) / self.std))
         tokens = self.tokenizer(list(texts), padding=True, return_tensors="pt")
         text = _tensor(self.clip.get_text_features(**tokens))

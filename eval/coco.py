@@ -62,17 +62,27 @@ class CocoDataset:
 
         root_path = Path(root).expanduser() if root else None
         if root_path is not None and not root_path.is_dir():
-            raise ConfigError(f"data.root={root} does not exist; it must hold val2017/ and annotations/instances_val2017.json")
-        annotation_file = Path(annotations).expanduser() if annotations else (root_path / "annotations" / "instances_val2017.json" if root_path else None)
+            raise ConfigError(
+                f"data.root={root} does not exist; it must hold val2017/ and annotations/instances_val2017.json"
+            )
+        annotation_file = (
+            Path(annotations).expanduser()
+            if annotations
+            else (root_path / "annotations" / "instances_val2017.json" if root_path else None)
+        )
         if annotation_file is None or not annotation_file.is_file():
-            raise ConfigError(f"no COCO annotation file at {annotation_file}; set data.root=DIR or data.annotations=FILE")
+            raise ConfigError(
+                f"no COCO annotation file at {annotation_file}; set data.root=DIR or data.annotations=FILE"
+            )
         try:
             with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
                 self.coco = COCO(str(annotation_file))
             self.coco.getCatIds()
         except (json.JSONDecodeError, KeyError, TypeError, AssertionError) as err:
             raise ConfigError(f"{annotation_file} is not a COCO instances file ({type(err).__name__}: {err})") from None
-        self.image_dir = Path(images).expanduser() if images else (root_path / "val2017" if root_path else annotation_file.parent)
+        self.image_dir = (
+            Path(images).expanduser() if images else (root_path / "val2017" if root_path else annotation_file.parent)
+        )
         self.prompt_template, self.mask_dilation = prompt_template, mask_dilation
         pairs = []
         for category in self.coco.loadCats(self.coco.getCatIds()):  # category order, then image order, as the authors
@@ -89,7 +99,10 @@ class CocoDataset:
         if one_object and len(self.coco.getAnnIds(imgIds=[image_id], iscrowd=None)) != 1:
             return False
         info = self.coco.loadImgs([image_id])[0]
-        area = sum(a["area"] for a in self.coco.loadAnns(self.coco.getAnnIds(imgIds=[image_id], catIds=[category_id], iscrowd=None)))
+        area = sum(
+            a["area"]
+            for a in self.coco.loadAnns(self.coco.getAnnIds(imgIds=[image_id], catIds=[category_id], iscrowd=None))
+        )
         return min_area <= area / (info["width"] * info["height"]) <= max_area
 
     def mask(self, image_id: int, category_id: int) -> np.ndarray:
@@ -110,5 +123,7 @@ class CocoDataset:
         category = self.coco.cats[category_id]["name"]
         image = load_image(self.image_dir / info["file_name"])
         mask = Image.fromarray(self.mask(image_id, category_id).astype(np.uint8) * 255)
-        sample = RemovalSample(image, self.prompt_template.format(category=category), category, mask=mask, sample_id=self.ids[index])
+        sample = RemovalSample(
+            image, self.prompt_template.format(category=category), category, mask=mask, sample_id=self.ids[index]
+        )
         return EvalItem(sample, category=category)

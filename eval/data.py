@@ -49,7 +49,14 @@ class ToyDataset:
 
     has_ground_truth = True
 
-    def __init__(self, size: int = 50, first_seed: int = 10_000_000, with_mask: bool = True, num_shards: int = 1, shard_index: int = 0):
+    def __init__(
+        self,
+        size: int = 50,
+        first_seed: int = 10_000_000,
+        with_mask: bool = True,
+        num_shards: int = 1,
+        shard_index: int = 0,
+    ):
         from magicremover.toy.quality import held_out_cases
 
         self.provides = frozenset({"mask"} if with_mask else ())

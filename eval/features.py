@@ -36,7 +36,9 @@ def _hub_cache(name: str) -> Path:
 def _weights_file(weights: str | None, name: str, url: str, setting: str) -> Path:
     path = Path(weights).expanduser() if weights else _hub_cache(name)
     if not path.is_file():
-        raise ModelLoadError(f"Inception weights not found at {path}: download {url} and set {setting}=PATH (or use metrics=ground_truth)")
+        raise ModelLoadError(
+            f"Inception weights not found at {path}: download {url} and set {setting}=PATH (or use metrics=ground_truth)"
+        )
     return path
 
 
@@ -63,7 +65,9 @@ def inception(
     from torchmetrics.image.fid import NoTrainInceptionV3
 
     path = _weights_file(weights, INCEPTION_FILE, INCEPTION_URL, "weights.inception")
-    module = NoTrainInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(path), antialias=antialias)
+    module = NoTrainInceptionV3(
+        "inception-v3-compat", ["2048"], feature_extractor_weights_path=str(path), antialias=antialias
+    )
     module.num_features = 2048
     module.description = f"inception-v3-compat pool3 (torch-fidelity 2015-12-05 weights), antialias={antialias}"
     return module
@@ -114,7 +118,9 @@ class TinyFeatures(nn.Module):
         generator = torch.Generator().manual_seed(seed)
         self.num_features = dim
         self.description = f"tiny random CNN (dim {dim}, seed {seed}): plumbing only"
-        self.net = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2), nn.SiLU(), nn.Conv2d(8, dim, 3, stride=2), nn.AdaptiveAvgPool2d(1))
+        self.net = nn.Sequential(
+            nn.Conv2d(3, 8, 3, stride=2), nn.SiLU(), nn.Conv2d(8, dim, 3, stride=2), nn.AdaptiveAvgPool2d(1)
+        )
         with torch.no_grad():
             for p in self.parameters():
                 p.copy_(torch.randn(p.shape, generator=generator) * 0.5)

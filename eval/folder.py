@@ -34,7 +34,9 @@ class FolderDataset:
     def __init__(self, root: str | None = None, size: int | None = None, num_shards: int = 1, shard_index: int = 0):
         self.root = Path(root).expanduser() if root else None
         if self.root is None or not (self.root / "prompts.jsonl").is_file():
-            raise ConfigError(f"data.root={root} must be a folder with prompts.jsonl, images/, masks/ and ground_truth/")
+            raise ConfigError(
+                f"data.root={root} must be a folder with prompts.jsonl, images/, masks/ and ground_truth/"
+            )
         records = []
         for number, line in enumerate((self.root / "prompts.jsonl").read_text().splitlines(), start=1):
             if not line.strip():
@@ -43,7 +45,9 @@ class FolderDataset:
                 record = json.loads(line)
                 records.append((str(record["id"]), record["prompt"], record["target"]))
             except (json.JSONDecodeError, KeyError, TypeError) as err:
-                raise ConfigError(f"{self.root / 'prompts.jsonl'} line {number} is not {{\"id\", \"prompt\", \"target\"}} ({err})") from None
+                raise ConfigError(
+                    f'{self.root / "prompts.jsonl"} line {number} is not {{"id", "prompt", "target"}} ({err})'
+                ) from None
         self.records = shard(records[:size] if size else records, num_shards, shard_index)
         self.ids = [sample_id for sample_id, _, _ in self.records]
         for sample_id in self.ids:
@@ -53,7 +57,9 @@ class FolderDataset:
     def _file(self, folder: str, sample_id: str) -> Path:
         matches = sorted((self.root / folder).glob(f"{sample_id}.*"))
         if not matches:
-            raise ConfigError(f"sample {sample_id} has no file in {self.root / folder}; every prompts.jsonl id needs an image, a mask and a ground truth")
+            raise ConfigError(
+                f"sample {sample_id} has no file in {self.root / folder}; every prompts.jsonl id needs an image, a mask and a ground truth"
+            )
         return matches[0]
 
     def __len__(self) -> int:
@@ -65,4 +71,6 @@ class FolderDataset:
         mask = load_image(self._file("masks", sample_id), min_side=1).convert("L")
         sample = RemovalSample(image, prompt, target, mask=mask, sample_id=sample_id)
         region = np.asarray(mask, dtype=np.float32) / 255
-        return EvalItem(sample, ground_truth=load_image(self._file("ground_truth", sample_id)), region=region, category=target)
+        return EvalItem(
+            sample, ground_truth=load_image(self._file("ground_truth", sample_id)), region=region, category=target
+        )

@@ -25,7 +25,9 @@ def masked_ssim(a: np.ndarray, b: np.ndarray, region: np.ndarray) -> float:
     return float(values.mean()) if values.size else float("nan")
 
 
-def ground_truth_metrics(output: np.ndarray, source: np.ndarray, truth: np.ndarray, region: np.ndarray) -> dict[str, float]:
+def ground_truth_metrics(
+    output: np.ndarray, source: np.ndarray, truth: np.ndarray, region: np.ndarray
+) -> dict[str, float]:
     """Removal quality of one output (all uint8 ``(H, W, 3)`` at one size; ``region`` ``(H, W)`` in [0, 1]).
 
     ``*_in``: inside the region, output vs ground truth (was the object replaced by the right background?);

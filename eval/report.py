@@ -47,11 +47,17 @@ def row_labels(sweep_dir: str | Path, runs: Mapping[str, dict], spec: Mapping[st
     return labels
 
 
-def table(runs: Mapping[str, dict], labels: Mapping[str, str], spec: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
+def table(
+    runs: Mapping[str, dict], labels: Mapping[str, str], spec: Mapping[str, Any]
+) -> tuple[list[str], list[list[str]]]:
     """Header and rows (formatted strings), one per run in ``labels``' order."""
     columns = dict(spec["columns"])
     paper = dict(spec.get("paper") or {})
-    header = [spec.get("row_header", "Method"), *columns.values()] + ([f"{spec.get('paper_label', 'paper')}"] if paper else []) + ["N"]
+    header = (
+        [spec.get("row_header", "Method"), *columns.values()]
+        + ([f"{spec.get('paper_label', 'paper')}"] if paper else [])
+        + ["N"]
+    )
     rows = []
     for name, label in labels.items():
         metrics = runs[name]
@@ -117,7 +123,9 @@ def render(sweep_dir: str | Path, spec: Mapping[str, Any]) -> dict[str, Path]:
     sweep = Path(sweep_dir)
     runs = collect(sweep)
     if not runs:
-        raise ConfigError(f"no run in {sweep} has a metrics.json yet; finish the sweep (or run evaluate metrics_only=true)")
+        raise ConfigError(
+            f"no run in {sweep} has a metrics.json yet; finish the sweep (or run evaluate metrics_only=true)"
+        )
     labels = row_labels(sweep, runs, spec)
     header, rows = table(runs, labels, spec)
     samples = sum(m.get("ok", 0) for m in runs.values())
@@ -142,7 +150,9 @@ def render(sweep_dir: str | Path, spec: Mapping[str, Any]) -> dict[str, Path]:
         matplotlib.pyplot.close(fig)
     summary = {"artefact": name, "runs": runs, "inversions": inversions, "samples": samples}
     paths["json"].write_text(json.dumps(summary, indent=2))
-    log.info("%s: %d runs, %d inversions; wrote %s", name, len(runs), inversions, ", ".join(str(p) for p in paths.values()))
+    log.info(
+        "%s: %d runs, %d inversions; wrote %s", name, len(runs), inversions, ", ".join(str(p) for p in paths.values())
+    )
     return paths
 
 

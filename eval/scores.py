@@ -57,7 +57,11 @@ class SetScores:
         outputs, originals, reconstructions, texts = zip(*self.pending)
         self.pending = []
         self.count += len(outputs)
-        batches = {"output": outputs, "original": originals, "reconstruction": [r for r in reconstructions if r is not None]}
+        batches = {
+            "output": outputs,
+            "original": originals,
+            "reconstruction": [r for r in reconstructions if r is not None],
+        }
         if self.features is not None:
             for key, images in batches.items():
                 if images:

@@ -48,9 +48,15 @@ class WandbTracker:
 
         settings = self.settings | {"group": self.settings["group"] or Path(out_dir).resolve().parent.name}
         try:
-            self.run = wandb.init(config=config, dir=str(out_dir), name=Path(out_dir).name, reinit="create_new", **settings)
+            self.run = wandb.init(
+                config=config, dir=str(out_dir), name=Path(out_dir).name, reinit="create_new", **settings
+            )
         except Exception as err:  # noqa: BLE001 - tracking must never stop a run
-            log.warning("W&B unavailable (%s); results stay in %s", str(err).splitlines()[0] if str(err) else type(err).__name__, out_dir)
+            log.warning(
+                "W&B unavailable (%s); results stay in %s",
+                str(err).splitlines()[0] if str(err) else type(err).__name__,
+                out_dir,
+            )
 
     def finish(self, metrics: dict | None, rows: list[dict]) -> None:
         """Summary metrics (flattened) and the image table; ``metrics`` is ``None`` for a shard that computed none."""
@@ -69,7 +75,10 @@ class WandbTracker:
                 self.run.log({"samples": table})
             self.run.finish()
         except Exception as err:  # noqa: BLE001 - tracking must never lose a run's results
-            log.warning("W&B logging failed (%s); results are in metrics.json", str(err).splitlines()[0] if str(err) else type(err).__name__)
+            log.warning(
+                "W&B logging failed (%s); results are in metrics.json",
+                str(err).splitlines()[0] if str(err) else type(err).__name__,
+            )
         finally:
             self.run = None
 

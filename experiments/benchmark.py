@@ -31,7 +31,13 @@ from magicremover.models import SDComponents, build_tiny, load_pretrained
 from magicremover.toy.quality import held_out_cases, psnr, to_uint8
 from magicremover.types import RemovalSample
 
-PRESETS = ("magicremover", "magicremover_coco", "magicremover_paper", "p2p_reweight", "p2p_refine")  # conf/method/*.yaml
+PRESETS = (
+    "magicremover",
+    "magicremover_coco",
+    "magicremover_paper",
+    "p2p_reweight",
+    "p2p_refine",
+)  # conf/method/*.yaml
 SWEEP = {  # Table 1's two MagicRemover rows and the four ablations of Fig. 6, on the COCO preset (config overrides)
     "table1_without_mask": [],
     "table1_with_mask": ["method.use_mask=true"],
@@ -48,7 +54,9 @@ def _median(values: list[float]) -> dict[str, float]:
 
 def _remover(c: SDComponents, preset: str, cache: Path, *overrides: str):
     """The preset exactly as ``method=<preset>`` configures it (50 steps, null-text inversion)."""
-    return build_remover(compose_config("remove", [f"method={preset}", f"cache_dir={cache}", "device=cpu", *overrides]), c)
+    return build_remover(
+        compose_config("remove", [f"method={preset}", f"cache_dir={cache}", "device=cpu", *overrides]), c
+    )
 
 
 def _samples(n: int) -> list[RemovalSample]:
@@ -61,7 +69,10 @@ def calls_per_preset(c: SDComponents, cache: Path) -> dict:
     for preset in PRESETS:
         result = _remover(c, preset, cache)(sample)
         stages = {stage: {"calls": n.calls, "backward": n.backward} for stage, n in result.calls.items()}
-        out[preset] = {"stages": stages, "edit_calls": sum(v["calls"] for k, v in stages.items() if k not in ("inversion", "null_text"))}
+        out[preset] = {
+            "stages": stages,
+            "edit_calls": sum(v["calls"] for k, v in stages.items() if k not in ("inversion", "null_text")),
+        }
     return out
 
 
@@ -96,7 +107,9 @@ def controller_overhead(c: SDComponents, cache: Path, repeats: int) -> dict:
     sample = _samples(1)[0]
     remover = _remover(c, "magicremover", cache, "method.attention_guidance=false")
     remover(sample)  # warm the inversion cache
-    pipe = StableDiffusionPipeline(c.vae, c.text_encoder, c.tokenizer, c.unet, c.scheduler, None, None, requires_safety_checker=False)
+    pipe = StableDiffusionPipeline(
+        c.vae, c.text_encoder, c.tokenizer, c.unet, c.scheduler, None, None, requires_safety_checker=False
+    )
     pipe.set_progress_bar_config(disable=True)
     ours, plain = [], []
     for _ in range(repeats):
@@ -119,9 +132,14 @@ def fast_inversion(c: SDComponents, n_images: int) -> dict:
         image = torch.from_numpy(case.scene.image).permute(2, 0, 1)[None].float() / 255
         for method in rows:
             inversion = invert(c, image, case.scene.caption, InversionConfig(method=method))
-            recon = to_uint8(c.vae.decode(reconstruct(c, inversion, 7.5) / c.vae.config.scaling_factor).sample / 2 + 0.5)
+            recon = to_uint8(
+                c.vae.decode(reconstruct(c, inversion, 7.5) / c.vae.config.scaling_factor).sample / 2 + 0.5
+            )
             rows[method].append((sum(n.calls for n in inversion.calls.values()), psnr(recon, case.scene.image)))
-    out = {m: {"calls": float(np.mean([r[0] for r in v])), "psnr": float(np.mean([r[1] for r in v]))} for m, v in rows.items()}
+    out = {
+        m: {"calls": float(np.mean([r[0] for r in v])), "psnr": float(np.mean([r[1] for r in v]))}
+        for m, v in rows.items()
+    }
     out["call_ratio"] = out["null_text"]["calls"] / out["negative_prompt"]["calls"]
     out["psnr_gap_db"] = out["null_text"]["psnr"] - out["negative_prompt"]["psnr"]
     return out
@@ -191,7 +209,13 @@ def main() -> None:
 
     from magicremover.toy import load_toy
 
-    c = build_tiny(device="cpu") if args.model == "tiny" else load_toy("cpu") if args.model == "toy" else load_pretrained(path=args.model, device="cpu")
+    c = (
+        build_tiny(device="cpu")
+        if args.model == "tiny"
+        else load_toy("cpu")
+        if args.model == "toy"
+        else load_pretrained(path=args.model, device="cpu")
+    )
     report = {
         "ran": {"model": args.model, "resolution": c.resolution, "steps": 50, "threads": torch.get_num_threads(),
                 "repeats": args.repeats, "python": platform.python_version(),
@@ -217,20 +241,30 @@ def table(report: dict) -> str:
         authors = report["authors_per_image"][source]["edit_calls"] if source else "–"
         rows.append(f"| edit-stage UNet calls, {preset} | {row['edit_calls']} | {authors} | | |")
     s = report["sweep"]
-    rows.append(f"| sweep of {s['configs']} configs × {s['images']} images, UNet calls | {s['ours']} | {s['authors_rerun_inversion']} "
-                f"(re-inverting per run) / {s['authors_reusing_inversion']} (reusing) | {s['ratio_vs_rerun']:.2f}× / {s['ratio_vs_reusing']:.2f}× | ≥ 3× |")
+    rows.append(
+        f"| sweep of {s['configs']} configs × {s['images']} images, UNet calls | {s['ours']} | {s['authors_rerun_inversion']} "
+        f"(re-inverting per run) / {s['authors_reusing_inversion']} (reusing) | {s['ratio_vs_rerun']:.2f}× / {s['ratio_vs_reusing']:.2f}× | ≥ 3× |"
+    )
     o = report["controller_overhead"]
-    rows.append(f"| seconds per UNet call, guidance off vs diffusers DDIM | {o['ours_s_per_call']['median']:.4f} | "
-                f"{o['diffusers_s_per_call']['median']:.4f} | {o['ratio']['median']:.2f}× ({o['ratio']['min']:.2f}–{o['ratio']['max']:.2f}) | ≤ 1.15× |")
+    rows.append(
+        f"| seconds per UNet call, guidance off vs diffusers DDIM | {o['ours_s_per_call']['median']:.4f} | "
+        f"{o['diffusers_s_per_call']['median']:.4f} | {o['ratio']['median']:.2f}× ({o['ratio']['min']:.2f}–{o['ratio']['max']:.2f}) | ≤ 1.15× |"
+    )
     f = report["fast_inversion"]
-    rows.append(f"| inversion calls, negative-prompt vs null-text | {f['negative_prompt']['calls']:.0f} | {f['null_text']['calls']:.0f} | "
-                f"{f['call_ratio']:.1f}× fewer | ≥ 10× |")
-    rows.append(f"| reconstruction PSNR, negative-prompt vs null-text | {f['negative_prompt']['psnr']:.2f} dB | {f['null_text']['psnr']:.2f} dB | "
-                f"{f['psnr_gap_db']:.2f} dB gap | ≤ 1 dB |")
+    rows.append(
+        f"| inversion calls, negative-prompt vs null-text | {f['negative_prompt']['calls']:.0f} | {f['null_text']['calls']:.0f} | "
+        f"{f['call_ratio']:.1f}× fewer | ≥ 10× |"
+    )
+    rows.append(
+        f"| reconstruction PSNR, negative-prompt vs null-text | {f['negative_prompt']['psnr']:.2f} dB | {f['null_text']['psnr']:.2f} dB | "
+        f"{f['psnr_gap_db']:.2f} dB gap | ≤ 1 dB |"
+    )
     if "guided_step_memory_512" in report:
         m = report["guided_step_memory_512"]
-        rows.append(f"| peak memory of one 512² guided step (GB, above the loaded model) | {m['ours']['peak_rss_gb'] - m['ours']['rss_before_step_gb']:.2f} | "
-                    f"{m['reference']['peak_rss_gb'] - m['reference']['rss_before_step_gb']:.2f} | {m['step_memory_ratio']:.2f} | ≤ 1/3 |")
+        rows.append(
+            f"| peak memory of one 512² guided step (GB, above the loaded model) | {m['ours']['peak_rss_gb'] - m['ours']['rss_before_step_gb']:.2f} | "
+            f"{m['reference']['peak_rss_gb'] - m['reference']['rss_before_step_gb']:.2f} | {m['step_memory_ratio']:.2f} | ≤ 1/3 |"
+        )
     return "\n".join(rows)
 
 

@@ -59,7 +59,9 @@ def _append(manifest: Path, record: dict) -> None:
 def run_samples(cfg: DictConfig, out_dir: Path, dataset, remover) -> None:
     """Remove the object of every sample not yet in a manifest; failures are recorded and the run goes on."""
     shards = (cfg.data.num_shards, cfg.data.shard_index)
-    manifest = out_dir / ("manifest.jsonl" if shards[0] == 1 else f"manifest-shard{shards[1]:03d}-of-{shards[0]:03d}.jsonl")
+    manifest = out_dir / (
+        "manifest.jsonl" if shards[0] == 1 else f"manifest-shard{shards[1]:03d}-of-{shards[0]:03d}.jsonl"
+    )
     done = read_manifests(out_dir)
     retry = lambda sample_id: cfg.retry_errors and done[sample_id]["status"] != "ok"  # noqa: E731
     todo = [i for i, sample_id in enumerate(dataset.ids) if sample_id not in done or retry(sample_id)]
@@ -87,7 +89,9 @@ def run_samples(cfg: DictConfig, out_dir: Path, dataset, remover) -> None:
         })  # fmt: skip
 
 
-def compute_metrics(out_dir: Path, dataset, resize: str, scores: SetScores, reconstructions_from: str | None = None) -> dict:
+def compute_metrics(
+    out_dir: Path, dataset, resize: str, scores: SetScores, reconstructions_from: str | None = None
+) -> dict:
     """Metrics over every finished sample; inputs and ground truth are fitted to the outputs' resolution and framing.
 
     ``reconstructions_from``: another run on the same samples whose reconstructions serve as the second FID reference,
@@ -114,15 +118,21 @@ def compute_metrics(out_dir: Path, dataset, resize: str, scores: SetScores, reco
             reconstruction = None
         scores.add(output, original, reconstruction, item.category or item.sample.target)
         if dataset.has_ground_truth:
-            region = fit_mask(Image.fromarray((item.region * 255).astype(np.uint8)), source.size, output.shape[:2], framing)
-            rows.append(ground_truth_metrics(output, original, fit(load_image(item.ground_truth)), region[0, 0].numpy()))
+            region = fit_mask(
+                Image.fromarray((item.region * 255).astype(np.uint8)), source.size, output.shape[:2], framing
+            )
+            rows.append(
+                ground_truth_metrics(output, original, fit(load_image(item.ground_truth)), region[0, 0].numpy())
+            )
     if rows:
         report |= {key: float(np.nanmean([row[key] for row in rows])) for key in rows[0]}
     report |= scores.compute()
     calls = [sum(record["unet_calls"].values()) for record in done.values() if record["status"] == "ok"]
     if calls:
         report["unet_calls_per_sample"] = float(np.mean(calls))
-        report["inversions"] = sum(record["unet_calls"].get("inversion", 0) > 0 for record in done.values() if record["status"] == "ok")
+        report["inversions"] = sum(
+            record["unet_calls"].get("inversion", 0) > 0 for record in done.values() if record["status"] == "ok"
+        )
     return report
 
 
@@ -161,7 +171,9 @@ def evaluate(cfg: DictConfig, out_dir: Path) -> dict | None:
         # Refuse a dataset that lacks what the method needs before loading any weights.
         missing = set(getattr(get_class(cfg.method._target_), "requires", ())) - set(dataset.provides)
         if missing:
-            raise ConfigError(f"method {cfg.method._target_} needs {', '.join(sorted(missing))}, which data={cfg.data._target_} does not provide")
+            raise ConfigError(
+                f"method {cfg.method._target_} needs {', '.join(sorted(missing))}, which data={cfg.data._target_} does not provide"
+            )
         remover = build_remover(cfg)
         atomic_write(out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True).encode())
         run_samples(cfg, out_dir, dataset, remover)

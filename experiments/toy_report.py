@@ -69,10 +69,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=str(toy_model_dir()), help="toy model folder")
     parser.add_argument("--scenes", type=int, default=50, help="held-out scenes per figure")
-    parser.add_argument("--start", type=int, default=0, help="skip this many held-out scenes (split a long report across processes)")
+    parser.add_argument(
+        "--start", type=int, default=0, help="skip this many held-out scenes (split a long report across processes)"
+    )
     parser.add_argument("--out", default="toy_report", help="output folder")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["vae", "samples", "attention", "inversion", "removal", "subsets"])
-    parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS), help="removal rows to measure")
+    parser.add_argument(
+        "--skip", nargs="*", default=[], choices=["vae", "samples", "attention", "inversion", "removal", "subsets"]
+    )
+    parser.add_argument(
+        "--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS), help="removal rows to measure"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     out = Path(args.out)
@@ -90,7 +96,9 @@ def main() -> None:
         images = scores.pop("images")
         from PIL import Image
 
-        Image.fromarray(np.concatenate([np.concatenate(images[i : i + 10], 1) for i in range(0, min(len(images), 50), 10)], 0)).save(out / "samples.png")
+        Image.fromarray(
+            np.concatenate([np.concatenate(images[i : i + 10], 1) for i in range(0, min(len(images), 50), 10)], 0)
+        ).save(out / "samples.png")
         report["samples"] = scores
     if "attention" not in args.skip:
         report["attention"] = attention_iou(c, cases)

@@ -69,7 +69,9 @@ def train_vae(cfg: DictConfig, vae, pool: ScenePool, work: Path) -> None:
             batch = batch[..., y : y + cfg.crop, x : x + cfg.crop]
         posterior = vae.encode(batch).latent_dist
         recon = vae.decode(posterior.sample(generator=gen)).sample
-        loss = F.l1_loss(recon, batch) + cfg.mse_weight * F.mse_loss(recon, batch) + cfg.kl_weight * posterior.kl().mean()
+        loss = (
+            F.l1_loss(recon, batch) + cfg.mse_weight * F.mse_loss(recon, batch) + cfg.kl_weight * posterior.kl().mean()
+        )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -81,7 +83,9 @@ def train_vae(cfg: DictConfig, vae, pool: ScenePool, work: Path) -> None:
 @torch.no_grad()
 def encode_pool(vae, pool: ScenePool, batch_size: int = 256) -> tuple[torch.Tensor, float]:
     """Posterior means of every scene, and the scaling factor 1/std that gives them unit variance (like SD)."""
-    means = torch.cat([vae.encode(pool.images[i : i + batch_size]).latent_dist.mean for i in range(0, len(pool.images), batch_size)])
+    means = torch.cat(
+        [vae.encode(pool.images[i : i + batch_size]).latent_dist.mean for i in range(0, len(pool.images), batch_size)]
+    )
     return means, 1.0 / means.std().item()
 
 
@@ -172,8 +176,10 @@ def export(out_dir: Path, unet, vae, text_encoder, tokenizer, scaling_factor: fl
 def run(cfg: DictConfig) -> None:
     radius = radius_range(cfg.scene_radius or RADIUS)  # bad scene settings fail before anything is written
     if not isinstance(cfg.scene_distinct_colours, bool):
-        raise ConfigError(f"scene_distinct_colours={cfg.scene_distinct_colours!r}: give true (the domain) or false "
-                          "(two objects may share a colour, as the committed model's training scenes)")
+        raise ConfigError(
+            f"scene_distinct_colours={cfg.scene_distinct_colours!r}: give true (the domain) or false "
+            "(two objects may share a colour, as the committed model's training scenes)"
+        )
     torch.set_num_threads(cfg.threads)
     work, out = Path(cfg.work_dir), Path(cfg.out_dir)
     work.mkdir(parents=True, exist_ok=True)
@@ -225,7 +231,9 @@ def run(cfg: DictConfig) -> None:
 
 
 @torch.no_grad()
-def sample(components: SDComponents, captions: list[str], steps: int = 20, guidance: float = 7.5, seed: int = 0) -> torch.Tensor:
+def sample(
+    components: SDComponents, captions: list[str], steps: int = 20, guidance: float = 7.5, seed: int = 0
+) -> torch.Tensor:
     """Text-to-image samples (latents ``(B, 4, 16, 16)``) with CFG and DDIM."""
     from magicremover.diffusion import alpha_bar, cfg_eps, ddim_step, encode_text, step_size
 

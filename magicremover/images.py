@@ -97,7 +97,6 @@ def fit_to_model(image: Image.Image, size: int | tuple[int, int], resize: Resize
     raise ConfigError(f"resize={resize!r} is not one of stretch, center_crop")
 
 
-
 def center_crop(image: Image.Image, aspect: float) -> Image.Image:
     """The central box of ``aspect`` = width / height, offsets rounded down as ``load_512`` (``(w − h) // 2``)."""
     width, height = image.size

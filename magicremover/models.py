@@ -100,7 +100,9 @@ def check_components(c: SDComponents) -> None:
             "pass a local model folder with model.path=DIR"
         )
     if n_tokens > c.text_encoder.config.vocab_size:
-        raise ModelLoadError(f"tokenizer has {n_tokens} tokens but the text encoder embeds {c.text_encoder.config.vocab_size}")
+        raise ModelLoadError(
+            f"tokenizer has {n_tokens} tokens but the text encoder embeds {c.text_encoder.config.vocab_size}"
+        )
     if c.unet.config.cross_attention_dim != c.text_encoder.config.hidden_size:
         raise ModelLoadError(
             f"UNet cross_attention_dim {c.unet.config.cross_attention_dim} != text encoder hidden size "
@@ -223,7 +225,9 @@ def build_tiny(seed: int = 0, device: str = "auto", dtype: str = "float32") -> S
     text_encoder = CLIPTextModel(
         text_config_for(tokenizer, hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=5)
     )
-    unet, vae, text_encoder = (m.to(dev) if torch_dtype == torch.float32 else m.to(dev, torch_dtype) for m in (unet, vae, text_encoder))
+    unet, vae, text_encoder = (
+        m.to(dev) if torch_dtype == torch.float32 else m.to(dev, torch_dtype) for m in (unet, vae, text_encoder)
+    )
     return SDComponents(
         unet=unet,
         vae=vae,
@@ -261,7 +265,9 @@ def _local_folder(path: str, key: str) -> Path:
         raise ModelLoadError(f"{key}.path={path} is not a directory; point it at a diffusers model folder")
     missing = [name for name in COMPONENTS if not (folder / name).is_dir()]
     if missing:
-        raise ModelLoadError(f"{key}.path={path} lacks {', '.join(f'{m}/' for m in missing)}; it must be a diffusers model folder")
+        raise ModelLoadError(
+            f"{key}.path={path} lacks {', '.join(f'{m}/' for m in missing)}; it must be a diffusers model folder"
+        )
     return folder
 
 
@@ -273,7 +279,9 @@ def _hub_folder(source: str | None, revision: str | None, variant: str | None, k
     suffix = f".{variant}.safetensors" if variant else ".safetensors"
     patterns = ["model_index.json", "scheduler/*.json"]
     for name in COMPONENTS:
-        patterns += [f"{name}/*.json", f"{name}/*.txt"] + [f"{name}/{f.removesuffix('.safetensors')}{suffix}" for f in _WEIGHT_FILES]
+        patterns += [f"{name}/*.json", f"{name}/*.txt"] + [
+            f"{name}/{f.removesuffix('.safetensors')}{suffix}" for f in _WEIGHT_FILES
+        ]
     try:
         return Path(snapshot_download(source, revision=revision, allow_patterns=patterns))
     except Exception as err:  # noqa: BLE001 - every hub failure gets the same actionable message
@@ -323,4 +331,3 @@ def _version(package: str) -> str:
     from importlib.metadata import version
 
     return version(package)
-

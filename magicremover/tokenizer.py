@@ -39,7 +39,9 @@ def _vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
     tokens = alphabet + [c + "</w>" for c in alphabet] + ["".join(m) for m in merges] + [BOS, EOS]
     vocab = {tok: i for i, tok in enumerate(tokens)}
     if len(vocab) != VOCAB_SIZE:
-        raise RuntimeError(f"the vendored CLIP merges file gave {len(vocab)} tokens, not {VOCAB_SIZE}; reinstall magicremover")
+        raise RuntimeError(
+            f"the vendored CLIP merges file gave {len(vocab)} tokens, not {VOCAB_SIZE}; reinstall magicremover"
+        )
     return vocab, merges
 
 

@@ -142,7 +142,21 @@ def inpaint_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def bert_vocab(tmp_path_factory):
     """A 64-token BERT-uncased-style WordPiece vocabulary folder."""
-    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "remove", "the", "a", "red", "circle", "dog", "on", "stripes"]
+    words = [
+        "[PAD]",
+        "[UNK]",
+        "[CLS]",
+        "[SEP]",
+        "[MASK]",
+        "remove",
+        "the",
+        "a",
+        "red",
+        "circle",
+        "dog",
+        "on",
+        "stripes",
+    ]
     words += [f"tok{i}" for i in range(64 - len(words))]
     folder = tmp_path_factory.mktemp("bert")
     (folder / "vocab.txt").write_text("\n".join(words) + "\n")

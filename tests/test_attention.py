@@ -12,7 +12,13 @@ from magicremover.attention import (
 )
 from magicremover.attention.processor import grid_size
 
-EXPECTED_GRID = {"down_blocks.0": (8, 8), "down_blocks.1": (4, 4), "mid_block": (4, 4), "up_blocks.0": (4, 4), "up_blocks.1": (8, 8)}
+EXPECTED_GRID = {
+    "down_blocks.0": (8, 8),
+    "down_blocks.1": (4, 4),
+    "mid_block": (4, 4),
+    "up_blocks.0": (4, 4),
+    "up_blocks.1": (8, 8),
+}
 
 
 @pytest.fixture
@@ -55,7 +61,9 @@ def test_processors_are_restored_when_the_body_raises(tiny, inputs):
     with pytest.raises(KeyError), controlled_attention(tiny.unet, EmptyController()):
         raise KeyError("boom")
     assert tiny.unet.attn_processors == original
-    assert not tiny.unet._forward_pre_hooks or all("remember_latent_size" not in repr(h) for h in tiny.unet._forward_pre_hooks.values())
+    assert not tiny.unet._forward_pre_hooks or all(
+        "remember_latent_size" not in repr(h) for h in tiny.unet._forward_pre_hooks.values()
+    )
 
 
 def test_every_layer_is_seen_once_per_call_with_its_name_and_grid(tiny, inputs):

@@ -32,9 +32,15 @@ def test_key_covers_everything_that_changes_the_result(image_tensor):
         cache_key("model-b", image_tensor, PROMPT, CONFIG),
         cache_key("model-a", image_tensor.flip(-1), PROMPT, CONFIG),
         cache_key("model-a", image_tensor, PROMPT + " .", CONFIG),
-        cache_key("model-a", image_tensor, PROMPT, InversionConfig(num_inference_steps=3, inner_steps=2, guidance_scale=5.0)),
-        cache_key("model-a", image_tensor, PROMPT, InversionConfig(num_inference_steps=3, inner_steps=2, encode="sample")),
-        cache_key("model-a", image_tensor, PROMPT, InversionConfig(num_inference_steps=3, inner_steps=2, method="ddim")),
+        cache_key(
+            "model-a", image_tensor, PROMPT, InversionConfig(num_inference_steps=3, inner_steps=2, guidance_scale=5.0)
+        ),
+        cache_key(
+            "model-a", image_tensor, PROMPT, InversionConfig(num_inference_steps=3, inner_steps=2, encode="sample")
+        ),
+        cache_key(
+            "model-a", image_tensor, PROMPT, InversionConfig(num_inference_steps=3, inner_steps=2, method="ddim")
+        ),
     ]
     assert len({base, *changed}) == 7
 

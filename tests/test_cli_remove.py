@@ -17,7 +17,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _config(tmp_path, *overrides):
     with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
-        return compose("remove", overrides=[f"out_dir={tmp_path / 'run'}", f"cache_dir={tmp_path / 'cache'}", "device=cpu", *overrides])
+        return compose(
+            "remove",
+            overrides=[f"out_dir={tmp_path / 'run'}", f"cache_dir={tmp_path / 'cache'}", "device=cpu", *overrides],
+        )
 
 
 def test_remove_writes_images_and_a_record_with_hand_counted_calls(tmp_path):
@@ -73,9 +76,15 @@ def test_readme_main_command_runs_offline(tmp_path):
     env = os.environ | {"MAGICREMOVER_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT)}
     done = subprocess.run(
         [sys.executable, "-m", "experiments.remove", "num_inference_steps=10"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr
     (run,) = (tmp_path / "outputs" / "remove").iterdir()
-    assert {"output.png", "reconstruction.png", "attention.png", "mask.png", "result.json"} <= {p.name for p in run.iterdir()}
+    assert {"output.png", "reconstruction.png", "attention.png", "mask.png", "result.json"} <= {
+        p.name for p in run.iterdir()
+    }
     assert (run / ".hydra" / "config.yaml").is_file()

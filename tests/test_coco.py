@@ -12,13 +12,16 @@ from magicremover.errors import ConfigError
 ROOT = Path(__file__).resolve().parents[1]
 
 
-
-
 def test_every_image_category_pair_with_prompt_and_union_mask(coco_root):
     data = CocoDataset(root=str(coco_root), mask_dilation=1)
     assert data.ids == ["coco000000000001_11", "coco000000000002_42", "coco000000000001_18", "coco000000000003_18"]
     items = [data[i] for i in range(len(data))]
-    assert [i.sample.prompt for i in items] == ["a photo of a fire hydrant", "a photo of a surfboard", "a photo of a dog", "a photo of a dog"]
+    assert [i.sample.prompt for i in items] == [
+        "a photo of a fire hydrant",
+        "a photo of a surfboard",
+        "a photo of a dog",
+        "a photo of a dog",
+    ]
     assert [i.sample.target for i in items][:2] == ["fire hydrant", "surfboard"]
     assert all(i.sample.image.mode == "RGB" for i in items)  # grayscale and CMYK converted
     crowd = np.asarray(items[1].sample.mask) > 0
@@ -32,7 +35,10 @@ def test_dilation_subsets_and_filters(coco_root):
     assert grown == (20 + 4) ** 2 and base == 400
     assert CocoDataset(root=str(coco_root), size=2, seed=3).ids == CocoDataset(root=str(coco_root), size=2, seed=3).ids
     assert len(CocoDataset(root=str(coco_root), size=2).ids) == 2
-    assert CocoDataset(root=str(coco_root), one_object_per_image=True).ids == ["coco000000000002_42", "coco000000000003_18"]
+    assert CocoDataset(root=str(coco_root), one_object_per_image=True).ids == [
+        "coco000000000002_42",
+        "coco000000000003_18",
+    ]
     assert CocoDataset(root=str(coco_root), min_area=0.1).ids == ["coco000000000001_11"]  # 600 / 4800 px
 
 

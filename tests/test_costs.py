@@ -9,7 +9,12 @@ from magicremover.costs import authors_cost
 
 def test_authors_counts_reproduce_the_spec():
     readme, coco = authors_cost(), authors_cost(t_ratio=0.9, coco_script=True)
-    assert (readme.null_text_calls, readme.null_text_backward, readme.edit_calls, readme.edit_backward) == (650, 500, 110, 58)
+    assert (readme.null_text_calls, readme.null_text_backward, readme.edit_calls, readme.edit_backward) == (
+        650,
+        500,
+        110,
+        58,
+    )
     assert (coco.edit_calls, coco.edit_backward, coco.calls) == (166, 64, 816)
 
 
@@ -34,7 +39,9 @@ def test_our_counters_match_the_same_hand_count(tiny, example_image):
     assert ours["inversion"][0] + ours["null_text"][0] == cost.null_text_calls
     assert ours["null_text"][1] == cost.null_text_backward
     edit = {k: v for k, v in ours.items() if k not in ("inversion", "null_text")}
-    assert sum(c for c, _ in edit.values()) == cost.edit_calls and sum(b for _, b in edit.values()) == cost.edit_backward
+    assert (
+        sum(c for c, _ in edit.values()) == cost.edit_calls and sum(b for _, b in edit.values()) == cost.edit_backward
+    )
 
 
 @pytest.mark.slow

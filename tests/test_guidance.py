@@ -76,7 +76,12 @@ def test_guided_noise_subtracts_the_weighted_gradient():
 @pytest.mark.parametrize("alpha_t", [0.05, 0.5, 0.95])
 def test_classifier_optimization_step_moves_only_along_the_perturbation(alpha_t):
     # Eq. 11/12 at the same t: z_opt = √ᾱ x̂₀(ε̂) + √(1−ᾱ) ε̂_guid = z − √(1−ᾱ) · s·W⊙∇L
-    z, eps, grad, weight = torch.randn(1, 4, 3, 3), torch.randn(1, 4, 3, 3), torch.randn(1, 4, 3, 3), torch.rand(1, 1, 3, 3)
+    z, eps, grad, weight = (
+        torch.randn(1, 4, 3, 3),
+        torch.randn(1, 4, 3, 3),
+        torch.randn(1, 4, 3, 3),
+        torch.rand(1, 1, 3, 3),
+    )
     guided = G.guided_noise(eps, grad, weight, 1.0)
     z_opt = ddim_step(z, eps, alpha_t, alpha_t, eps_direction=guided)
     assert torch.allclose(z_opt, z - (1 - alpha_t) ** 0.5 * weight * grad, atol=1e-5)

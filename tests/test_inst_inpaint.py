@@ -45,20 +45,29 @@ def official_text_names(layers: int) -> list[str]:
 def official_vq_names(channels: tuple[int, ...], blocks: int = 2) -> list[str]:
     """taming VQModel names (attention at the lowest resolution only), from the module structure."""
     params = lambda base, parts: [f"{base}.{p}.{w}" for p in parts for w in ("weight", "bias")]  # noqa: E731
-    resnet = lambda base, cin, cout: params(base, ["norm1", "conv1", "norm2", "conv2"] + (["nin_shortcut"] if cin != cout else []))  # noqa: E731
+
+    def resnet(base, cin, cout):
+        return params(base, ["norm1", "conv1", "norm2", "conv2"] + (["nin_shortcut"] if cin != cout else []))
+
     attn = lambda base: params(base, ["norm", "q", "k", "v", "proj_out"])  # noqa: E731
     last, names = len(channels) - 1, ["quantize.embedding.weight", *params("", ["quant_conv", "post_quant_conv"])]
-    names += params("encoder", ["conv_in", "norm_out", "conv_out"]) + params("decoder", ["conv_in", "norm_out", "conv_out"])
+    names += params("encoder", ["conv_in", "norm_out", "conv_out"]) + params(
+        "decoder", ["conv_in", "norm_out", "conv_out"]
+    )
     cin = channels[0]
     for i, cout in enumerate(channels):
         for j in range(blocks):
-            names += resnet(f"encoder.down.{i}.block.{j}", cin if j == 0 else cout, cout) + (attn(f"encoder.down.{i}.attn.{j}") if i == last else [])
+            names += resnet(f"encoder.down.{i}.block.{j}", cin if j == 0 else cout, cout) + (
+                attn(f"encoder.down.{i}.attn.{j}") if i == last else []
+            )
         names += params(f"encoder.down.{i}.downsample", ["conv"]) if i != last else []
         cin = cout
     cin = channels[-1]
     for i in reversed(range(len(channels))):
         for j in range(blocks + 1):
-            names += resnet(f"decoder.up.{i}.block.{j}", cin if j == 0 else channels[i], channels[i]) + (attn(f"decoder.up.{i}.attn.{j}") if i == last else [])
+            names += resnet(f"decoder.up.{i}.block.{j}", cin if j == 0 else channels[i], channels[i]) + (
+                attn(f"decoder.up.{i}.attn.{j}") if i == last else []
+            )
         names += params(f"decoder.up.{i}.upsample", ["conv"]) if i != 0 else []
         cin = channels[i]
     for part in ("encoder", "decoder"):
@@ -93,7 +102,9 @@ def test_the_official_layout_maps_one_to_one_onto_our_modules(architecture):
 
 def _official_checkpoint(model: InstInpaintModel) -> dict[str, torch.Tensor]:
     """The tiny model's weights under the official keys; the live UNet differs from the EMA one by +1."""
-    values = {f"{prefix}:{name}": v for prefix, module in model.parts().items() for name, v in module.state_dict().items()}
+    values = {
+        f"{prefix}:{name}": v for prefix, module in model.parts().items() for name, v in module.state_dict().items()
+    }
     state = {}
     for key, target in official_layout(model).items():
         value = values[target].clone()
@@ -140,7 +151,13 @@ def test_bad_checkpoints_are_refused(checkpoint, tmp_path):
     with pytest.raises(ModelLoadError, match="lacks 2 text weights, e.g. to_logits.bias"):
         convert(missing, model.unet, model.text_encoder, model.vq)
     with pytest.raises(ModelLoadError, match="noise schedule"):
-        convert(state | {"alphas_cumprod": torch.ones(1000)}, model.unet, model.text_encoder, model.vq, alphas_cumprod=model.scheduler.alphas_cumprod)
+        convert(
+            state | {"alphas_cumprod": torch.ones(1000)},
+            model.unet,
+            model.text_encoder,
+            model.vq,
+            alphas_cumprod=model.scheduler.alphas_cumprod,
+        )
     pickled = tmp_path / "pickled.ckpt"
     torch.save({"state_dict": state, "hyper_parameters": Path("x")}, pickled)
     with pytest.raises(ModelLoadError, match="python -m baselines.inst_inpaint.convert"):
@@ -159,13 +176,18 @@ def test_removal_runs_deterministically_and_records_its_handicap(checkpoint, ber
     first, second = remover(sample), remover(sample)
     assert first.image.shape == (1, 3, 96, 96) and torch.equal(first.image, second.image)
     assert 0 <= first.image.min() and first.image.max() <= 1
-    assert first.extras | {"instruction": "remove the red circle", "native_resolution": 64, "upsampled_to": 96} == first.extras
+    assert (
+        first.extras | {"instruction": "remove the red circle", "native_resolution": 64, "upsampled_to": 96}
+        == first.extras
+    )
     # a converted .safetensors file gives the same output
     from baselines.inst_inpaint.convert import main as convert_main
 
     converted = tmp_path / "inst.safetensors"
     convert_main([str(path), str(converted), "--architecture", "tiny"])
-    again = InstInpaint(str(converted), str(bert_vocab), "tiny", num_inference_steps=3, resolution=96, device="cpu")(sample)
+    again = InstInpaint(str(converted), str(bert_vocab), "tiny", num_inference_steps=3, resolution=96, device="cpu")(
+        sample
+    )
     assert torch.equal(again.image, first.image)
 
 

@@ -25,7 +25,9 @@ def cache_dir(tmp_path_factory):
 @pytest.fixture
 def remove(tiny, example_image, cache_dir):
     def run(steps=10, inversion="negative_prompt", mask=None, target="circle", **settings):
-        remover = MagicRemover(tiny, InversionConfig(method=inversion, num_inference_steps=steps), cache_dir=cache_dir, **settings)
+        remover = MagicRemover(
+            tiny, InversionConfig(method=inversion, num_inference_steps=steps), cache_dir=cache_dir, **settings
+        )
         return remover(RemovalSample(example_image, PROMPT, target, mask=mask))
 
     return run
@@ -96,7 +98,9 @@ def test_mask_mode_keeps_the_outside_closer_to_the_reconstruction(remove):
     assert torch.equal(remove(mask=mask).image, without.image)  # a dataset's mask alone does not switch mask mode on
     # Eq. 13: the user's mask (at latent resolution) is the gate M, reported back at image resolution
     latent_mask = F.interpolate(soft, size=(8, 8), mode="bilinear", align_corners=False)
-    assert torch.allclose(with_mask.mask, F.interpolate(latent_mask, size=(64, 64), mode="bilinear", align_corners=False), atol=1e-5)
+    assert torch.allclose(
+        with_mask.mask, F.interpolate(latent_mask, size=(64, 64), mode="bilinear", align_corners=False), atol=1e-5
+    )
 
 
 def test_multi_word_targets(remove):

@@ -51,7 +51,9 @@ def test_inception_loads_a_weights_file_with_the_real_layout(tmp_path, monkeypat
     from torchmetrics.image.fid import NoTrainInceptionV3
 
     captured = {}
-    monkeypatch.setattr(nn.Module, "load_state_dict", lambda self, state, *a, **k: captured.setdefault("keys", self.state_dict()))
+    monkeypatch.setattr(
+        nn.Module, "load_state_dict", lambda self, state, *a, **k: captured.setdefault("keys", self.state_dict())
+    )
     monkeypatch.setattr(torch, "load", lambda *a, **k: {})
     NoTrainInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path="unused")
     monkeypatch.undo()
@@ -101,7 +103,9 @@ def test_pytorch_fid_backend_reads_a_local_file_and_is_the_package_network(tmp_p
 def test_table1_measures_fid_with_the_authors_backend():
     from experiments._cli import compose_config
 
-    assert compose_config("evaluate", ["+artefact=table1", "metrics=standard"]).metrics.features.backend == "pytorch_fid"
+    assert (
+        compose_config("evaluate", ["+artefact=table1", "metrics=standard"]).metrics.features.backend == "pytorch_fid"
+    )
     assert compose_config("evaluate", ["metrics=standard"]).metrics.features.backend == "torch_fidelity"
     scores = SetScores(features=TinyFeatures(dim=4), fid_backend="pytorch_fid")
     for seed in range(3):
@@ -148,14 +152,21 @@ def test_authors_clip_protocol_is_their_plain_cosine_after_their_resize():
     clip, processor = tiny_clip(seed=5)()
     # evaluate.py: TF.to_tensor, T.Resize((224, 224)) on the tensor (no antialias then), CLIP's Normalize; one text each
     side = processor.image_processor.crop_size["height"]
-    aug = T.Compose([T.Resize((side, side), antialias=False), T.Normalize(processor.image_processor.image_mean, processor.image_processor.image_std)])
+    aug = T.Compose(
+        [
+            T.Resize((side, side), antialias=False),
+            T.Normalize(processor.image_processor.image_mean, processor.image_processor.image_std),
+        ]
+    )
     expected = []
     with torch.no_grad():
         for image, text in zip(images, texts):
             pixels = aug(torch.from_numpy(image).permute(2, 0, 1).float()[None] / 255)
             image_z = clip.get_image_features(pixel_values=pixels).pooler_output
             text_z = clip.get_text_features(**processor.tokenizer([text], return_tensors="pt")).pooler_output
-            expected.append(float((image_z / image_z.norm(dim=-1, keepdim=True) * text_z / text_z.norm(dim=-1, keepdim=True)).sum()))
+            expected.append(
+                float((image_z / image_z.norm(dim=-1, keepdim=True) * text_z / text_z.norm(dim=-1, keepdim=True)).sum())
+            )
     assert float(metric.compute()) == pytest.approx(np.mean(expected), rel=1e-5, abs=1e-7)
     with pytest.raises(ConfigError, match="metrics.clip_protocol=openai is not one of torchmetrics, authors"):
         clip_scores(tiny_clip(seed=5), 1, protocol="openai")

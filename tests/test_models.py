@@ -42,7 +42,9 @@ def test_save_pretrained_round_trip_through_the_real_loader(tiny, tmp_path):
     tiny.save_pretrained(tmp_path / "model")
     loaded = load_pretrained(path=str(tmp_path / "model"), device="cpu")
     z, emb = torch.randn(2, 4, 8, 8), torch.randn(2, 77, 32)
-    assert torch.equal(loaded.unet(z, 501, encoder_hidden_states=emb).sample, tiny.unet(z, 501, encoder_hidden_states=emb).sample)
+    assert torch.equal(
+        loaded.unet(z, 501, encoder_hidden_states=emb).sample, tiny.unet(z, 501, encoder_hidden_states=emb).sample
+    )
     assert len(loaded.tokenizer) == 49408
     again = load_pretrained(path=str(tmp_path / "model"), device="cpu")
     assert again.identity == loaded.identity  # content-based, so the inversion cache survives reloads

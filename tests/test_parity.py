@@ -55,7 +55,10 @@ def test_fixed_mask_map_normalises_at_the_layer_resolution_before_resizing():
     expected = _scaled(torch.stack(per_layer).mean(0))
     assert torch.allclose(ours, expected, atol=1e-6)
     # resizing first (our earlier order) gives another map, and another M₀ at the released threshold
-    resized_first = [_scaled(torch.stack([_bilinear(w[None, None], (8, 8))[0, 0] for w in words])).prod(0) for words in (coarse, fine)]
+    resized_first = [
+        _scaled(torch.stack([_bilinear(w[None, None], (8, 8))[0, 0] for w in words])).prod(0)
+        for words in (coarse, fine)
+    ]
     other = _scaled(torch.stack(resized_first).mean(0))[None, None]
     assert (ours - other).abs().max() > 0.01
     assert ((ours > 0.25) != (other > 0.25)).any()
@@ -79,7 +82,9 @@ def test_multiword_loss_map_multiplies_at_the_latent_grid_then_resizes():
     assert torch.allclose(product, _bilinear(fire * hydrant, (16, 16)))
     assert (product - _bilinear(fire, (16, 16)) * _bilinear(hydrant, (16, 16))).abs().max() > 1e-3
     per_word = G.loss_maps([fire, hydrant], (16, 16), product=False)  # the paper preset: one loss per word (Eq. 9)
-    assert [m.shape for m in per_word] == [(1, 1, 16, 16)] * 2 and torch.allclose(per_word[1], _bilinear(hydrant, (16, 16)))
+    assert [m.shape for m in per_word] == [(1, 1, 16, 16)] * 2 and torch.allclose(
+        per_word[1], _bilinear(hydrant, (16, 16))
+    )
 
 
 # --- P2P refine: the token mapping of seq_aligner.get_refinement_mapper ------------------------------------------

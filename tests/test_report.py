@@ -76,17 +76,25 @@ def test_a_two_config_sweep_inverts_each_image_once_and_draws_its_artefact(tmp_p
     assert "| 0.3 |" in (sweep / "fig9.md").read_text() and (sweep / "fig9.png").is_file()
 
 
-def test_the_table1_command_produces_its_table_on_the_coco_fixture(tmp_path, coco_root, lama_weights, inpaint_dir, inst_inpaint_weights, bert_vocab):
+def test_the_table1_command_produces_its_table_on_the_coco_fixture(
+    tmp_path, coco_root, lama_weights, inpaint_dir, inst_inpaint_weights, bert_vocab
+):
     sweep = tmp_path / "table1"
     _sweep(tmp_path, "+artefact=table1", f"hydra.sweep.dir={sweep}", "data=coco", f"data.root={coco_root}", "metrics=tiny",
            "resolution=64", f"weights.lama={lama_weights}", "weights.lama_md5=null", f"weights.sd_inpaint={inpaint_dir}",
            f"weights.inst_inpaint={inst_inpaint_weights}", f"weights.inst_inpaint_tokenizer={bert_vocab}")  # fmt: skip
-    rows = {line.split(" | ")[0].lstrip("| "): line for line in (sweep / "table1.md").read_text().splitlines() if line.startswith("| ")}
+    rows = {
+        line.split(" | ")[0].lstrip("| "): line
+        for line in (sweep / "table1.md").read_text().splitlines()
+        if line.startswith("| ")
+    }
     assert set(rows) >= {"SD-Inpaint", "LaMa", "MagicRemover w mask", "Inst-Inpaint", "MagicRemover w/o mask"}
     for name in ("sd_inpaint", "lama", "magicremover_mask", "inst_inpaint", "magicremover"):
         metrics = json.loads((sweep / name / "metrics.json").read_text())
         assert metrics["ok"] == 4 and metrics["fid_original"] is not None, name
-        assert metrics["fid_reconstruction"] is not None, name  # baselines are scored against MagicRemover's reconstructions
+        assert metrics["fid_reconstruction"] is not None, (
+            name
+        )  # baselines are scored against MagicRemover's reconstructions
     assert "| 8.44 | 4 |" in rows["LaMa"]  # the paper's number beside ours
     assert (sweep / "table1.tex").is_file() and (sweep / "table1.png").is_file()
 
@@ -100,4 +108,7 @@ def test_the_report_command_redraws_a_sweep_and_names_what_is_missing(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert "| full | – | – | 20 |" in (sweep / "fig6.md").read_text()
     missing = run("artefact=fig6")
-    assert missing.returncode == 2 and missing.stderr.strip() == "error: set sweep_dir=DIR, the folder of a finished sweep (its hydra.sweep.dir)"
+    assert (
+        missing.returncode == 2
+        and missing.stderr.strip() == "error: set sweep_dir=DIR, the folder of a finished sweep (its hydra.sweep.dir)"
+    )

@@ -7,8 +7,6 @@ from magicremover.errors import ImageError, ModelLoadError
 from magicremover.types import RemovalSample
 
 
-
-
 def _sample(with_mask=True):
     image = Image.new("RGB", (64, 64), (40, 120, 200))
     ImageDraw.Draw(image).ellipse([16, 16, 40, 40], fill=(220, 30, 30))

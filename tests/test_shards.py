@@ -19,7 +19,18 @@ def _run(args, tmp_path, cache):
 
 def test_two_joblib_shards_match_one_unsharded_run(tmp_path):
     sharded, single = tmp_path / "sharded", tmp_path / "single"
-    _run(["-m", "hydra/launcher=local_shards", "data.num_shards=2", "data.shard_index=0,1", f"out_dir={sharded}", *COMMON], tmp_path, "a")
+    _run(
+        [
+            "-m",
+            "hydra/launcher=local_shards",
+            "data.num_shards=2",
+            "data.shard_index=0,1",
+            f"out_dir={sharded}",
+            *COMMON,
+        ],
+        tmp_path,
+        "a",
+    )
     _run([f"out_dir={single}", *COMMON], tmp_path, "b")  # its own cache: it must invert too
     manifests = sorted(p.name for p in sharded.glob("manifest*.jsonl"))
     assert manifests == ["manifest-shard000-of-002.jsonl", "manifest-shard001-of-002.jsonl"]
@@ -29,7 +40,11 @@ def test_two_joblib_shards_match_one_unsharded_run(tmp_path):
         for path in folder.glob("manifest*.jsonl"):
             for line in path.read_text().splitlines():
                 record = json.loads(line)
-                records[record["sample_id"]] = (record["status"], record["unet_calls"], (folder / record["output"]).read_bytes())
+                records[record["sample_id"]] = (
+                    record["status"],
+                    record["unet_calls"],
+                    (folder / record["output"]).read_bytes(),
+                )
         return records
 
     assert merged(sharded) == merged(single)  # same samples, same calls, byte-identical outputs

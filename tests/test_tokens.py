@@ -25,7 +25,10 @@ def test_multi_token_word(tok):
     # surf, board: the authors' code used [5] only.
     target = find_target(tok, "a photo of a surfboard", "surfboard")
     assert target.words == ((5, 6),)
-    assert tok.convert_ids_to_tokens([tok("a photo of a surfboard").input_ids[i] for i in target.flat]) == ["surf", "board</w>"]
+    assert tok.convert_ids_to_tokens([tok("a photo of a surfboard").input_ids[i] for i in target.flat]) == [
+        "surf",
+        "board</w>",
+    ]
 
 
 def test_case_punctuation_and_repeats(tok):

@@ -23,7 +23,9 @@ def run(toy, tmp_path_factory):
 
     def scores(preset, cases):
         """Median per metric over ``cases``; ``gain`` = PSNR inside the mask vs the ground truth, output − input."""
-        cfg = compose_config("remove", [f"method={preset}", f"cache_dir={cache}", "device=cpu", "num_inference_steps=50"])
+        cfg = compose_config(
+            "remove", [f"method={preset}", f"cache_dir={cache}", "device=cpu", "num_inference_steps=50"]
+        )
         remover = build_remover(cfg, toy)
         rows = [removal_metrics(case, to_uint8(remover(case.sample).image)) for case in cases]
         for row in rows:

@@ -10,7 +10,12 @@ import pytest
 
 from magicremover.toy.detect import caption_objects, detect_objects
 from magicremover.toy.quality import (
-    HELD_OUT_SEED, attention_iou, held_out_cases, inversion_gap, vae_psnr, vae_reconstruction,
+    HELD_OUT_SEED,
+    attention_iou,
+    held_out_cases,
+    inversion_gap,
+    vae_psnr,
+    vae_reconstruction,
 )
 from magicremover.toy.scenes import render_scene
 

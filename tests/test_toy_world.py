@@ -3,12 +3,25 @@
 import numpy as np
 import pytest
 
-from magicremover.toy.detect import (
-    caption_background, caption_objects, classify_background, classify_shape, detect_objects,
-)
 from magicremover.errors import ConfigError
+from magicremover.toy.detect import (
+    caption_background,
+    caption_objects,
+    classify_background,
+    classify_shape,
+    detect_objects,
+)
 from magicremover.toy.quality import held_out_cases, removal_metrics
-from magicremover.toy.scenes import BACKGROUNDS, COLOURS, GLASS_ALPHA, RADIUS, SHAPES, VOCABULARY, radius_range, render_scene
+from magicremover.toy.scenes import (
+    BACKGROUNDS,
+    COLOURS,
+    GLASS_ALPHA,
+    RADIUS,
+    SHAPES,
+    VOCABULARY,
+    radius_range,
+    render_scene,
+)
 from magicremover.toy.tokenizer import build_toy_tokenizer
 
 SEEDS = range(500, 560)

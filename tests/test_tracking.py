@@ -52,5 +52,7 @@ def test_missing_metric_weights_fail_before_any_sample_runs(tmp_path):
     cfg = _config(tmp_path, "metrics=standard", f"weights.inception={tmp_path / 'inception.pth'}")
     with pytest.raises(Exception) as info:
         ev.evaluate(cfg, Path(cfg.out_dir))
-    assert isinstance(find_user_error(info.value), ModelLoadError) and "weights.inception" in str(find_user_error(info.value))
+    assert isinstance(find_user_error(info.value), ModelLoadError) and "weights.inception" in str(
+        find_user_error(info.value)
+    )
     assert not (Path(cfg.out_dir) / "manifest.jsonl").exists()

@@ -93,14 +93,20 @@ def convert(state: dict[str, torch.Tensor], unet: torch.nn.Module, text: torch.n
         if key in ema_map and use_ema:
             route = ("unet", ema_map[key])
         elif key.startswith(LIVE_PREFIX) and not use_ema:
-            route = ("unet", key[len(LIVE_PREFIX):])
+            route = ("unet", key[len(LIVE_PREFIX) :])
         elif key.startswith(TEXT_PREFIX):
-            route = ("text", text_key(key[len(TEXT_PREFIX):]))
+            route = ("text", text_key(key[len(TEXT_PREFIX) :]))
         elif key.startswith(VQ_PREFIX) and not key.startswith(VQ_PREFIX + "loss."):
-            route = ("vq", vq_key(key[len(VQ_PREFIX):], levels))
+            route = ("vq", vq_key(key[len(VQ_PREFIX) :], levels))
         elif key in ema_map or key.startswith(LIVE_PREFIX) or IGNORED.match(key):
-            if key == "alphas_cumprod" and alphas_cumprod is not None and not torch.allclose(value.double(), alphas_cumprod.double(), atol=1e-4):
-                raise ModelLoadError("the checkpoint's noise schedule is not Inst-Inpaint's (linear 0.0015-0.0195, 1000 steps)")
+            if (
+                key == "alphas_cumprod"
+                and alphas_cumprod is not None
+                and not torch.allclose(value.double(), alphas_cumprod.double(), atol=1e-4)
+            ):
+                raise ModelLoadError(
+                    "the checkpoint's noise schedule is not Inst-Inpaint's (linear 0.0015-0.0195, 1000 steps)"
+                )
             ignored.append(key)
             continue
         else:
@@ -114,11 +120,15 @@ def convert(state: dict[str, torch.Tensor], unet: torch.nn.Module, text: torch.n
         if value.dim() == 4 and expected.dim() == 2:  # taming's 1x1-conv attention projections → linear layers
             value = value[:, :, 0, 0]
         if value.shape != expected.shape:
-            raise ModelLoadError(f"{key} has shape {tuple(value.shape)}, our {module} expects {tuple(expected.shape)} for {name}")
+            raise ModelLoadError(
+                f"{key} has shape {tuple(value.shape)}, our {module} expects {tuple(expected.shape)} for {name}"
+            )
         filled[module][name] = value
         consumed.append(key)
     if unknown:
-        raise ModelLoadError(f"{len(unknown)} checkpoint keys are not Inst-Inpaint's, e.g. {unknown[0]}: is this the official model.ckpt?")
+        raise ModelLoadError(
+            f"{len(unknown)} checkpoint keys are not Inst-Inpaint's, e.g. {unknown[0]}: is this the official model.ckpt?"
+        )
     for module, target in targets.items():
         missing = sorted(set(target) - set(filled[module]))
         if missing:
@@ -143,7 +153,13 @@ def main(argv: list[str]) -> None:
     # why this is a separate, explicit step for a file you trust.
     state = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
     model = InstInpaintModel(Architecture.named(args.architecture))
-    report = convert(state.get("state_dict", state), model.unet, model.text_encoder, model.vq, alphas_cumprod=model.scheduler.alphas_cumprod)
+    report = convert(
+        state.get("state_dict", state),
+        model.unet,
+        model.text_encoder,
+        model.vq,
+        alphas_cumprod=model.scheduler.alphas_cumprod,
+    )
     model.save(args.output, args.architecture)
     print(f"wrote {args.output}: {len(report['consumed'])} checkpoint tensors used, {len(report['ignored'])} ignored")
 

@@ -79,20 +79,28 @@ class InstInpaintModel(nn.Module):
         the architecture (see :meth:`Architecture.named`)."""
         from safetensors.torch import save_file
 
-        tensors = {f"{prefix}.{k}": v.contiguous() for prefix, module in self.parts().items() for k, v in module.state_dict().items()}
+        tensors = {
+            f"{prefix}.{k}": v.contiguous()
+            for prefix, module in self.parts().items()
+            for k, v in module.state_dict().items()
+        }
         save_file(tensors, str(path), metadata={"architecture": name})
 
     def load(self, path: str | Path, use_ema: bool = True) -> dict:
         """Weights from the official Lightning ``.ckpt`` (tensors only) or from our converted ``.safetensors``."""
         path = Path(path).expanduser()
         if not path.is_file():
-            raise ModelLoadError(f"weights.inst_inpaint={path} does not exist; point it at Inst-Inpaint's ldm/model.ckpt")
+            raise ModelLoadError(
+                f"weights.inst_inpaint={path} does not exist; point it at Inst-Inpaint's ldm/model.ckpt"
+            )
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
             tensors = load_file(str(path))
             for prefix, module in self.parts().items():
-                module.load_state_dict({k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")})
+                module.load_state_dict(
+                    {k[len(prefix) + 1 :]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+                )
             return {"format": "safetensors"}
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
@@ -101,7 +109,14 @@ class InstInpaintModel(nn.Module):
                 f"{path.name} holds pickled objects besides tensors ({type(err).__name__}); convert it once with "
                 f"`python -m baselines.inst_inpaint.convert {path} inst-inpaint.safetensors` (only for a file you trust)"
             ) from None
-        return convert(state.get("state_dict", state), self.unet, self.text_encoder, self.vq, use_ema, self.scheduler.alphas_cumprod)
+        return convert(
+            state.get("state_dict", state),
+            self.unet,
+            self.text_encoder,
+            self.vq,
+            use_ema,
+            self.scheduler.alphas_cumprod,
+        )
 
 
 class InstInpaint:
@@ -126,9 +141,13 @@ class InstInpaint:
                  use_ema: bool = True, num_inference_steps: int = 50, seed: int = 0, instruction: str = "remove the {target}",
                  resolution: int = 512, resize: Resize = "center_crop", device: str = "auto"):  # fmt: skip
         if "{target}" not in instruction or _formats(instruction) is None:
-            raise ConfigError(f"method.instruction={instruction!r} must be a template with {{target}} and no other fields, e.g. 'remove the {{target}}'")
+            raise ConfigError(
+                f"method.instruction={instruction!r} must be a template with {{target}} and no other fields, e.g. 'remove the {{target}}'"
+            )
         if not weights:
-            raise ModelLoadError("Inst-Inpaint needs its weights: set weights.inst_inpaint=/path/to/ldm/model.ckpt (from the authors' release)")
+            raise ModelLoadError(
+                "Inst-Inpaint needs its weights: set weights.inst_inpaint=/path/to/ldm/model.ckpt (from the authors' release)"
+            )
         self.device = resolve_device(device)
         self.model = InstInpaintModel(Architecture.named(architecture or _recorded_architecture(weights)))
         self.load_report = self.model.load(weights, use_ema)
@@ -145,7 +164,9 @@ class InstInpaint:
         image = fit_to_model(load_image(sample.image), size, self.resize).to(self.device) * 2 - 1
         # The source conditioning is the *quantised* VQ encoding (taming's encode), concatenated to the noisy latent.
         source, *_ = m.vq.quantize(m.vq.encode(image).latents)
-        ids = self.tokenizer([instruction], padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+        ids = self.tokenizer(
+            [instruction], padding="max_length", max_length=77, truncation=True, return_tensors="pt"
+        ).input_ids
         context = m.text_encoder(ids.to(self.device)).last_hidden_state
         generator = torch.Generator().manual_seed(self.seed)
         latent = torch.randn(source.shape, generator=generator).to(self.device)
@@ -160,7 +181,12 @@ class InstInpaint:
             image=output,
             calls={},
             seconds={"total": time.perf_counter() - start},
-            extras={"instruction": instruction, "native_resolution": size, "upsampled_to": self.resolution, "resize": self.resize},
+            extras={
+                "instruction": instruction,
+                "native_resolution": size,
+                "upsampled_to": self.resolution,
+                "resize": self.resize,
+            },
         )
 
 
@@ -186,7 +212,11 @@ def _bert_tokenizer(source: str, vocab_size: int):
     try:
         tokenizer = BertTokenizerFast.from_pretrained(source)
     except (OSError, ValueError) as err:
-        raise ModelLoadError(f"could not load the BERT tokenizer from {source} ({str(err).splitlines()[0]}); set method.tokenizer=DIR with vocab.txt") from err
+        raise ModelLoadError(
+            f"could not load the BERT tokenizer from {source} ({str(err).splitlines()[0]}); set method.tokenizer=DIR with vocab.txt"
+        ) from err
     if len(tokenizer) != vocab_size:
-        raise ModelLoadError(f"the tokenizer at {source} has {len(tokenizer)} tokens, the text encoder embeds {vocab_size}; use bert-base-uncased's vocab.txt")
+        raise ModelLoadError(
+            f"the tokenizer at {source} has {len(tokenizer)} tokens, the text encoder embeds {vocab_size}; use bert-base-uncased's vocab.txt"
+        )
     return tokenizer

@@ -45,7 +45,9 @@ class ResBlock(nn.Module):
     """Residual block with a timestep-embedding bias; ``up``/``down`` resample both paths (nearest ×2 / average
     pool ÷2) between the first norm and conv, which is what ``resblock_updown`` means."""
 
-    def __init__(self, channels: int, emb_channels: int, out_channels: int | None = None, up: bool = False, down: bool = False):
+    def __init__(
+        self, channels: int, emb_channels: int, out_channels: int | None = None, up: bool = False, down: bool = False
+    ):
         super().__init__()
         out = out_channels or channels
         self.in_layers = nn.Sequential(GroupNorm32(channels), nn.SiLU(), nn.Conv2d(channels, out, 3, padding=1))
@@ -129,7 +131,9 @@ class SpatialTransformer(nn.Module):
         inner = heads * dim_head
         self.norm = nn.GroupNorm(32, channels, eps=1e-6)
         self.proj_in = nn.Conv2d(channels, inner, 1)
-        self.transformer_blocks = nn.ModuleList(BasicTransformerBlock(inner, heads, dim_head, context_dim) for _ in range(depth))
+        self.transformer_blocks = nn.ModuleList(
+            BasicTransformerBlock(inner, heads, dim_head, context_dim) for _ in range(depth)
+        )
         self.proj_out = nn.Conv2d(inner, channels, 1)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
@@ -198,7 +202,12 @@ class UNetModel(nn.Module):
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         # Sinusoidal embedding with cos first and frequencies exp(-ln(1e4) i / half), as the original.
-        t_emb = get_timestep_embedding(timesteps.flatten().expand(x.shape[0]), self.config.model_channels, flip_sin_to_cos=True, downscale_freq_shift=0)
+        t_emb = get_timestep_embedding(
+            timesteps.flatten().expand(x.shape[0]),
+            self.config.model_channels,
+            flip_sin_to_cos=True,
+            downscale_freq_shift=0,
+        )
         emb = self.time_embed(t_emb.to(x.dtype))
         skips, h = [], x
         for block in self.input_blocks:

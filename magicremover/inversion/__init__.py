@@ -3,4 +3,13 @@
 from magicremover.inversion.cache import InversionCache, cache_key, invert_cached
 from magicremover.inversion.core import Inversion, InversionConfig, invert, reconstruct, set_timesteps
 
-__all__ = ["Inversion", "InversionCache", "InversionConfig", "cache_key", "invert", "invert_cached", "reconstruct", "set_timesteps"]
+__all__ = [
+    "Inversion",
+    "InversionCache",
+    "InversionConfig",
+    "cache_key",
+    "invert",
+    "invert_cached",
+    "reconstruct",
+    "set_timesteps",
+]

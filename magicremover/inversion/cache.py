@@ -31,7 +31,13 @@ _TENSORS = ("timesteps", "trajectory", "null_embeddings", "cond_embedding")
 def cache_key(identity: str, image: torch.Tensor, prompt: str, config: InversionConfig) -> str:
     """Hex digest identifying one inversion; ``image`` is the preprocessed ``(1, 3, H, W)`` input."""
     digest = hashlib.sha256()
-    header = {"format": _FORMAT, "model": identity, "prompt": prompt, "config": asdict(config), "shape": list(image.shape)}
+    header = {
+        "format": _FORMAT,
+        "model": identity,
+        "prompt": prompt,
+        "config": asdict(config),
+        "shape": list(image.shape),
+    }
     digest.update(json.dumps(header, sort_keys=True).encode())
     digest.update(image.detach().float().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()

@@ -173,4 +173,3 @@ def reconstruct(c: SDComponents, inversion: Inversion, guidance_scale: float) ->
             eps = cfg_eps(c, z, t, inversion.null_embeddings[i : i + 1], inversion.cond_embedding, guidance_scale)
             z = ddim_step(z, eps, alpha_bar(c, t), alpha_bar(c, t - step))
     return z
-

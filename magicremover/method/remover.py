@@ -72,7 +72,11 @@ class MagicRemover(InvertingRemover):
         # 1. Inputs at the model resolution; the target is checked before any UNet call.
         target = find_target(c.tokenizer, sample.prompt, sample.target)
         source, image = self.fit(sample)
-        user_mask = fit_mask(sample.mask, source.size, tuple(image.shape[-2:]), self.resize) if sample.mask and s.use_mask else None
+        user_mask = (
+            fit_mask(sample.mask, source.size, tuple(image.shape[-2:]), self.resize)
+            if sample.mask and s.use_mask
+            else None
+        )
         # 2. Inversion (Eq. 6), shared through the cache by every method and ablation.
         inversion = self.invert(sample, image)
         latent_hw = tuple(inversion.trajectory.shape[-2:])
@@ -112,7 +116,10 @@ class MagicRemover(InvertingRemover):
         kv = SelfAttentionKV()
         store = CrossAttentionStore(keep_graph=True, batch_index=slice(1, 2), enabled=False)  # conditional half
         z_rec = z_edit = inversion.z_T
-        with controlled_attention(c.unet, ComposedController([kv, store])), _checkpointing(c.unet, s.gradient_checkpointing):
+        with (
+            controlled_attention(c.unet, ComposedController([kv, store])),
+            _checkpointing(c.unet, s.gradient_checkpointing),
+        ):
             for i, t in enumerate(tqdm(steps.timesteps, desc="denoising", leave=False, disable=None)):
                 null = inversion.null_embeddings[i : i + 1]
                 alpha_t, alpha_prev = alpha_bar(c, t), alpha_bar(c, t - stride)
@@ -134,7 +141,9 @@ class MagicRemover(InvertingRemover):
                     for _ in range(s.classifier_optimization_steps if steps.optimize[i] else 0):
                         with c.calls.stage("classifier_optimization"):
                             eps, eps_guided = self._guided_noise(z_edit, t, null, cond, state, store)
-                            z_edit = ddim_step(z_edit, eps, alpha_t, alpha_t, eps_direction=eps_guided)  # Eq. 11–12, same t
+                            z_edit = ddim_step(
+                                z_edit, eps, alpha_t, alpha_t, eps_direction=eps_guided
+                            )  # Eq. 11–12, same t
                     with c.calls.stage("edit"):
                         eps, eps_guided = self._guided_noise(z_edit, t, null, cond, state, store)
                         z_edit_next = ddim_step(z_edit, eps, alpha_t, alpha_prev, eps_direction=eps_guided)  # Eq. 12

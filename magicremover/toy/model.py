@@ -65,8 +65,9 @@ class ScenePool:
     token_masks: torch.Tensor
 
     @classmethod
-    def render(cls, seeds: range, tokenizer: CLIPTokenizer, radius: tuple[float, float] = RADIUS,
-               distinct_colours: bool = True) -> "ScenePool":
+    def render(
+        cls, seeds: range, tokenizer: CLIPTokenizer, radius: tuple[float, float] = RADIUS, distinct_colours: bool = True
+    ) -> "ScenePool":
         images, captions = [], []
         token_masks = torch.zeros(len(seeds), tokenizer.model_max_length, LATENT, LATENT, dtype=torch.float16)
         for n, seed in enumerate(seeds):

@@ -105,7 +105,14 @@ def attention_iou(c: SDComponents, cases: list[ToyCase], quantile: float = 0.8) 
     ``other_covered``: in two-object scenes, the fraction of the other object's mask inside the target's top-20 %
     region — what the edit will also touch.
     """
-    scores: dict[str, list[float]] = {"object": [], "photo": [], "start": [], "other_object": [], "ceiling": [], "object_matched": []}
+    scores: dict[str, list[float]] = {
+        "object": [],
+        "photo": [],
+        "start": [],
+        "other_object": [],
+        "ceiling": [],
+        "object_matched": [],
+    }
     prefers_right, covered = [], []
     config = InversionConfig(method="ddim", num_inference_steps=50)
     for case in cases:
@@ -147,10 +154,12 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
 
 
 @torch.no_grad()
-def sample_scores(c: SDComponents, scenes: list[ToyScene], steps: int = 50, guidance: float = 7.5, seed: int = 0) -> dict:
+def sample_scores(
+    c: SDComponents, scenes: list[ToyScene], steps: int = 50, guidance: float = 7.5, seed: int = 0
+) -> dict:
     """Generate one image per held-out caption; score object recall and background accuracy with the detectors."""
-    from magicremover.toy.detect import caption_background, caption_objects, classify_background, detect_objects
     from magicremover.diffusion import alpha_bar, cfg_eps, ddim_step, step_size
+    from magicremover.toy.detect import caption_background, caption_objects, classify_background, detect_objects
 
     c.scheduler.set_timesteps(steps)
     generator, images = torch.Generator().manual_seed(seed), []
@@ -166,7 +175,9 @@ def sample_scores(c: SDComponents, scenes: list[ToyScene], steps: int = 50, guid
     backgrounds = classify_background(images)
     return {
         "object_recall": hits / max(sum(len(w) for w in wanted), 1),
-        "background_accuracy": float(np.mean([b == caption_background(s.caption) for b, s in zip(backgrounds, scenes)])),
+        "background_accuracy": float(
+            np.mean([b == caption_background(s.caption) for b, s in zip(backgrounds, scenes)])
+        ),
         "images": images,
     }
 
@@ -183,4 +194,8 @@ def inversion_gap(c: SDComponents, scenes: list[ToyScene], steps: int = 50) -> d
         vae.append(psnr(own, scene.image))
         nti.append(psnr(recon, scene.image))
         nti_vs_vae.append(psnr(recon, own))
-    return {"vae_psnr": float(np.mean(vae)), "nti_psnr": float(np.mean(nti)), "nti_vs_vae_psnr": float(np.mean(nti_vs_vae))}
+    return {
+        "vae_psnr": float(np.mean(vae)),
+        "nti_psnr": float(np.mean(nti)),
+        "nti_vs_vae_psnr": float(np.mean(nti_vs_vae)),
+    }

@@ -155,14 +155,21 @@ def radius_range(value) -> tuple[float, float]:
         low = high = float("nan")
     half = SIZE / 2
     if not (0 < low <= high < half and np.sqrt(2) * (half - low) >= high + low - 4):
-        raise ConfigError(f"object radii {value!r} cannot be drawn: give [low, high] px with 0 < low <= high < 32 and room "
-                          "for a second object beside any first (sqrt(2) * (32 - low) >= high + low - 4), "
-                          "e.g. scene_radius=[12,16]")
+        raise ConfigError(
+            f"object radii {value!r} cannot be drawn: give [low, high] px with 0 < low <= high < 32 and room "
+            "for a second object beside any first (sqrt(2) * (32 - low) >= high + low - 4), "
+            "e.g. scene_radius=[12,16]"
+        )
     return low, high
 
 
-def render_scene(seed: int, glass_probability: float = 0.1, shadow_probability: float = 0.3,
-                 radius: tuple[float, float] = RADIUS, distinct_colours: bool = True) -> ToyScene:
+def render_scene(
+    seed: int,
+    glass_probability: float = 0.1,
+    shadow_probability: float = 0.3,
+    radius: tuple[float, float] = RADIUS,
+    distinct_colours: bool = True,
+) -> ToyScene:
     """Render the scene of ``seed`` (deterministic) with its caption and per-object ground truth.
 
     ``radius`` (low, high) in pixels: the range object radii are drawn from (checked by ``radius_range``).
@@ -209,4 +216,6 @@ def render_scene(seed: int, glass_probability: float = 0.1, shadow_probability: 
             removed=_compose(background, layers, skip=index),
         ))  # fmt: skip
     phrases = " and ".join(f"a {o.phrase}" for o in objects)
-    return ToyScene(seed, _compose(background, layers), f"a photo of {phrases} on {BACKGROUNDS[kind]}", kind, tuple(objects))
+    return ToyScene(
+        seed, _compose(background, layers), f"a photo of {phrases} on {BACKGROUNDS[kind]}", kind, tuple(objects)
+    )
