@@ -20,15 +20,22 @@ from magicremover.errors import ConfigError, ImageError, ModelLoadError
 from magicremover.images import Resize, fit_mask, fit_to_model, load_image
 from magicremover.models import resolve_device
 from magicremover.reconstruction import InvertingRemover
+from magicremover.secrets import redact_url
 from magicremover.types import RemovalResult, RemovalSample
 
 BIG_LAMA_MD5 = "e3aa4aaa15225a33ec84f9f4bc47e500"  # the big-lama.pt export distributed with IOPaint / lama-cleaner
 
 
-def resolve_weights(weights: str | None, cache_dir: str | Path) -> Path:
-    """A local file for ``weights``: a path as given, or a URL downloaded once into ``cache_dir``."""
+def resolve_weights(weights: str | None, cache_dir: str | Path, allow_http: bool = False) -> Path:
+    """A local file for ``weights``: a path as given, or an https URL downloaded once into ``cache_dir`` (plain http
+    only with ``allow_http``: the file is TorchScript, which runs code when loaded)."""
     if not weights:
         raise ModelLoadError("LaMa needs its TorchScript weights: set weights.lama=/path/to/big-lama.pt (or a URL)")
+    if weights.startswith("http://") and not allow_http:
+        raise ModelLoadError(
+            f"weights.lama={redact_url(weights)} is not https; use an https URL or a local file "
+            "(or method.allow_http=true if you trust the network)"
+        )
     if weights.startswith(("http://", "https://")):
         target = Path(cache_dir).expanduser() / Path(weights.split("?")[0]).name
         if not target.is_file():
@@ -37,7 +44,8 @@ def resolve_weights(weights: str | None, cache_dir: str | Path) -> Path:
                 torch.hub.download_url_to_file(weights, str(target), progress=False)
             except Exception as err:  # noqa: BLE001 - any download failure has the same fix
                 raise ModelLoadError(
-                    f"could not download {weights} ({type(err).__name__}); download it yourself and set weights.lama=PATH"
+                    f"could not download {redact_url(weights)} ({type(err).__name__}); download it yourself and set "
+                    "weights.lama=PATH"
                 ) from None
         return target
     path = Path(weights).expanduser()
@@ -73,6 +81,7 @@ class LaMa:
         resize: ``stretch`` or ``center_crop``, as for every other method.
         device: ``auto``, ``cpu``, ``cuda``…
         cache_dir: where a URL is downloaded to.
+        allow_http: accept a plain-http URL (off: only https or a local file).
     """
 
     requires: ClassVar[frozenset[str]] = frozenset({"mask"})
@@ -86,8 +95,9 @@ class LaMa:
         resize: Resize = "stretch",
         device: str = "auto",
         cache_dir: str | Path = "~/.cache/magicremover/lama",
+        allow_http: bool = False,
     ):
-        path = resolve_weights(weights, cache_dir)
+        path = resolve_weights(weights, cache_dir, allow_http)
         if md5 is not None and (found := file_md5(path)) != md5:
             raise ModelLoadError(
                 f"{path} has MD5 {found}, not the expected {md5}: re-download it, or set method.md5=null for another export"

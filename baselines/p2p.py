@@ -18,6 +18,7 @@ the source's K/V into both halves at every resolution (our kernel's cheaper vari
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Literal
@@ -34,7 +35,7 @@ from magicremover.attention import (
     controlled_attention,
 )
 from magicremover.diffusion import alpha_bar, cfg_eps, ddim_step, decode_latents, encode_text, step_size
-from magicremover.errors import PromptError
+from magicremover.errors import ConfigError, PromptError
 from magicremover.images import Resize
 from magicremover.inversion import InversionConfig, set_timesteps
 from magicremover.models import SDComponents
@@ -133,6 +134,11 @@ class PromptToPrompt(InvertingRemover):
             raise PromptError(f"method.edit={edit} is not reweight or refine")
         if self_attention not in ("maps", "kv"):
             raise PromptError(f"method.self_attention={self_attention} is not maps or kv")
+        if not math.isfinite(factor):
+            raise ConfigError(f"method.factor={factor} must be a finite number")
+        for name, value in (("cross_replace_steps", cross_replace_steps), ("self_replace_steps", self_replace_steps)):
+            if not 0 <= value <= 1:
+                raise ConfigError(f"method.{name}={value} must be a fraction of the steps in [0, 1]")
         super().__init__(components, inversion, resize, cache_dir)
         self.edit, self.factor = edit, factor
         self.cross_replace_steps, self.self_replace_steps = cross_replace_steps, self_replace_steps
@@ -193,5 +199,5 @@ class PromptToPrompt(InvertingRemover):
             reconstruction=decode_latents(c, z_source).cpu(),
             calls=calls,
             seconds={name: count.seconds for name, count in calls.items()} | {"total": time.perf_counter() - start},
-            extras={"target_prompt": target_prompt, "inversion_from_cache": inversion.from_cache},
+            extras={"target_prompt": target_prompt, **self.provenance(inversion)},
         )

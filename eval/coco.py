@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from baselines.lama import dilate
-from eval.data import EvalItem, shard
+from eval.data import EvalItem, check_size, shard
 from magicremover.errors import ConfigError
 from magicremover.images import load_image
 from magicremover.types import RemovalSample
@@ -60,6 +60,7 @@ class CocoDataset:
     ):
         from pycocotools.coco import COCO
 
+        check_size(size)
         root_path = Path(root).expanduser() if root else None
         if root_path is not None and not root_path.is_dir():
             raise ConfigError(

@@ -30,6 +30,13 @@ class EvalItem:
     category: str | None = None
 
 
+def check_size(size: int | None) -> int | None:
+    """``data.size``: ``None`` (every sample) or a positive count."""
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+        raise ConfigError(f"data.size={size} must be a positive number of samples, or null for all of them")
+    return size
+
+
 def shard(items: Sequence, num_shards: int = 1, shard_index: int = 0) -> list:
     """Every ``num_shards``-th item starting at ``shard_index``: disjoint, covering, independent of timing."""
     if num_shards < 1 or not 0 <= shard_index < num_shards:
@@ -59,6 +66,7 @@ class ToyDataset:
     ):
         from magicremover.toy.quality import held_out_cases
 
+        check_size(size)
         self.provides = frozenset({"mask"} if with_mask else ())
         self.items = []
         for case in shard(held_out_cases(size, first_seed), num_shards, shard_index):

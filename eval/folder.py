@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from eval.data import EvalItem, shard
+from eval.data import EvalItem, check_size, shard
+from eval.manifest import check_sample_id, check_unique
 from magicremover.errors import ConfigError
 from magicremover.images import load_image
 from magicremover.types import RemovalSample
@@ -37,17 +38,21 @@ class FolderDataset:
             raise ConfigError(
                 f"data.root={root} must be a folder with prompts.jsonl, images/, masks/ and ground_truth/"
             )
+        check_size(size)
         records = []
-        for number, line in enumerate((self.root / "prompts.jsonl").read_text().splitlines(), start=1):
+        prompts = self.root / "prompts.jsonl"
+        for number, line in enumerate(prompts.read_text().splitlines(), start=1):
             if not line.strip():
                 continue
             try:
                 record = json.loads(line)
-                records.append((str(record["id"]), record["prompt"], record["target"]))
+                sample_id = str(record["id"]) if type(record["id"]) is int else record["id"]  # 12 → "12"
+                records.append(
+                    (check_sample_id(sample_id, f"{prompts} line {number}"), record["prompt"], record["target"])
+                )
             except (json.JSONDecodeError, KeyError, TypeError) as err:
-                raise ConfigError(
-                    f'{self.root / "prompts.jsonl"} line {number} is not {{"id", "prompt", "target"}} ({err})'
-                ) from None
+                raise ConfigError(f'{prompts} line {number} is not {{"id", "prompt", "target"}} ({err})') from None
+        check_unique([sample_id for sample_id, _, _ in records], str(prompts))
         self.records = shard(records[:size] if size else records, num_shards, shard_index)
         self.ids = [sample_id for sample_id, _, _ in self.records]
         for sample_id in self.ids:

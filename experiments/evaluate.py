@@ -13,10 +13,10 @@ similarity. ``logger=wandb`` logs the run to Weights & Biases.
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import logging
-import os
 from pathlib import Path
 
 import hydra
@@ -26,67 +26,71 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from tqdm.auto import tqdm
 
+from eval.manifest import ManifestWriter, check_sample_id, check_unique, read_manifests
 from eval.metrics import ground_truth_metrics
+from eval.redact import loggable_config
+from eval.run_guard import check_numbers, check_resume, prepare_out_dir
 from eval.scores import SetScores
 from experiments._cli import build_remover, log, run_entry_point
-from magicremover.errors import ConfigError, UserError
+from magicremover.errors import ConfigError, ModelLoadError, StorageError
 from magicremover.images import fit_mask, fit_to_model, load_image, to_pil
 from magicremover.outputs import atomic_write, save_image
 
 logger = logging.getLogger(__name__)
 
 
-def read_manifests(out_dir: Path) -> dict[str, dict]:
-    """Finished samples by id, from every shard's manifest; a torn last line (a crash mid-write) is ignored."""
-    done = {}
-    for manifest in sorted(out_dir.glob("manifest*.jsonl")):
-        for line in manifest.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            done[record["sample_id"]] = record
-    return done
-
-
-def _append(manifest: Path, record: dict) -> None:
-    with open(manifest, "a") as stream:
-        stream.write(json.dumps(record) + "\n")
-        stream.flush()
-        os.fsync(stream.fileno())
+_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
 
 
 def run_samples(cfg: DictConfig, out_dir: Path, dataset, remover) -> None:
-    """Remove the object of every sample not yet in a manifest; failures are recorded and the run goes on."""
+    """Remove the object of every sample not yet in a manifest. Any failure inside one sample is recorded (type,
+    message, stage) and the run goes on; errors that would fail every sample (configuration, weights, a full disk)
+    stop it, with every finished sample kept."""
     shards = (cfg.data.num_shards, cfg.data.shard_index)
     manifest = out_dir / (
         "manifest.jsonl" if shards[0] == 1 else f"manifest-shard{shards[1]:03d}-of-{shards[0]:03d}.jsonl"
     )
-    done = read_manifests(out_dir)
-    retry = lambda sample_id: cfg.retry_errors and done[sample_id]["status"] != "ok"  # noqa: E731
-    todo = [i for i, sample_id in enumerate(dataset.ids) if sample_id not in done or retry(sample_id)]
-    for index in tqdm(todo, desc="samples", disable=None):
-        sample_id = dataset.ids[index]
-        try:
-            result = remover(dataset[index].sample)
-        except UserError as err:
-            _append(manifest, {"sample_id": sample_id, "status": "error", "error": str(err)})
-            logger.warning("%s failed: %s", sample_id, err)
-            continue
-        files = {}
-        for kind, image in (("output", result.image), ("reconstruction", result.reconstruction),
-                            ("attention", result.attention), ("mask", result.mask)):  # fmt: skip
-            if image is not None:
-                (out_dir / f"{kind}s").mkdir(exist_ok=True)
-                save_image(image, out_dir / f"{kind}s" / f"{sample_id}.png")
-                files[kind] = f"{kind}s/{sample_id}.png"
-        _append(manifest, {
-            "sample_id": sample_id, "status": "ok", **files,
-            "unet_calls": {k: v.calls for k, v in result.calls.items()},
-            "unet_backward": {k: v.backward for k, v in result.calls.items()},
-            "seconds": result.seconds.get("total", sum(result.seconds.values())),
-            "extras": result.extras,
-        })  # fmt: skip
+    with ManifestWriter(manifest) as writer:
+        done = read_manifests(out_dir)
+        todo = [
+            i
+            for i, sample_id in enumerate(dataset.ids)
+            if sample_id not in done or (cfg.retry_errors and done[sample_id]["status"] != "ok")
+        ]
+        for index in tqdm(todo, desc="samples", disable=None):
+            sample_id = dataset.ids[index]
+            try:
+                result = remover(dataset[index].sample)
+                result.check_finite()
+            except (ConfigError, ModelLoadError, StorageError):
+                raise
+            except Exception as err:  # noqa: BLE001 - one bad sample costs one sample
+                if isinstance(err, OSError) and err.errno in _FULL:
+                    raise StorageError(
+                        f"{err.strerror} while running {sample_id}; free space and rerun to resume"
+                    ) from err
+                record = {"sample_id": sample_id, "status": "error", "error_type": type(err).__name__}
+                record |= {"error": (str(err).splitlines() or [""])[0], "stage": getattr(err, "stage", None)}
+                writer.append(record)
+                logger.warning("%s failed: %s: %s", sample_id, type(err).__name__, record["error"])
+                continue
+            try:
+                files = {}
+                for kind, image in result.images().items():
+                    save_image(image, out_dir / f"{kind}s" / f"{sample_id}.png")
+                    files[kind] = f"{kind}s/{sample_id}.png"
+                writer.append({
+                    "sample_id": sample_id, "status": "ok", **files,
+                    "unet_calls": {k: v.calls for k, v in result.calls.items()},
+                    "unet_backward": {k: v.backward for k, v in result.calls.items()},
+                    "seconds": result.seconds.get("total", sum(result.seconds.values())),
+                    "extras": result.extras,
+                })  # fmt: skip
+            except OSError as err:
+                raise StorageError(
+                    f"cannot write the results of {sample_id} in {out_dir} ({err.strerror}); free space or fix the "
+                    "folder and rerun: finished samples are kept"
+                ) from err
 
 
 def compute_metrics(
@@ -159,23 +163,32 @@ def _read(path: Path) -> np.ndarray:
 
 
 def evaluate(cfg: DictConfig, out_dir: Path) -> dict | None:
-    """Run (unless ``metrics_only``), then write ``metrics.json`` once every sample is finished. Metric extractors are
-    loaded first, so missing weights fail before any sample runs; a tracking failure never loses results."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """Run (unless ``metrics_only``), then write ``metrics.json`` once every sample is finished. Settings, the output
+    folder, the dataset's ids and the metric extractors are checked first, so they fail before any UNet call; a
+    tracking failure never loses results."""
+    check_numbers(cfg)
+    prepare_out_dir(out_dir)
     data = functools.partial(instantiate, cfg.data)
     scores = instantiate(cfg.metrics)
     tracker = instantiate(cfg.logger)
-    tracker.start(OmegaConf.to_container(cfg, resolve=True), out_dir)
+    tracker.start(loggable_config(cfg), out_dir)
     if not cfg.metrics_only:
         dataset = data(num_shards=cfg.data.num_shards, shard_index=cfg.data.shard_index)
+        where = f"data={cfg.data._target_}"
+        for sample_id in dataset.ids:
+            check_sample_id(sample_id, where)
+        check_unique(dataset.ids, where)
         # Refuse a dataset that lacks what the method needs before loading any weights.
         missing = set(getattr(get_class(cfg.method._target_), "requires", ())) - set(dataset.provides)
         if missing:
             raise ConfigError(
                 f"method {cfg.method._target_} needs {', '.join(sorted(missing))}, which data={cfg.data._target_} does not provide"
             )
+        if cfg.resume not in ("check", "force"):
+            raise ConfigError(f"resume={cfg.resume} is not check or force")
+        check_resume(out_dir, cfg, force=cfg.resume == "force")
         remover = build_remover(cfg)
-        atomic_write(out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True).encode())
+        atomic_write(out_dir / "config.yaml", OmegaConf.to_yaml(loggable_config(cfg)).encode())
         run_samples(cfg, out_dir, dataset, remover)
     everything = data(num_shards=1, shard_index=0)
     if len(read_manifests(out_dir)) < len(everything.ids) and not cfg.metrics_only:

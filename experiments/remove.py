@@ -12,9 +12,11 @@ from importlib import resources
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from eval.redact import loggable_config
 from experiments._cli import build_remover, log, run_entry_point
+from magicremover.errors import ConfigError, NonFiniteError
 from magicremover.images import load_image
 from magicremover.outputs import write_result
 from magicremover.types import RemovalSample
@@ -38,7 +40,11 @@ def remove(cfg: DictConfig, out_dir: Path) -> dict:
         sample_id=Path(image_path).stem,
     )
     result = build_remover(cfg)(sample)
-    record = {"image": str(image_path), "config": OmegaConf.to_container(cfg, resolve=True)}
+    try:
+        result.check_finite()
+    except NonFiniteError as err:
+        raise ConfigError(f"{err}; nothing was written (float16 can overflow: try model.dtype=float32)") from err
+    record = {"image": str(image_path), "config": loggable_config(cfg)}
     payload = write_result(out_dir, result, record)
     calls = ", ".join(f"{stage} {count.calls}" for stage, count in result.calls.items()) or "none (cached)"
     log.info("wrote %s to %s; UNet calls: %s", ", ".join(payload["files"].values()), out_dir, calls)

@@ -22,3 +22,15 @@ class ImageError(UserError, ValueError):
 
 class PromptError(UserError, ValueError):
     """A prompt or target word cannot be used."""
+
+
+class StorageError(UserError, OSError):
+    """A result cannot be written (full disk, quota, file-size limit, read-only folder); finished work is kept."""
+
+
+class NonFiniteError(ArithmeticError):
+    """A stage produced NaN or infinite values. Not a user error: the sample is recorded as failed, with ``stage``."""
+
+    def __init__(self, stage: str, what: str):
+        super().__init__(f"{what} has non-finite values (stage: {stage})")
+        self.stage = stage

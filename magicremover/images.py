@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Literal
 
@@ -14,6 +15,7 @@ from magicremover.errors import ConfigError, ImageError
 
 Resize = Literal["stretch", "center_crop"]
 MIN_SIDE = 8
+log = logging.getLogger(__name__)
 
 
 def load_image(source: str | Path | Image.Image, min_side: int = MIN_SIDE) -> Image.Image:
@@ -22,8 +24,11 @@ def load_image(source: str | Path | Image.Image, min_side: int = MIN_SIDE) -> Im
     EXIF orientation is applied; alpha is composited over white; palette, grey and 16-bit/32-bit integer
     images are converted (16-bit values scaled by 1/257, not clipped).
 
+    An animated image gives its first frame (with a warning saying so).
+
     Raises:
-        ImageError: the file is missing, not an image, truncated, or smaller than ``min_side`` pixels.
+        ImageError: the file is missing, not an image, truncated, larger than PIL's decompression-bomb limit, or
+            smaller than ``min_side`` pixels.
     """
     if isinstance(source, Image.Image):
         image, name = source, "the image"
@@ -34,11 +39,16 @@ def load_image(source: str | Path | Image.Image, min_side: int = MIN_SIDE) -> Im
             raise ImageError(f"image file {path} does not exist; pass image=PATH to an existing file")
         try:
             image = Image.open(path)
+            frames = getattr(image, "n_frames", 1)
             image.load()
         except UnidentifiedImageError:
             raise ImageError(f"{path} is not an image PIL can read; convert it to PNG or JPEG") from None
+        except Image.DecompressionBombError as err:
+            raise ImageError(f"{path} is too large to read safely ({err}); downscale it first") from None
         except (OSError, SyntaxError) as err:
             raise ImageError(f"{path} is corrupt or truncated ({err}); re-export the file") from None
+        if frames > 1:
+            log.warning("%s has %d frames; using the first", path, frames)
     image = ImageOps.exif_transpose(image)
     if min(image.size) < min_side:
         raise ImageError(f"{name} is {image.width}x{image.height}; images must be at least {min_side} px on each side")

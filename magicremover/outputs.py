@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import socket
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
@@ -13,28 +15,69 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from magicremover.errors import StorageError
 from magicremover.images import to_pil
 from magicremover.types import RemovalResult
 
+_TEMP = ".tmp-"
+
+
+def _temp_prefix() -> str:
+    """Temporary names carry host and pid, so concurrent writers never collide and orphans can be told apart."""
+    return f"{_TEMP}{socket.gethostname()}-{os.getpid()}-"
+
 
 def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file and a rename: readers see the old file or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    """Write ``data`` to ``path`` via a unique temporary file and a rename: readers see the old file or the new one,
+    and a failed write (a full disk) leaves no file under the final name.
+
+    Raises:
+        StorageError: the file cannot be written (one line, naming the path).
+    """
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(), suffix=path.suffix)
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
+            stream.flush()
+            os.fsync(stream.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        raise StorageError(f"cannot write {path} ({err.strerror or err}); free space or choose another folder") from err
     finally:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
 
 
 def save_image(image: torch.Tensor | Image.Image, path: Path) -> None:
     """Save an image ``(1, 3, H, W)`` / ``(1, 1, H, W)`` in [0, 1] (or a PIL image) as PNG, atomically."""
     pil = image if isinstance(image, Image.Image) else to_pil(image)
-    tmp = path.with_suffix(".tmp.png")
-    pil.save(tmp)
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    pil.save(buffer, format="PNG")
+    atomic_write(path, buffer.getvalue())
+
+
+def remove_orphans(folder: Path) -> int:
+    """Delete temporary files left under ``folder`` by killed writers of this host (their pid no longer runs).
+    Returns how many were removed."""
+    prefix, removed = f"{_TEMP}{socket.gethostname()}-", 0
+    for path in Path(folder).rglob(f"{prefix}*"):
+        pid = path.name[len(prefix) :].split("-", 1)[0]
+        if pid.isdigit() and not _running(int(pid)):
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def heatmap(attention: torch.Tensor, image: torch.Tensor, alpha: float = 0.6) -> torch.Tensor:

@@ -51,6 +51,13 @@ class InvertingRemover:
         """The inversion of the fitted ``image`` under the sample's prompt, from the cache when possible."""
         return invert_cached(self.components, image, sample.prompt, self.inversion, self.cache)
 
+    def provenance(self, inversion: Inversion) -> dict:
+        """What every result records about how it was computed: the model's precision and the inversion's source."""
+        return {
+            "dtype": str(self.components.dtype).removeprefix("torch."),
+            "inversion_from_cache": inversion.from_cache,
+        }
+
 
 class Reconstruction(InvertingRemover):
     """Invert the image under its prompt, then denoise it back with CFG; nothing is removed.
@@ -76,5 +83,5 @@ class Reconstruction(InvertingRemover):
             reconstruction=output,
             calls=calls,
             seconds=seconds,
-            extras={"inversion_from_cache": inversion.from_cache},
+            extras=self.provenance(inversion),
         )

@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from magicremover.accounting import StageCount
+from magicremover.errors import NonFiniteError
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,18 @@ class RemovalResult:
     calls: dict[str, StageCount] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     extras: dict = field(default_factory=dict)
+
+    def images(self) -> dict[str, torch.Tensor]:
+        """The images the result holds, by kind (``output``, ``reconstruction``, ``attention``, ``mask``)."""
+        kinds = {"output": self.image, "reconstruction": self.reconstruction, "attention": self.attention,
+                 "mask": self.mask}  # fmt: skip
+        return {kind: image for kind, image in kinds.items() if image is not None}
+
+    def check_finite(self) -> None:
+        """Raise :class:`~magicremover.errors.NonFiniteError` naming the first image with NaN or infinite values."""
+        for kind, image in self.images().items():
+            if not torch.isfinite(image).all():
+                raise NonFiniteError(kind, f"the {kind}")
 
 
 class Remover(Protocol):

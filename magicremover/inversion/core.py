@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -50,6 +51,14 @@ class InversionConfig:
             raise ConfigError(f"inversion.method={self.method} is not one of null_text, negative_prompt, ddim")
         if self.num_inference_steps < 1 or self.inner_steps < 0:
             raise ConfigError("num_inference_steps must be ≥ 1 and inversion.inner_steps ≥ 0")
+        names = {"guidance_scale": "guidance_scale", "lr": "inversion.lr", "early_stop": "inversion.early_stop",
+                 "early_stop_growth": "inversion.early_stop_growth"}  # fmt: skip
+        for attribute, name in names.items():
+            value = getattr(self, attribute)
+            if not math.isfinite(value) or (attribute != "guidance_scale" and value < 0):
+                raise ConfigError(
+                    f"{name}={value} must be a finite number" + ("" if attribute == "guidance_scale" else " ≥ 0")
+                )
         if self.encode not in ("mean", "sample"):
             raise ConfigError(f"inversion.encode={self.encode} is not mean or sample")
 

@@ -20,10 +20,11 @@ from magicremover.attention import (
     token_maps,
 )
 from magicremover.diffusion import alpha_bar, cfg_eps, ddim_step, decode_latents, step_size, unet_eps
+from magicremover.errors import ConfigError
 from magicremover.images import Resize, fit_mask
 from magicremover.inversion import Inversion, InversionConfig, set_timesteps
 from magicremover.method import guidance as G
-from magicremover.method.schedule import Plan, plan
+from magicremover.method.schedule import Plan, edit_start, plan
 from magicremover.method.settings import Settings
 from magicremover.models import SDComponents
 from magicremover.reconstruction import InvertingRemover
@@ -65,6 +66,12 @@ class MagicRemover(InvertingRemover):
     ):
         super().__init__(components, inversion, resize, cache_dir)
         self.settings = Settings(**settings)
+        n_steps = inversion.num_inference_steps
+        if edit_start(n_steps, self.settings.t_ratio) >= n_steps:  # found now, not after the inversion has run
+            raise ConfigError(
+                f"method.t_ratio={self.settings.t_ratio} edits none of num_inference_steps={n_steps} steps; "
+                "use more steps or a larger t_ratio"
+            )
 
     def __call__(self, sample: RemovalSample) -> RemovalResult:
         c, s = self.components, self.settings
@@ -104,7 +111,7 @@ class MagicRemover(InvertingRemover):
                 "edit_start_t": steps.timesteps[steps.first_edit],
                 "guided_steps": sum(steps.guide),
                 "optimization_steps": sum(steps.optimize) * s.classifier_optimization_steps,
-                "inversion_from_cache": inversion.from_cache,
+                **self.provenance(inversion),
             },
         )
 

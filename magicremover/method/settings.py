@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -68,6 +69,9 @@ class Settings:
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"method.{key}={getattr(self, key)} is not one of {', '.join(allowed)}")
+        for key in ("t_ratio", "lambda_", "map_scale", "mask_threshold", "guidance_weight"):
+            if not math.isfinite(getattr(self, key)):
+                raise ConfigError(f"method.{key}={getattr(self, key)} must be a finite number")
         if not 0 <= self.lambda_ < 1:
             raise ConfigError(f"method.lambda_={self.lambda_} must be in [0, 1)")
         if not 0 <= self.mask_threshold < 1:
