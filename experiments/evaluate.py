@@ -86,6 +86,8 @@ def run_samples(cfg: DictConfig, out_dir: Path, dataset, remover) -> None:
                     "seconds": result.seconds.get("total", sum(result.seconds.values())),
                     "extras": result.extras,
                 })  # fmt: skip
+            except StorageError:
+                raise  # already one line naming the file
             except OSError as err:
                 raise StorageError(
                     f"cannot write the results of {sample_id} in {out_dir} ({err.strerror}); free space or fix the "
