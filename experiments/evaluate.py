@@ -173,7 +173,8 @@ def evaluate(cfg: DictConfig, out_dir: Path) -> dict | None:
     data = functools.partial(instantiate, cfg.data)
     scores = instantiate(cfg.metrics)
     tracker = instantiate(cfg.logger)
-    tracker.start(loggable_config(cfg), out_dir)
+    logged = loggable_config(cfg)
+    tracker.start(logged, out_dir)
     if not cfg.metrics_only:
         dataset = data(num_shards=cfg.data.num_shards, shard_index=cfg.data.shard_index)
         where = f"data={cfg.data._target_}"
@@ -190,7 +191,7 @@ def evaluate(cfg: DictConfig, out_dir: Path) -> dict | None:
             raise ConfigError(f"resume={cfg.resume} is not check or force")
         check_resume(out_dir, cfg, force=cfg.resume == "force")
         remover = build_remover(cfg)
-        atomic_write(out_dir / "config.yaml", OmegaConf.to_yaml(loggable_config(cfg)).encode())
+        atomic_write(out_dir / "config.yaml", OmegaConf.to_yaml(logged).encode())
         run_samples(cfg, out_dir, dataset, remover)
     everything = data(num_shards=1, shard_index=0)
     if len(read_manifests(out_dir)) < len(everything.ids) and not cfg.metrics_only:
