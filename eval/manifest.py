@@ -40,11 +40,11 @@ def check_unique(ids: Iterable[str], where: str) -> None:
         raise ConfigError(f"{where}: sample ids must be unique, but {', '.join(map(repr, repeated[:5]))} repeat")
 
 
-def read_manifests(out_dir: Path) -> dict[str, dict]:
-    """Finished samples by id, from every shard's manifest; a torn line (a crash or a full disk mid-write) is
-    ignored."""
+def read_manifests(out_dir: Path, pattern: str = "manifest*.jsonl") -> dict[str, dict]:
+    """Finished samples by id, from every shard's manifest (files matching ``pattern``); a torn line (a crash or a
+    full disk mid-write) is ignored."""
     done = {}
-    for manifest in sorted(Path(out_dir).glob("manifest*.jsonl")):
+    for manifest in sorted(Path(out_dir).glob(pattern)):
         for line in manifest.read_text().splitlines():
             try:
                 record = json.loads(line)

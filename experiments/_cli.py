@@ -55,7 +55,10 @@ CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 def compose_config(config_name: str, overrides: list[str]) -> DictConfig:
     """The composed Hydra config, outside ``@hydra.main`` (for scripts and tests that build removers by preset)."""
     from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
 
+    if GlobalHydra.instance().is_initialized():  # inside an entry point (the web demo): Hydra already reads conf/
+        return compose(config_name, overrides=overrides)
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
         return compose(config_name, overrides=overrides)
 

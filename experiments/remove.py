@@ -1,13 +1,20 @@
-"""Remove an object from one image.
+"""Remove an object from one photo, or from every photo of a folder.
 
-    python -m experiments.remove image=photo.jpg prompt="a photo of a dog" target=dog model=sd15
+    python -m experiments.remove image=photo.jpg target=dog model=sd15          # prompt: "a photo of a dog"
+    python -m experiments.remove image=photos/ target=dog out_dir=no-dogs grid=true
+    python -m experiments.remove image=photos/ targets=targets.csv out_dir=no-dogs
 
-Writes ``output.png``, ``reconstruction.png``, ``attention.png``, ``mask.png`` (those the method produces) and
-``result.json`` (resolved config, UNet calls and seconds per stage) into the run directory (``out_dir=``).
+One photo writes ``output.png`` (at the photo's size; pixels away from the object are the input's bytes),
+``mask.png``, ``attention.png``, ``reconstruction.png`` (those the method produces) and ``result.json`` (resolved
+config, mode, UNet calls and seconds per stage) into the run directory (``out_dir=``). ``full_size=false`` gives the
+model's square instead, as the paper's evaluation does. A folder (or a glob, or a ``.txt`` list of paths) writes
+``<name>.png`` per photo, ``<name>_grid.png`` with ``grid=true`` and one record per photo in ``results.jsonl``;
+rerun with the same ``out_dir=`` to skip finished photos.
 """
 
 from __future__ import annotations
 
+import json
 from importlib import resources
 from pathlib import Path
 
@@ -15,11 +22,12 @@ import hydra
 from omegaconf import DictConfig
 
 from eval.redact import loggable_config
-from experiments._cli import build_remover, log, run_entry_point
-from magicremover.errors import ConfigError, NonFiniteError
-from magicremover.images import load_image
-from magicremover.outputs import write_result
-from magicremover.types import RemovalSample
+from experiments._batch import find_images, run_batch
+from experiments._cli import log, run_entry_point
+from magicremover.api import Pipeline
+from magicremover.outputs import atomic_write, save_image
+
+EXAMPLE_PROMPT = "a photo of a red circle on horizontal stripes"
 
 
 def example_image() -> Path:
@@ -28,26 +36,26 @@ def example_image() -> Path:
 
 
 def remove(cfg: DictConfig, out_dir: Path) -> dict:
-    """Run the configured method on the configured image; returns the ``result.json`` contents."""
-    image_path = cfg.image or example_image()
-    if cfg.mask and "use_mask" in cfg.method:
-        cfg.method.use_mask = True  # a mask on the command line asks for mask mode (Eq. 13)
-    sample = RemovalSample(
-        image=load_image(image_path),
-        prompt=cfg.prompt,
-        target=cfg.target,
-        mask=load_image(cfg.mask, min_side=1) if cfg.mask else None,
-        sample_id=Path(image_path).stem,
-    )
-    result = build_remover(cfg)(sample)
-    try:
-        result.check_finite()
-    except NonFiniteError as err:
-        raise ConfigError(f"{err}; nothing was written (float16 can overflow: try model.dtype=float32)") from err
-    record = {"image": str(image_path), "config": loggable_config(cfg)}
-    payload = write_result(out_dir, result, record)
-    calls = ", ".join(f"{stage} {count.calls}" for stage, count in result.calls.items()) or "none (cached)"
-    log.info("wrote %s to %s; UNet calls: %s", ", ".join(payload["files"].values()), out_dir, calls)
+    """Run the configured method on the configured photo(s); returns the ``result.json`` contents (one photo) or a
+    summary of the folder run."""
+    if cfg.image is not None and not Path(cfg.image).expanduser().is_file():
+        return run_batch(cfg, out_dir, find_images(str(cfg.image)))
+    if cfg.targets:
+        log.warning("targets=%s is read in folder mode only; one photo uses target= and prompt=", cfg.targets)
+    image_path = Path(cfg.image).expanduser() if cfg.image else example_image()
+    prompt = cfg.prompt if cfg.prompt or cfg.image else EXAMPLE_PROMPT
+    pipe = Pipeline(cfg)
+    removal = pipe(image_path, cfg.target, prompt, mask=cfg.mask, name=image_path.stem)
+    files = {}
+    for kind in ("output", "reconstruction", "attention", "mask"):
+        image = getattr(removal, "image" if kind == "output" else kind)
+        if image is not None:
+            save_image(image, out_dir / f"{kind}.png")
+            files[kind] = f"{kind}.png"
+    payload = {"image": str(image_path), **removal.record, "files": files, "config": loggable_config(cfg)}
+    atomic_write(out_dir / "result.json", json.dumps(payload, indent=2, default=str).encode())
+    calls = ", ".join(f"{stage} {c['calls']}" for stage, c in removal.record["unet_calls"].items()) or "none (cached)"
+    log.info("wrote %s to %s; UNet calls: %s", ", ".join(files.values()), out_dir, calls)
     return payload
 
 

@@ -1,13 +1,11 @@
-"""Writing a removal result to a folder: unpadded single images and a JSON record, written atomically."""
+"""Writing results: images and records written atomically, orphaned temporary files swept, heat maps."""
 
 from __future__ import annotations
 
 import io
-import json
 import os
 import socket
 import tempfile
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +15,6 @@ from PIL import Image
 
 from magicremover.errors import StorageError
 from magicremover.images import to_pil
-from magicremover.types import RemovalResult
 
 _TEMP = ".tmp-"
 
@@ -88,35 +85,8 @@ def heatmap(attention: torch.Tensor, image: torch.Tensor, alpha: float = 0.6) ->
     return (1 - weight) * image.float().cpu() + weight * colour
 
 
-def write_result(out_dir: str | Path, result: RemovalResult, record: dict) -> dict:
-    """Save ``output.png`` and, when present, ``reconstruction.png``, ``attention.png`` (heat map over the
-    input), ``mask.png``; then ``result.json`` = ``record`` + UNet calls + seconds. Returns the JSON dict."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    files = {"output": "output.png"}
-    save_image(result.image, out / "output.png")
-    if result.reconstruction is not None:
-        save_image(result.reconstruction, out / "reconstruction.png")
-        files["reconstruction"] = "reconstruction.png"
-    if result.attention is not None:
-        base = result.reconstruction if result.reconstruction is not None else result.image
-        save_image(heatmap(result.attention, base), out / "attention.png")
-        files["attention"] = "attention.png"
-    if result.mask is not None:
-        save_image(result.mask, out / "mask.png")
-        files["mask"] = "mask.png"
-    payload = {
-        **record,
-        "files": files,
-        "unet_calls": {stage: asdict(count) for stage, count in result.calls.items()},
-        "seconds": result.seconds,
-        "extras": result.extras,
-    }
-    atomic_write(out / "result.json", json.dumps(payload, indent=2, default=_jsonable).encode())
-    return payload
-
-
-def _jsonable(value):
+def jsonable(value):
+    """``json.dumps(..., default=jsonable)``: numpy scalars and tensors as lists, paths as strings."""
     if isinstance(value, (np.generic, torch.Tensor)):
         return value.tolist()
     if isinstance(value, Path):

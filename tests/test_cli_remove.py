@@ -11,6 +11,7 @@ from PIL import Image
 
 from experiments._cli import run_entry_point
 from experiments.remove import remove
+from magicremover.errors import ConfigError, ImageError, UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -88,3 +89,58 @@ def test_readme_main_command_runs_offline(tmp_path):
         p.name for p in run.iterdir()
     }
     assert (run / ".hydra" / "config.yaml").is_file()
+
+
+def test_a_folder_of_mixed_sizes_runs_resumes_and_writes_grids(tmp_path, example_image, caplog):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    sizes = {"a": (64, 64), "b": (96, 64), "c": (64, 128), "d": (150, 100)}
+    for name, size in sizes.items():
+        example_image.resize(size).save(photos / f"{name}.png")
+    example_image.resize((120, 80)).save(photos / "e.jpg", quality=95)
+    (photos / "notes.txt").write_text("not a photo")
+    targets = tmp_path / "targets.jsonl"
+    targets.write_text(json.dumps({"image": "d.png", "target": "circle", "prompt": "a photo of a red circle"}) + "\n")
+    cfg = _config(tmp_path, f"image={photos}", f"targets={targets}", "grid=true", "num_inference_steps=5",
+                  "inversion=negative_prompt")  # fmt: skip
+    with caplog.at_level("INFO", logger="magicremover"):
+        summary = remove(cfg, Path(cfg.out_dir))
+    run = Path(cfg.out_dir)
+    assert summary == {"photos": 5, "done": 5, "failed": 0}
+    for name, size in sizes.items() | {("e", (120, 80))}:
+        assert Image.open(run / f"{name}.png").size == size
+        grid = Image.open(run / f"{name}_grid.png")
+        assert grid.height == size[1] and grid.width == 3 * size[0]
+    records = {r["sample_id"]: r for r in map(json.loads, (run / "results.jsonl").read_text().splitlines())}
+    assert records["d"]["prompt"] == "a photo of a red circle" and records["a"]["prompt"] == "a photo of a circle"
+    assert all(r["status"] == "ok" and r["mode"] == "full_size" for r in records.values())
+    assert "photos 5/5 (100%)" in caplog.text and "ETA" in caplog.text
+    # A rerun does nothing; a new photo is the only one to run.
+    stamp = (run / "a.png").stat().st_mtime_ns
+    assert remove(cfg, run) == {"photos": 5, "done": 5, "failed": 0}
+    example_image.save(photos / "f.png")
+    assert remove(cfg, run) == {"photos": 6, "done": 6, "failed": 0}
+    assert (run / "a.png").stat().st_mtime_ns == stamp
+    assert len((run / "results.jsonl").read_text().splitlines()) == 6
+
+
+def test_folder_mode_refuses_clashing_names_and_unknown_targets_before_running(tmp_path, example_image):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    example_image.save(photos / "x.png")
+    example_image.save(photos / "x.jpg")
+    cfg = _config(tmp_path, f"image={photos}")
+    with pytest.raises(ConfigError, match="would both write x.png; rename one"):
+        remove(cfg, Path(cfg.out_dir))
+    (photos / "x.jpg").unlink()
+    table = tmp_path / "targets.csv"
+    table.write_text("image,target,prompt\nx.png,square,a photo of a red circle\n")
+    cfg = _config(tmp_path, f"image={photos}", f"targets={table}")
+    with pytest.raises(UserError, match="x.png: target 'square' is not in the prompt 'a photo of a red circle'"):
+        remove(cfg, Path(cfg.out_dir))
+    assert not (Path(cfg.out_dir) / "x.png").exists()
+    table.write_text("image,prompt\nx.png,a photo of a red circle\n")
+    with pytest.raises(ConfigError, match="targets.csv line 2: each row needs 'image' and 'target'"):
+        remove(cfg, Path(cfg.out_dir))
+    with pytest.raises(ImageError, match="no image files"):
+        remove(_config(tmp_path, f"image={tmp_path / 'empty*'}"), tmp_path / "run")

@@ -1,0 +1,165 @@
+"""Folder mode of ``experiments.remove``: every photo of a folder, glob or list file, resumable, one record each."""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig
+from PIL import Image
+
+from eval.manifest import ManifestWriter, read_manifests
+from eval.redact import loggable_config
+from experiments._cli import log
+from magicremover.api import PROMPT_TEMPLATE, Pipeline
+from magicremover.errors import ConfigError, ImageError, ModelLoadError, StorageError, UserError
+from magicremover.outputs import atomic_write, save_image
+from magicremover.progress import Progress
+from magicremover.tokens import find_target
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+RECORDS = "results.jsonl"
+
+
+@dataclass(frozen=True)
+class Job:
+    """One photo of a folder run: its file, output name, target and prompt."""
+
+    path: Path
+    name: str
+    target: str
+    prompt: str
+
+
+def find_images(source: str) -> list[Path]:
+    """The photos named by ``image=``: a folder's image files (not recursive), a glob, or a ``.txt`` list with one
+    path per line (relative to the list's folder; ``#`` starts a comment), in sorted order.
+
+    Raises:
+        ImageError: nothing matches (one line naming what was looked for).
+    """
+    path = Path(source).expanduser()
+    if path.is_dir():
+        found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    elif path.suffix == ".txt" and path.is_file():
+        lines = [line.split("#", 1)[0].strip() for line in path.read_text().splitlines()]
+        found = [(path.parent / line).expanduser() for line in lines if line]
+        missing = [str(p) for p in found if not p.is_file()]
+        if missing:
+            raise ImageError(f"{path} lists {len(missing)} missing file(s), e.g. {missing[0]}; fix the list")
+    elif glob.has_magic(source):
+        found = sorted(Path(p) for p in glob.glob(str(path)) if Path(p).suffix.lower() in IMAGE_SUFFIXES)
+    else:
+        raise ImageError(f"image={source} is not a file, folder, glob or .txt list; pass image=PATH to an existing one")
+    if not found:
+        raise ImageError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in image={source}")
+    return found
+
+
+def read_targets(path: str | None) -> dict[str, dict]:
+    """Per-photo ``target`` and optional ``prompt`` from a CSV (header ``image,target,prompt``) or JSONL file, keyed
+    by the photo's file name or stem.
+
+    Raises:
+        ConfigError: the file is missing or a row lacks ``image`` or ``target`` (naming the line).
+    """
+    if not path:
+        return {}
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise ConfigError(f"targets={path} does not exist; give a CSV or JSONL with columns image,target[,prompt]")
+    if file.suffix == ".jsonl":
+        rows = [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
+    else:
+        with open(file, newline="") as stream:
+            rows = list(csv.DictReader(stream))
+    table = {}
+    for number, row in enumerate(rows, start=2 if file.suffix != ".jsonl" else 1):
+        if not isinstance(row, dict) or not row.get("image") or not row.get("target"):
+            raise ConfigError(f"{file} line {number}: each row needs 'image' and 'target' (and may give 'prompt')")
+        table[row["image"]] = row
+    return table
+
+
+def plan_jobs(cfg: DictConfig, images: list[Path]) -> list[Job]:
+    """A job per photo; the output name is the file's stem, which must be unique across the photos."""
+    targets, jobs, seen = read_targets(cfg.targets), [], {}
+    for path in images:
+        if path.stem in seen:
+            raise ConfigError(f"{seen[path.stem]} and {path} would both write {path.stem}.png; rename one")
+        seen[path.stem] = path
+        row = targets.get(path.name) or targets.get(path.stem) or {}
+        target = row.get("target") or cfg.target
+        prompt = row.get("prompt") or cfg.prompt or PROMPT_TEMPLATE.format(target=target)
+        jobs.append(Job(path, path.stem, target, prompt))
+    unused = set(targets) - {p.name for p in images} - {p.stem for p in images}
+    if unused:
+        log.warning("targets=%s names %d photo(s) not among the inputs, e.g. %s", cfg.targets, len(unused), min(unused))
+    return jobs
+
+
+def grid(*images: Image.Image) -> Image.Image:
+    """The images side by side (``input | mask | output``), all at the first one's height."""
+    height = images[0].height
+    scaled = [im.convert("RGB").resize((max(1, round(im.width * height / im.height)), height)) for im in images]
+    canvas = Image.new("RGB", (sum(im.width for im in scaled), height), "white")
+    left = 0
+    for im in scaled:
+        canvas.paste(im, (left, 0))
+        left += im.width
+    return canvas
+
+
+def run_batch(cfg: DictConfig, out_dir: Path, images: list[Path]) -> dict:
+    """Run every job not finished in ``out_dir/results.jsonl``; a photo that fails is recorded and the run goes on;
+    errors that would fail every photo (configuration, weights, a full disk) stop it, with finished photos kept."""
+    jobs = plan_jobs(cfg, images)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with ManifestWriter(out_dir / RECORDS) as writer:
+        done = {k for k, r in read_manifests(out_dir, RECORDS).items() if r["status"] == "ok"}
+        todo = [job for job in jobs if not (job.name in done and (out_dir / f"{job.name}.png").is_file())]
+        log.info(
+            "%d of %d photos to do in %s (rerun with out_dir=%s to resume)", len(todo), len(jobs), out_dir, out_dir
+        )
+        if not todo:
+            return {"photos": len(jobs), "done": len(jobs), "failed": 0}
+        write_config(cfg, out_dir)
+        pipe = Pipeline(cfg)
+        tokenizer = getattr(getattr(pipe.remover, "components", None), "tokenizer", None)
+        for job in todo if tokenizer is not None else ():
+            try:  # every caption checked before the first photo runs
+                find_target(tokenizer, job.prompt, job.target)
+            except UserError as err:
+                raise type(err)(f"{job.path.name}: {err}") from None
+        with Progress(len(jobs), "photos", log, every=0, done=len(jobs) - len(todo)) as progress:
+            for job in todo:
+                ok = _run_one(cfg, pipe, job, out_dir, writer)
+                progress.update(ok, note=job.path.name)
+    return {"photos": len(jobs), "done": progress.done, "failed": progress.failed}
+
+
+def _run_one(cfg: DictConfig, pipe: Pipeline, job: Job, out_dir: Path, writer: ManifestWriter) -> bool:
+    try:
+        removal = pipe(job.path, job.target, job.prompt, mask=None, name=job.name)
+    except (ModelLoadError, StorageError):
+        raise
+    except (ImageError, ConfigError, RuntimeError) as err:  # one bad photo costs one photo
+        writer.append({"sample_id": job.name, "status": "error", "image": str(job.path), "error": str(err)})
+        log.warning("%s failed: %s", job.path.name, err)
+        return False
+    save_image(removal.image, out_dir / f"{job.name}.png")
+    record = {"sample_id": job.name, "status": "ok", "image": str(job.path), **removal.record}
+    if cfg.grid:
+        panels = [p for p in (removal.input, removal.mask, removal.image) if p is not None]
+        save_image(grid(*panels), out_dir / f"{job.name}_grid.png")
+        record["grid"] = f"{job.name}_grid.png"
+    writer.append(record)
+    return True
+
+
+def write_config(cfg: DictConfig, out_dir: Path) -> None:
+    """The folder run's resolved config, once, beside its records."""
+    atomic_write(out_dir / "config.json", json.dumps(loggable_config(cfg), indent=2).encode())

@@ -1,0 +1,155 @@
+"""A web demo: upload a photo, type its caption, click the word to remove, and see input | attention | mask | output.
+
+    python -m experiments.app                          # the embedded toy model, http://127.0.0.1:7860
+    python -m experiments.app model=sd15 server.port=8000
+
+The model loads once; each run builds the chosen method on it (cheap) with the knobs on the page. Every run's
+full-size ``output.png`` is also kept, under ``outputs/app/<start time>/<run time>/``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from pathlib import Path
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home: the demo must run offline
+
+import hydra  # noqa: E402
+import numpy as np  # noqa: E402
+from hydra.utils import instantiate  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from experiments._cli import build_remover, run_entry_point  # noqa: E402
+from experiments.remove import EXAMPLE_PROMPT, example_image  # noqa: E402
+from magicremover.api import Pipeline  # noqa: E402
+from magicremover.errors import UserError  # noqa: E402
+from magicremover.outputs import save_image  # noqa: E402
+
+METHODS = ("magicremover", "magicremover_paper", "magicremover_coco", "p2p_reweight")
+_WORD = re.compile(r"[A-Za-z][A-Za-z'-]*")
+
+
+def caption_words(caption: str) -> list[str]:
+    """The words of a caption, in order and without repeats: the choices of the word picker."""
+    return list(dict.fromkeys(_WORD.findall(caption or "")))
+
+
+def drawn_mask(editor: dict | None) -> Image.Image | None:
+    """The strokes painted on the mask editor as a white-on-black mask of the photo's size, or ``None`` if none."""
+    layers = (editor or {}).get("layers") or []
+    painted = [np.asarray(layer.convert("RGBA"))[..., 3] > 0 for layer in layers if layer is not None]
+    if not painted or not any(p.any() for p in painted):
+        return None
+    return Image.fromarray((np.logical_or.reduce(painted) * 255).astype(np.uint8))
+
+
+class Demo:
+    """The loaded model and what one click runs.
+
+    Args:
+        cfg: the composed ``conf/app.yaml``.
+        out_dir: where every run's files are written.
+    """
+
+    def __init__(self, cfg: DictConfig, out_dir: Path):
+        self.cfg, self.out_dir = cfg, out_dir
+        self.components = instantiate(cfg.model)
+
+    def pipeline(self, method: str, steps: int, lambda_: float, threshold: float) -> Pipeline:
+        """The chosen method on the loaded model, with the page's knobs."""
+        from experiments._cli import compose_config
+
+        overrides = [f"method={method}", f"num_inference_steps={int(steps)}", f"device={self.cfg.device}"]
+        overrides += [f"cache_dir={self.cfg.cache_dir}" if self.cfg.cache_dir else "cache_dir=null"]
+        if method.startswith("magicremover"):
+            overrides += [f"method.lambda_={lambda_}", f"method.mask_threshold={threshold}"]
+        cfg = compose_config("remove", overrides)
+        cfg.model, cfg.inversion = self.cfg.model, self.cfg.inversion  # re-rooted: ${num_inference_steps} is the page's
+        return Pipeline(cfg, build_remover(cfg, components=self.components))
+
+    def run(self, photo, caption, word, method, steps, lambda_, threshold, editor):
+        """One removal: ``(input, attention, mask, output, output file, record)``; a user error becomes a one-line
+        message on the page."""
+        import gradio as gr
+
+        if photo is None:
+            raise gr.Error("upload a photo or pick the example first")
+        if not word:
+            raise gr.Error("click the word of the caption that names the object to remove")
+        try:
+            pipe = self.pipeline(method, steps, lambda_, threshold)
+            removal = pipe(photo, word, caption, mask=drawn_mask(editor), name="photo")
+        except UserError as err:
+            raise gr.Error(str(err)) from None
+        folder = self.out_dir / time.strftime("%H-%M-%S")
+        save_image(removal.image, folder / "output.png")
+        return removal.input, removal.attention, removal.mask, removal.image, str(folder / "output.png"), removal.record
+
+
+def build(demo: Demo):
+    """The page."""
+    import gradio as gr
+
+    with gr.Blocks(title="MagicRemover") as page:
+        gr.Markdown(
+            "## MagicRemover — remove an object by naming it\n"
+            "Upload a photo, write a caption that names the object, click the word, run. "
+            f"Model: `{OmegaConf.select(demo.cfg, 'model._target_')}`."
+        )
+        with gr.Row():
+            with gr.Column(scale=1):
+                photo = gr.Image(type="pil", label="Photo", elem_id="photo", sources=["upload", "clipboard"])
+                caption = gr.Textbox(label="Caption naming the object", value=EXAMPLE_PROMPT, elem_id="caption")
+                word = gr.Radio(caption_words(EXAMPLE_PROMPT), value="circle", label="Word to remove", elem_id="word")
+                gr.Examples([[str(example_image()), EXAMPLE_PROMPT]], inputs=[photo, caption])
+            with gr.Column(scale=1):
+                method = gr.Dropdown(list(METHODS), value="magicremover", label="Method", elem_id="method")
+                steps = gr.Slider(5, 100, value=demo.cfg.num_inference_steps, step=1, label="DDIM steps",
+                                  elem_id="steps")  # fmt: skip
+                lambda_ = gr.Slider(0.0, 0.99, value=0.8, step=0.01, label="λ (top-region quantile)")
+                threshold = gr.Slider(0.05, 0.95, value=0.25, step=0.01, label="M₀ threshold")
+                editor = gr.ImageMask(type="pil", label="Optional: paint the object (mask mode)", elem_id="editor")
+                run = gr.Button("Remove", variant="primary", elem_id="run")
+        with gr.Row():
+            shown = [gr.Image(type="pil", format="png", label=label, elem_id=key, interactive=False)
+                     for key, label in (("input", "Input"), ("attention", "Attention of the word"),
+                                        ("mask", "Mask"), ("output", "Output"))]  # fmt: skip
+        download = gr.File(label="Output at full size (PNG)", elem_id="download")
+        record = gr.JSON(label="What ran", elem_id="record")
+
+        caption.change(lambda text: gr.Radio(choices=caption_words(text), value=None), caption, word)
+        photo.change(lambda image: image, photo, editor)
+
+        def on_run(*args, progress=gr.Progress(track_tqdm=True)):  # the bars of inversion and denoising show up
+            return demo.run(*args)
+
+        run.click(
+            on_run,
+            [photo, caption, word, method, steps, lambda_, threshold, editor],
+            [*shown, download, record],
+        )
+    return page
+
+
+def serve(cfg: DictConfig, out_dir: Path) -> None:
+    """Load the model and serve the page until interrupted."""
+    page = build(Demo(cfg, out_dir))
+    page.queue().launch(
+        server_name=cfg.server.host,
+        server_port=cfg.server.port,
+        share=False,
+        show_error=True,
+        allowed_paths=[str(out_dir.resolve())],
+    )
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="app")
+def main(cfg: DictConfig) -> None:
+    run_entry_point(serve, cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""Photos at their own size: fit a box of the photo to the model's square, then paste the result back into the photo.
+
+The model sees a square (512² for SD, 64² for the toy). A practitioner wants the photo back at its size and aspect
+ratio with every pixel away from the object untouched, so the model's output is resized to the box it came from and
+composited into the photo through the final mask, dilated and feathered: beyond the dilated mask the photo's bytes
+are kept exactly (IOPaint and diffusers' ``apply_overlay`` do the same).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from scipy import ndimage
+
+from magicremover.errors import ConfigError, ImageError
+from magicremover.images import to_pil
+
+Box = tuple[int, int, int, int]  # left, top, right, bottom (PIL's crop box)
+
+
+@dataclass(frozen=True)
+class PasteSettings:
+    """How a model-resolution result is composited into the full-size photo.
+
+    Attributes:
+        dilate: the final mask is grown by this fraction of the photo's longer side (at least one pixel); beyond it
+            the photo is kept byte for byte.
+        feather: width of the linear ramp from the output to the photo, as a fraction of the longer side, ending at
+            the dilated edge (0 = a hard edge).
+        threshold: the final mask, divided by its maximum, is binarised at this level.
+    """
+
+    dilate: float = 0.03
+    feather: float = 0.02
+    threshold: float = 0.5
+
+    def __post_init__(self):
+        if not (0 <= self.feather <= self.dilate < 1) or not 0 < self.threshold < 1:
+            raise ConfigError(
+                f"paste.dilate={self.dilate}, paste.feather={self.feather}, paste.threshold={self.threshold} are "
+                "invalid; need 0 ≤ feather ≤ dilate < 1 and 0 < threshold < 1"
+            )
+
+    def pixels(self, size: tuple[int, int]) -> tuple[int, int]:
+        """``(dilate, feather)`` in pixels for a photo of ``size`` = (width, height)."""
+        side = max(size)
+        return max(1, round(self.dilate * side)), round(self.feather * side)
+
+
+def model_input(photo: Image.Image, box: Box, side: int) -> Image.Image:
+    """The box of the photo resized to the model's ``side``² with an antialiased filter (Lanczos when shrinking, so a
+    4000-px photo does not alias; bicubic when enlarging)."""
+    region = photo.crop(box)
+    shrinking = region.width > side or region.height > side
+    return region.resize((side, side), Image.Resampling.LANCZOS if shrinking else Image.Resampling.BICUBIC)
+
+
+def model_mask(mask: Image.Image, photo_size: tuple[int, int], box: Box, side: int) -> Image.Image:
+    """A user mask (same size as the photo, white = object) fitted exactly as :func:`model_input` fits the photo.
+
+    Raises:
+        ImageError: the mask's size differs from the photo's.
+    """
+    if mask.size != tuple(photo_size):
+        raise ImageError(
+            f"the mask is {mask.width}x{mask.height} but the image is {photo_size[0]}x{photo_size[1]}; "
+            "give a mask of the image's size"
+        )
+    return mask.convert("L").crop(box).resize((side, side), Image.Resampling.BILINEAR)
+
+
+def paste_alpha(mask: torch.Tensor, photo_size: tuple[int, int], box: Box, settings: PasteSettings) -> np.ndarray:
+    """The compositing weight α at the photo's size: 1 on the mask grown by ``dilate − feather``, a linear ramp to 0
+    at ``dilate`` pixels (Euclidean distance), and exactly 0 beyond, and outside the box.
+
+    Args:
+        mask: the final mask ``(1, 1, h, w)`` in [0, 1] at the model's resolution.
+        photo_size: ``(width, height)``.
+        box: where the model's square sits in the photo.
+
+    Returns:
+        ``(height, width)`` float64 in [0, 1].
+    """
+    left, top, right, bottom = box
+    soft = mask.detach().float().cpu()
+    soft = soft / soft.max().clamp_min(1e-12)
+    soft = F.interpolate(soft, size=(bottom - top, right - left), mode="bilinear", align_corners=False)
+    inside = np.zeros(photo_size[::-1], dtype=bool)
+    inside[top:bottom, left:right] = soft[0, 0].numpy() > settings.threshold
+    if not inside.any():
+        return np.zeros(inside.shape)
+    dilate, feather = settings.pixels(photo_size)
+    distance = ndimage.distance_transform_edt(~inside)
+    if feather == 0:
+        alpha = (distance <= dilate).astype(np.float64)
+    else:
+        alpha = np.clip((dilate - distance) / feather, 0.0, 1.0)
+    alpha[:top], alpha[bottom:], alpha[:, :left], alpha[:, right:] = 0, 0, 0, 0
+    return alpha
+
+
+def paste_back(photo: Image.Image, output: torch.Tensor, alpha: np.ndarray, box: Box) -> Image.Image:
+    """Composite the model's ``output`` ``(1, 3, s, s)`` in [0, 1] into ``photo`` (RGB) over ``box`` with weight
+    ``alpha`` (``(H, W)`` from :func:`paste_alpha`). Where α = 0 the photo's bytes are returned unchanged."""
+    left, top, right, bottom = box
+    resized = to_pil(output).resize((right - left, bottom - top), Image.Resampling.BICUBIC)
+    base = np.asarray(photo.convert("RGB"), dtype=np.float64)
+    edited = base.copy()
+    edited[top:bottom, left:right] = np.asarray(resized, dtype=np.float64)
+    weight = alpha[..., None]
+    blended = np.round(base + weight * (edited - base)).clip(0, 255).astype(np.uint8)
+    blended[alpha == 0] = np.asarray(photo.convert("RGB"))[alpha == 0]
+    return Image.fromarray(blended)
+
+
+def full_size_map(image: torch.Tensor, photo_size: tuple[int, int], box: Box) -> Image.Image:
+    """A model-resolution map or image ``(1, C, s, s)`` in [0, 1] placed over ``box`` on a black canvas of the
+    photo's size (for the mask and the attention heat map)."""
+    left, top, right, bottom = box
+    region = to_pil(image).resize((right - left, bottom - top), Image.Resampling.BICUBIC)
+    canvas = Image.new(region.mode, photo_size)
+    canvas.paste(region, (left, top))
+    return canvas
+
+
+def whole(photo_size: tuple[int, int]) -> Box:
+    """The box of the whole photo: the model sees it stretched to its square, as in the authors' code."""
+    return 0, 0, photo_size[0], photo_size[1]
