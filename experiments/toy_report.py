@@ -45,6 +45,21 @@ VARIANTS = {  # report row → (conf/method preset, overrides)
     "magicremover_paper": ("magicremover_paper", []),
     "p2p_reweight": ("p2p_reweight", []),
 }
+# The cost frontier (issue 17): the default method per inversion × DDIM steps × classifier optimisation on/off.
+FRONTIER = {
+    f"{inversion} {steps} steps{'' if co else ' w/o Co'}": (
+        "magicremover",
+        [
+            f"inversion={inversion}",
+            f"num_inference_steps={steps}",
+            *([] if co else ["experiment=ablation_no_classifier_opt"]),
+        ],
+    )
+    for inversion in ("null_text", "negative_prompt")
+    for steps in (50, 35, 25, 20, 15)
+    for co in (True, False)
+}
+ALL_VARIANTS = VARIANTS | FRONTIER
 
 
 def removal_table(components, cases, cache_dir, variants=VARIANTS) -> tuple[dict, dict]:
@@ -56,10 +71,22 @@ def removal_table(components, cases, cache_dir, variants=VARIANTS) -> tuple[dict
     """
     reference = [removal_metrics(case, vae_reconstruction(components, case.scene.image)) for case in cases]
     per_scene = {"vae_reconstruction": reference}
+    inversion_calls = {}  # (inversion, steps, scene) → calls of a fresh inversion; a cached one is charged the same
     for name, (preset, overrides) in variants.items():
         cfg = compose_config("remove", [f"method={preset}", f"cache_dir={cache_dir}", "device=cpu", *overrides])
         remover = build_remover(cfg, components)
-        per_scene[name] = [removal_metrics(case, to_uint8(remover(case.sample).image)) for case in cases]
+        rows = []
+        for case in cases:
+            result = remover(case.sample)
+            key = (cfg.inversion.method, cfg.num_inference_steps, case.scene.seed)
+            calls = {stage: count.calls for stage, count in result.calls.items()}
+            fresh = sum(calls.pop(stage, 0) for stage in ("inversion", "null_text"))
+            if not result.extras.get("inversion_from_cache"):
+                inversion_calls[key] = fresh
+            row = removal_metrics(case, to_uint8(result.image))
+            row["unet_calls"] = sum(calls.values()) + inversion_calls.get(key, float("nan"))
+            rows.append(row)
+        per_scene[name] = rows
     means = {name: {key: float(np.mean([r[key] for r in rows])) for key in rows[0]} for name, rows in per_scene.items()}
     seeds = [case.scene.seed for case in cases]
     return means, {name: [{"seed": seed, **row} for seed, row in zip(seeds, rows)] for name, rows in per_scene.items()}
@@ -77,7 +104,10 @@ def main() -> None:
         "--skip", nargs="*", default=[], choices=["vae", "samples", "attention", "inversion", "removal", "subsets"]
     )
     parser.add_argument(
-        "--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS), help="removal rows to measure"
+        "--variants", nargs="*", default=list(VARIANTS), choices=list(ALL_VARIANTS), help="removal rows to measure"
+    )
+    parser.add_argument(
+        "--subset-variants", nargs="*", default=["magicremover"], choices=list(ALL_VARIANTS), help="glass/shadow rows"
     )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -105,10 +135,10 @@ def main() -> None:
     if "inversion" not in args.skip:
         report["inversion"] = inversion_gap(c, scenes[: max(10, args.scenes // 5)])
     if "removal" not in args.skip:
-        variants = {name: VARIANTS[name] for name in args.variants}
+        variants = {name: ALL_VARIANTS[name] for name in args.variants}
         report["removal"], report["removal_per_scene"] = removal_table(c, cases, out / "cache", variants)
     if "subsets" not in args.skip:
-        subset_variants = {"magicremover": ("magicremover", [])}
+        subset_variants = {name: ALL_VARIANTS[name] for name in args.subset_variants}
         for kind in ("glass", "shadow"):
             subset = held_out_cases(max(5, args.scenes // 5), kind=kind)
             means, per_scene = removal_table(c, subset, out / "cache", subset_variants)
