@@ -2,7 +2,8 @@
 
 A sweep folder holds one run folder per configuration (``<sweep>/<run>/metrics.json``). An artefact spec (the
 ``report:`` node of ``conf/artefact/*.yaml``) names the rows, the metric columns, the paper's numbers and the figure;
-:func:`render` writes ``<name>.md``, ``<name>.tex``, ``<name>.png`` and ``<name>.json`` into the sweep folder.
+:func:`render` writes ``<name>.md``, ``<name>.tex``, ``<name>.png``, ``<name>.json`` and the comparison grid
+``<name>_grid.png`` (samples × input | attention | each run's output) into the sweep folder.
 :class:`ReportCallback` does so when a Hydra multirun ends; ``python -m experiments.report`` redraws any time.
 """
 
@@ -15,8 +16,11 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from hydra.experimental.callback import Callback
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from PIL import Image
 
+from eval.manifest import read_manifests
 from magicremover.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -117,8 +121,61 @@ def figure(runs: Mapping[str, dict], labels: Mapping[str, str], spec: Mapping[st
     return fig
 
 
-def render(sweep_dir: str | Path, spec: Mapping[str, Any]) -> dict[str, Path]:
-    """Write the artefact's markdown and LaTeX tables, figure and JSON summary into ``sweep_dir``; returns the paths."""
+def grid_rows(sweep_dir: str | Path, labels: Mapping[str, str], samples: int = 4) -> list[dict]:
+    """The comparison grid's rows: the first ``samples`` sample ids (in name order) that every run finished and
+    whose fitted input some run kept (``inputs/<id>.png``); per row the input, the target's attention as a heat map
+    over it (from the first run that made one) and every run's output, keyed by the runs' labels."""
+    from magicremover.images import to_pil, to_tensor
+    from magicremover.outputs import heatmap
+
+    sweep = Path(sweep_dir)
+    finished = [{k for k, r in read_manifests(sweep / name).items() if r.get("status") == "ok"} for name in labels]
+    common = sorted(set.intersection(*finished)) if finished else []
+    rows = []
+    for sample_id in common:
+        inputs = [sweep / name / "inputs" / f"{sample_id}.png" for name in labels]
+        inputs = [path for path in inputs if path.is_file()]
+        if not inputs:
+            continue
+        image = Image.open(inputs[0]).convert("RGB")
+        row = {"sample_id": sample_id, "input": image}
+        maps = [sweep / name / "attentions" / f"{sample_id}.png" for name in labels]
+        maps = [path for path in maps if path.is_file()]
+        if maps:
+            attention = to_tensor(Image.open(maps[0]).convert("RGB").resize(image.size))[:, :1]
+            row["attention"] = to_pil(heatmap(attention, to_tensor(image)))
+        for name, label in labels.items():
+            row[label] = Image.open(sweep / name / "outputs" / f"{sample_id}.png").convert("RGB")
+        rows.append(row)
+        if len(rows) == samples:
+            break
+    return rows
+
+
+def grid_figure(rows: list[dict], title: str):
+    """Rows = samples, columns = input | attention | each run's output, as in the paper's Fig. 6 and Fig. 8."""
+    import matplotlib.pyplot as plt
+
+    columns = [key for key in rows[0] if key != "sample_id"]
+    fig, axes = plt.subplots(len(rows), len(columns), figsize=(1.7 * len(columns), 1.7 * len(rows) + 0.5),
+                             squeeze=False)  # fmt: skip
+    for r, row in enumerate(rows):
+        for c, key in enumerate(columns):
+            ax = axes[r][c]
+            ax.imshow(row.get(key) or Image.new("RGB", row["input"].size, "white"))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(key, fontsize=8)
+        axes[r][0].set_ylabel(row["sample_id"], fontsize=6)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def render(sweep_dir: str | Path, spec: Mapping[str, Any], tracker=None) -> dict[str, Path]:
+    """Write the artefact's markdown and LaTeX tables, figure, comparison grid and JSON summary into ``sweep_dir``,
+    and hand them to ``tracker`` (a W&B run of the report) when one is given; returns the paths."""
     spec = OmegaConf.to_container(spec, resolve=True) if isinstance(spec, DictConfig) else dict(spec)
     sweep = Path(sweep_dir)
     runs = collect(sweep)
@@ -148,11 +205,19 @@ def render(sweep_dir: str | Path, spec: Mapping[str, Any]) -> dict[str, Path]:
     else:
         fig.savefig(paths["png"], dpi=120)
         matplotlib.pyplot.close(fig)
+    rows = grid_rows(sweep, labels, int((spec.get("grid") or {}).get("samples", 4)))
+    if rows:
+        fig = grid_figure(rows, spec["title"])
+        paths["grid"] = sweep / f"{name}_grid.png"
+        fig.savefig(paths["grid"], dpi=150)
+        matplotlib.pyplot.close(fig)
     summary = {"artefact": name, "runs": runs, "inversions": inversions, "samples": samples}
     paths["json"].write_text(json.dumps(summary, indent=2))
     log.info(
         "%s: %d runs, %d inversions; wrote %s", name, len(runs), inversions, ", ".join(str(p) for p in paths.values())
     )
+    if tracker is not None:
+        tracker.log_report(sweep, name, paths, rows)
     return paths
 
 
@@ -163,4 +228,5 @@ class ReportCallback(Callback):
         self.spec = spec
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        render(config.hydra.sweep.dir, self.spec)
+        tracker = instantiate(config.logger) if OmegaConf.select(config, "logger._target_") else None
+        render(config.hydra.sweep.dir, self.spec, tracker)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Callable
@@ -32,15 +33,42 @@ def output_dir(cfg: DictConfig) -> Path:
     return Path(cfg.out_dir) if cfg.get("out_dir") else Path(HydraConfig.get().runtime.output_dir)
 
 
-def run_entry_point(job: Callable[[DictConfig, Path], object], cfg: DictConfig) -> None:
-    """Run ``job(cfg, out_dir)``; a user error becomes ``error: <one line>`` on stderr and exit status 2."""
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "TORCH_NUM_THREADS")
+
+
+def cpu_threads(environ=os.environ, cores: int | None = None) -> int | None:
+    """The torch thread count the entry points use when the user set none: one fewer than the cores this process may
+    run on (SLURM's cpuset included), at least one. Torch's default, every core, collapses ~40× as soon as another
+    process takes one of them (measured: ``python -m experiments.benchmark --threads``). ``None`` when the user chose.
+    """
+    if any(environ.get(name) for name in THREAD_VARIABLES):
+        return None
+    cores = cores if cores is not None else len(os.sched_getaffinity(0))
+    return max(1, cores - 1)
+
+
+def apply_thread_default() -> None:
+    """Set torch's CPU threads to :func:`cpu_threads` unless the user chose a count."""
+    import torch
+
+    threads = cpu_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+        log.debug("torch uses %d CPU threads (set OMP_NUM_THREADS to choose)", threads)
+
+
+def run_entry_point(job: Callable[[DictConfig, Path], object], cfg: DictConfig):
+    """Run ``job(cfg, out_dir)`` and return what it returns; a user error becomes ``error: <one line>`` on stderr and
+    exit status 2. Torch's CPU threads follow :func:`cpu_threads` unless the user set a count."""
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
+
+    apply_thread_default()
 
     diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()
     try:
-        job(cfg, output_dir(cfg))
+        return job(cfg, output_dir(cfg))
     except Exception as err:  # noqa: BLE001 - re-raised unless it is a user error
         user_error = find_user_error(err)
         if user_error is None:

@@ -3,6 +3,7 @@
     python -m experiments.benchmark                    # tiny model, ~1–2 min, writes benchmark.json
     python -m experiments.benchmark --model toy        # the trained toy model (fast-inversion PSNR is meaningful)
     python -m experiments.benchmark --memory           # adds peak memory of one 512² SD-1.5 guided step (slow)
+    python -m experiments.benchmark --threads          # seconds per UNet call at 1 … all cores (run it idle and busy)
 
 Figures are medians over ``--repeats`` with their min–max spread; ratios are measured side by side in one run.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import statistics
@@ -24,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from experiments._cli import build_remover, compose_config
+from experiments._cli import THREAD_VARIABLES, apply_thread_default, build_remover, compose_config, cpu_threads
 from magicremover.costs import authors_cost
 from magicremover.inversion import InversionConfig, invert, reconstruct
 from magicremover.models import SDComponents, build_tiny, load_pretrained
@@ -193,6 +195,38 @@ def memory_comparison() -> dict:
     return out
 
 
+def say(message: str) -> None:
+    """What the benchmark is measuring now, on stderr (stdout carries the table)."""
+    print(f"[{time.strftime('%H:%M:%S')}] benchmark: {message}", file=sys.stderr, flush=True)
+
+
+def thread_timing(model: str, repeats: int) -> dict:
+    """Seconds per CFG UNet call with 1, 2, … all cores as torch threads, each count in its own process (thread
+    pools cannot be resized reliably in one). Run once on an idle machine and once with the other cores busy."""
+    cores = len(os.sched_getaffinity(0))
+    timings = {}
+    for threads in range(1, cores + 1):
+        say(f"seconds per UNet call with {threads} thread(s)")
+        env = os.environ | {name: str(threads) for name in THREAD_VARIABLES}
+        done = subprocess.run([sys.executable, "-m", "experiments.benchmark", "--model", model, "--repeats",
+                               str(repeats), "--unet-seconds"], env=env, capture_output=True, text=True, check=True)  # fmt: skip
+        timings[threads] = json.loads(done.stdout.strip().splitlines()[-1])
+    return {"cores": cores, "default_threads": cpu_threads(environ={}, cores=cores), "seconds_per_call": timings}
+
+
+def unet_seconds(c: SDComponents, repeats: int) -> dict:
+    """Median seconds of one batch-2 (CFG) UNet call at the model's resolution, after a warm-up call."""
+    z = torch.randn(2, c.unet.config.in_channels, c.unet.config.sample_size, c.unet.config.sample_size)
+    text = torch.randn(2, c.tokenizer.model_max_length, c.text_encoder.config.hidden_size)
+    times = []
+    with torch.no_grad():
+        for _ in range(repeats + 1):
+            start = time.perf_counter()
+            c.unet(z, 500, encoder_hidden_states=text)
+            times.append(time.perf_counter() - start)
+    return _median(times[1:]) | {"threads": torch.get_num_threads()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tiny", help="tiny, toy, or a local diffusers folder")
@@ -200,15 +234,22 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=2, help="images in the sweep and the inversion comparison")
     parser.add_argument("--memory", action="store_true", help="also measure one 512² SD-1.5 guided step (≈ 5 min)")
     parser.add_argument("--out", default="benchmark.json")
+    parser.add_argument("--threads", action="store_true", help="only time UNet calls per torch thread count")
     parser.add_argument("--guided-step", choices=["ours", "reference"], help=argparse.SUPPRESS)
+    parser.add_argument("--unet-seconds", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    apply_thread_default()
     if args.guided_step:
         print(json.dumps(guided_step_peak_memory(args.guided_step)))
+        return
+    if args.threads:
+        print(json.dumps(thread_timing(args.model, args.repeats), indent=2))
         return
     from tempfile import TemporaryDirectory
 
     from magicremover.toy import load_toy
 
+    say(f"loading the {args.model} model")
     c = (
         build_tiny(device="cpu")
         if args.model == "tiny"
@@ -216,6 +257,9 @@ def main() -> None:
         if args.model == "toy"
         else load_pretrained(path=args.model, device="cpu")
     )
+    if args.unet_seconds:
+        print(json.dumps(unet_seconds(c, args.repeats)))
+        return
     report = {
         "ran": {"model": args.model, "resolution": c.resolution, "steps": 50, "threads": torch.get_num_threads(),
                 "repeats": args.repeats, "python": platform.python_version(),
@@ -223,12 +267,18 @@ def main() -> None:
         "authors_per_image": {"main.py": asdict(authors_cost()), "coco_script": asdict(authors_cost(t_ratio=0.9, coco_script=True))},
     }  # fmt: skip
     with TemporaryDirectory() as tmp:
+        say(f"UNet calls of one image for each of {len(PRESETS)} presets (50 steps, null-text inversion once)")
         report["calls_per_preset"] = calls_per_preset(c, Path(tmp) / "a")
+        say(f"UNet calls of a {len(SWEEP)}-configuration sweep over {args.images} images, ours vs the authors' code")
         report["sweep"] = sweep_calls(c, Path(tmp) / "b", args.images)
+        say(f"seconds per UNet call, our loop vs diffusers' DDIM ({args.repeats} repeats)")
         report["controller_overhead"] = controller_overhead(c, Path(tmp) / "c", args.repeats)
+    say(f"negative-prompt vs null-text inversion on {args.images} images")
     report["fast_inversion"] = fast_inversion(c, args.images)
     if args.memory:
+        say("peak memory of one 512² SD-1.5 guided step, ours then the reference (≈ 5 min)")
         report["guided_step_memory_512"] = memory_comparison()
+    say(f"done; wrote {args.out}")
     Path(args.out).write_text(json.dumps(report, indent=2))
     print(table(report))
 

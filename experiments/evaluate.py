@@ -21,6 +21,7 @@ from pathlib import Path
 
 import hydra
 import numpy as np
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
@@ -35,6 +36,7 @@ from experiments._cli import build_remover, log, run_entry_point
 from magicremover.errors import ConfigError, ModelLoadError, StorageError
 from magicremover.images import fit_mask, fit_to_model, load_image, to_pil
 from magicremover.outputs import atomic_write, save_image
+from magicremover.progress import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -42,10 +44,11 @@ logger = logging.getLogger(__name__)
 _FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
 
 
-def run_samples(cfg: DictConfig, out_dir: Path, dataset, remover) -> None:
+def run_samples(cfg: DictConfig, out_dir: Path, dataset, remover, tracker) -> None:
     """Remove the object of every sample not yet in a manifest. Any failure inside one sample is recorded (type,
     message, stage) and the run goes on; errors that would fail every sample (configuration, weights, a full disk)
-    stop it, with every finished sample kept."""
+    stop it, with every finished sample kept. Each finished sample is also logged to the tracker (its step = its
+    index), so a crashed run still shows how far it got."""
     shards = (cfg.data.num_shards, cfg.data.shard_index)
     manifest = out_dir / (
         "manifest.jsonl" if shards[0] == 1 else f"manifest-shard{shards[1]:03d}-of-{shards[0]:03d}.jsonl"
@@ -57,42 +60,68 @@ def run_samples(cfg: DictConfig, out_dir: Path, dataset, remover) -> None:
             for i, sample_id in enumerate(dataset.ids)
             if sample_id not in done or (cfg.retry_errors and done[sample_id]["status"] != "ok")
         ]
-        for index in tqdm(todo, desc="samples", disable=None):
-            sample_id = dataset.ids[index]
-            try:
-                result = remover(dataset[index].sample)
-                result.check_finite()
-            except (ConfigError, ModelLoadError, StorageError):
-                raise
-            except Exception as err:  # noqa: BLE001 - one bad sample costs one sample
-                if isinstance(err, OSError) and err.errno in _FULL:
-                    raise StorageError(
-                        f"{err.strerror} while running {sample_id}; free space and rerun to resume"
-                    ) from err
-                record = {"sample_id": sample_id, "status": "error", "error_type": type(err).__name__}
-                record |= {"error": (str(err).splitlines() or [""])[0], "stage": getattr(err, "stage", None)}
-                writer.append(record)
-                logger.warning("%s failed: %s: %s", sample_id, type(err).__name__, record["error"])
-                continue
-            try:
-                files = {}
-                for kind, image in result.images().items():
-                    save_image(image, out_dir / f"{kind}s" / f"{sample_id}.png")
-                    files[kind] = f"{kind}s/{sample_id}.png"
-                writer.append({
-                    "sample_id": sample_id, "status": "ok", **files,
-                    "unet_calls": {k: v.calls for k, v in result.calls.items()},
-                    "unet_backward": {k: v.backward for k, v in result.calls.items()},
-                    "seconds": result.seconds.get("total", sum(result.seconds.values())),
-                    "extras": result.extras,
-                })  # fmt: skip
-            except StorageError:
-                raise  # already one line naming the file
-            except OSError as err:
-                raise StorageError(
-                    f"cannot write the results of {sample_id} in {out_dir} ({err.strerror}); free space or fix the "
-                    "folder and rerun: finished samples are kept"
-                ) from err
+        progress = Progress(len(dataset.ids), "samples", log, cfg.progress_every, len(dataset.ids) - len(todo))
+        with progress:
+            for index in todo:
+                record = _run_sample(cfg, out_dir, dataset, index, remover, writer)
+                progress.update(record["status"] == "ok", note=record["sample_id"])
+                tracker.log_sample(index, record)
+
+
+def _run_sample(cfg: DictConfig, out_dir: Path, dataset, index: int, remover, writer: ManifestWriter) -> dict:
+    """One sample: run, save its images (and, for the first ``grid_samples``, its fitted input), append its record."""
+    item = dataset[index]
+    sample_id = dataset.ids[index]
+    try:
+        result = remover(item.sample)
+        result.check_finite()
+    except (ConfigError, ModelLoadError, StorageError):
+        raise
+    except Exception as err:  # noqa: BLE001 - one bad sample costs one sample
+        if isinstance(err, OSError) and err.errno in _FULL:
+            raise StorageError(f"{err.strerror} while running {sample_id}; free space and rerun to resume") from err
+        record = {"sample_id": sample_id, "status": "error", "error_type": type(err).__name__}
+        record |= {"error": (str(err).splitlines() or [""])[0], "stage": getattr(err, "stage", None)}
+        writer.append(record)
+        logger.warning("%s failed: %s: %s", sample_id, type(err).__name__, record["error"])
+        return record
+    try:
+        files = {}
+        images = result.images()
+        if index < cfg.grid_samples:
+            framing = result.extras.get("resize", cfg.resize)
+            images["input"] = fit_to_model(load_image(item.sample.image), tuple(result.image.shape[-2:]), framing)
+        for kind, image in images.items():
+            save_image(image, out_dir / f"{kind}s" / f"{sample_id}.png")
+            files[kind] = f"{kind}s/{sample_id}.png"
+        record = {
+            "sample_id": sample_id, "status": "ok", **files,
+            "unet_calls": {k: v.calls for k, v in result.calls.items()},
+            "unet_backward": {k: v.backward for k, v in result.calls.items()},
+            "seconds": result.seconds.get("total", sum(result.seconds.values())),
+            "extras": result.extras,
+        }  # fmt: skip
+        if dataset.has_ground_truth:
+            output = np.asarray(to_pil(result.image))
+            record["metrics"] = sample_metrics(item, output, record["extras"].get("resize", cfg.resize))
+        writer.append(record)
+        return record
+    except StorageError:
+        raise  # already one line naming the file
+    except OSError as err:
+        raise StorageError(
+            f"cannot write the results of {sample_id} in {out_dir} ({err.strerror}); free space or fix the "
+            "folder and rerun: finished samples are kept"
+        ) from err
+
+
+def sample_metrics(item, output: np.ndarray, framing: str) -> dict[str, float]:
+    """PSNR/SSIM of one output ``(H, W, 3)`` uint8 inside the object's region (vs the ground truth) and outside it
+    (vs the input), with input, truth and region fitted to the output's size and framing."""
+    source = load_image(item.sample.image)
+    fit = lambda image: np.asarray(to_pil(fit_to_model(image, output.shape[:2], framing)))  # noqa: E731
+    region = fit_mask(Image.fromarray((item.region * 255).astype(np.uint8)), source.size, output.shape[:2], framing)
+    return ground_truth_metrics(output, fit(source), fit(load_image(item.ground_truth)), region[0, 0].numpy())
 
 
 def compute_metrics(
@@ -124,12 +153,7 @@ def compute_metrics(
             reconstruction = None
         scores.add(output, original, reconstruction, item.category or item.sample.target)
         if dataset.has_ground_truth:
-            region = fit_mask(
-                Image.fromarray((item.region * 255).astype(np.uint8)), source.size, output.shape[:2], framing
-            )
-            rows.append(
-                ground_truth_metrics(output, original, fit(load_image(item.ground_truth)), region[0, 0].numpy())
-            )
+            rows.append(sample_metrics(item, output, framing))
     if rows:
         report |= {key: float(np.nanmean([row[key] for row in rows])) for key in rows[0]}
     report |= scores.compute()
@@ -174,7 +198,7 @@ def evaluate(cfg: DictConfig, out_dir: Path) -> dict | None:
     scores = instantiate(cfg.metrics)
     tracker = instantiate(cfg.logger)
     logged = loggable_config(cfg)
-    tracker.start(logged, out_dir)
+    tracker.start(logged, out_dir, *run_labels(cfg))
     if not cfg.metrics_only:
         dataset = data(num_shards=cfg.data.num_shards, shard_index=cfg.data.shard_index)
         where = f"data={cfg.data._target_}"
@@ -192,7 +216,7 @@ def evaluate(cfg: DictConfig, out_dir: Path) -> dict | None:
         check_resume(out_dir, cfg, force=cfg.resume == "force")
         remover = build_remover(cfg)
         atomic_write(out_dir / "config.yaml", OmegaConf.to_yaml(logged).encode())
-        run_samples(cfg, out_dir, dataset, remover)
+        run_samples(cfg, out_dir, dataset, remover, tracker)
     everything = data(num_shards=1, shard_index=0)
     if len(read_manifests(out_dir)) < len(everything.ids) and not cfg.metrics_only:
         log.info("shard finished; metrics wait for the other shards (or run with metrics_only=true)")
@@ -201,13 +225,39 @@ def evaluate(cfg: DictConfig, out_dir: Path) -> dict | None:
     metrics = compute_metrics(out_dir, everything, cfg.resize, scores, cfg.reconstructions_from)
     atomic_write(out_dir / "metrics.json", json.dumps(metrics, indent=2).encode())
     log.info("metrics: %s", json.dumps(metrics))
-    tracker.finish(metrics, table_rows(out_dir, everything, tracker.images))
+    tracker.finish(metrics, table_rows(out_dir, everything, tracker.images), out_dir)
     return metrics
 
 
+def run_labels(cfg: DictConfig) -> tuple[str | None, list[str]]:
+    """The tracker's job type (the experiment, else the method preset) and tags (the artefact being made)."""
+    choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
+    artefact = OmegaConf.select(cfg, "report.name")
+    return choices.get("experiment") or choices.get("method"), [artefact] if artefact else []
+
+
+def objective(cfg: DictConfig, metrics: dict | None) -> float | None:
+    """The value of ``optimized_metric`` for a sweeper (Optuna maximises or minimises it; its direction lives in
+    the sweeper's config); ``None`` when no metric is asked for. NaN when the run computed no metrics (a shard), so
+    the sweeper records the trial as failed rather than stopping.
+
+    Raises:
+        ConfigError: the metric is not among the run's metrics (naming those that are).
+    """
+    name = cfg.get("optimized_metric")
+    if not name:
+        return None
+    if metrics is None:
+        return float("nan")
+    if not isinstance(metrics.get(name), (int, float)):
+        numeric = sorted(key for key, value in metrics.items() if isinstance(value, (int, float)))
+        raise ConfigError(f"optimized_metric={name} is not a metric of this run; use one of {', '.join(numeric)}")
+    return float(metrics[name])
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
-def main(cfg: DictConfig) -> None:
-    run_entry_point(evaluate, cfg)
+def main(cfg: DictConfig) -> float | None:
+    return objective(cfg, run_entry_point(evaluate, cfg))
 
 
 if __name__ == "__main__":

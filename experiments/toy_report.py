@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from experiments._cli import build_remover, compose_config
+from experiments._cli import apply_thread_default, build_remover, compose_config
 from magicremover.models import load_pretrained
 from magicremover.toy import toy_model_dir
 from magicremover.toy.quality import (
@@ -110,6 +110,7 @@ def main() -> None:
         "--subset-variants", nargs="*", default=["magicremover"], choices=list(ALL_VARIANTS), help="glass/shadow rows"
     )
     args = parser.parse_args()
+    apply_thread_default()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

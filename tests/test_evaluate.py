@@ -35,7 +35,7 @@ def test_interrupted_run_resumes_without_redoing_or_losing_samples(tmp_path, mon
     calls = []
     real = ev.run_samples
 
-    def flaky(cfg, out_dir, dataset, remover):
+    def flaky(cfg, out_dir, dataset, remover, tracker):
         def counted(sample):
             calls.append(sample.sample_id)
             if len(calls) == 3:
@@ -43,7 +43,7 @@ def test_interrupted_run_resumes_without_redoing_or_losing_samples(tmp_path, mon
             return remover(sample)
 
         counted.requires = remover.requires
-        return real(cfg, out_dir, dataset, counted)
+        return real(cfg, out_dir, dataset, counted, tracker)
 
     monkeypatch.setattr(ev, "run_samples", flaky)
     with pytest.raises(KeyboardInterrupt):
@@ -59,14 +59,14 @@ def test_failures_are_recorded_and_the_run_goes_on(tmp_path, monkeypatch):
     cfg = _config(tmp_path)
     real = ev.run_samples
 
-    def failing_one(cfg, out_dir, dataset, remover):
+    def failing_one(cfg, out_dir, dataset, remover, tracker):
         def maybe(sample):
             if sample.sample_id == dataset.ids[1]:
                 raise PromptError("target missing")
             return remover(sample)
 
         maybe.requires = remover.requires
-        return real(cfg, out_dir, dataset, maybe)
+        return real(cfg, out_dir, dataset, maybe, tracker)
 
     monkeypatch.setattr(ev, "run_samples", failing_one)
     metrics = ev.evaluate(cfg, Path(cfg.out_dir))

@@ -8,6 +8,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from magicremover.accounting import StageCount, UNetCalls
 from magicremover.diffusion import alpha_bar, cfg_eps, ddim_step, encode_image, encode_text, step_size, unet_eps
@@ -104,7 +105,7 @@ def ddim_invert(c: SDComponents, z0: torch.Tensor, cond: torch.Tensor, timesteps
     """DDIM inversion with the prompt only (w = 1): z₀ → z_T. Returns the trajectory ``(N+1, C, h, w)``."""
     latents, z = [z0], z0
     step = step_size(c)
-    for t in timesteps.flip(0).tolist():
+    for t in tqdm(timesteps.flip(0).tolist(), desc="DDIM inversion", leave=False, disable=None):
         eps = unet_eps(c, z, t, cond)
         z = ddim_step(z, eps, alpha_bar(c, t - step), alpha_bar(c, t))
         latents.append(z)
@@ -126,7 +127,8 @@ def null_text_optimize(
     """
     n_steps, step = len(timesteps), step_size(c)
     z, embeddings = trajectory[-1:], []
-    for i, t in enumerate(timesteps.tolist()):
+    bar = tqdm(timesteps.tolist(), desc="null-text", leave=False, disable=None)  # the longest stage: show it
+    for i, t in enumerate(bar):
         alpha_t, alpha_prev = alpha_bar(c, t), alpha_bar(c, t - step)
         target = trajectory[n_steps - i - 1 : n_steps - i]
         with torch.no_grad():
@@ -134,7 +136,8 @@ def null_text_optimize(
         uncond = uncond.detach().clone().requires_grad_(True)  # Adam updates in place: never share storage
         optimizer = torch.optim.Adam([uncond], lr=config.lr * (1 - i / (2 * n_steps)))
         threshold = config.early_stop + i * config.early_stop_growth
-        for _ in range(config.inner_steps):
+        inner = 0
+        for inner in range(1, config.inner_steps + 1):
             with torch.enable_grad():
                 eps_u = unet_eps(c, z, t, uncond)
                 eps = eps_u + config.guidance_scale * (eps_c - eps_u)
@@ -144,6 +147,7 @@ def null_text_optimize(
             optimizer.step()
             if loss.item() < threshold:
                 break
+        bar.set_postfix(inner=inner, refresh=False)  # Adam iterations this step took (early stop)
         uncond = uncond.detach()
         embeddings.append(uncond)
         with torch.no_grad():

@@ -50,11 +50,11 @@ def _wrap(monkeypatch, change):
     sample)."""
     real = ev.run_samples
 
-    def wrapped(cfg, out_dir, dataset, remover):
+    def wrapped(cfg, out_dir, dataset, remover, tracker):
         def call(sample):
             return change(sample, remover, sample.sample_id == dataset.ids[0])
 
-        return real(cfg, out_dir, dataset, call)
+        return real(cfg, out_dir, dataset, call, tracker)
 
     monkeypatch.setattr(ev, "run_samples", wrapped)
 
