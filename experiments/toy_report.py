@@ -58,6 +58,19 @@ FRONTIER = {
     for inversion in ("null_text", "negative_prompt")
     for steps in (50, 35, 25, 20, 15)
     for co in (True, False)
+} | {  # Direct Inversion: plain DDIM inversion, the trajectory's per-step corrections instead of an optimisation
+    f"direct ({branches}) {steps} steps{'' if co else ' w/o Co'}": (
+        "magicremover",
+        [
+            "inversion=ddim",
+            f"method.trajectory_correction={branches}",
+            f"num_inference_steps={steps}",
+            *([] if co else ["experiment=ablation_no_classifier_opt"]),
+        ],
+    )
+    for branches in ("reconstruction", "both")
+    for steps in (50, 35, 25, 20, 15)
+    for co in (True, False)
 }
 ALL_VARIANTS = VARIANTS | FRONTIER
 

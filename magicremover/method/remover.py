@@ -130,8 +130,13 @@ class MagicRemover(InvertingRemover):
             for i, t in enumerate(tqdm(steps.timesteps, desc="denoising", leave=False, disable=None)):
                 null = inversion.null_embeddings[i : i + 1]
                 alpha_t, alpha_prev = alpha_bar(c, t), alpha_bar(c, t - stride)
+                on_trajectory = inversion.latent_at_step(i + 1)
                 if not steps.edit[i]:
-                    # Phase A: before the edit start both branches share the null-text reconstruction.
+                    # Phase A: before the edit start both branches share the reconstruction (with Direct Inversion,
+                    # the trajectory itself: no UNet call).
+                    if s.trajectory_correction != "none":
+                        z_rec = z_edit = on_trajectory
+                        continue
                     kv.mode = "off"
                     with c.calls.stage("replay"), torch.no_grad():
                         eps = cfg_eps(c, z_rec, t, null, cond, self.inversion.guidance_scale)
@@ -142,6 +147,9 @@ class MagicRemover(InvertingRemover):
                 with c.calls.stage("reconstruction"), torch.no_grad():
                     eps_rec = cfg_eps(c, z_rec, t, null, cond, self.inversion.guidance_scale)
                     z_rec_next = ddim_step(z_rec, eps_rec, alpha_t, alpha_prev)
+                if s.trajectory_correction != "none":  # Direct Inversion: undo the step's drift off the trajectory
+                    correction = on_trajectory - z_rec_next
+                    z_rec_next = on_trajectory
                 # Phase C: the edit branch; its self-attention uses the reconstruction's K/V (Eq. 10).
                 kv.mode = "inject" if s.self_attention_guidance else "off"
                 if steps.guide[i]:
@@ -158,6 +166,8 @@ class MagicRemover(InvertingRemover):
                     with c.calls.stage("edit"), torch.no_grad():
                         eps = cfg_eps(c, z_edit, t, null, cond, self.inversion.guidance_scale)
                         z_edit_next = ddim_step(z_edit, eps, alpha_t, alpha_prev)
+                if s.trajectory_correction == "both":
+                    z_edit_next = z_edit_next + correction
                 # Phase D: outside the region M, keep the reconstruction (released code; not in the paper).
                 if s.blend and state.gate is not None:
                     z_edit_next = state.gate * z_edit_next + (1 - state.gate) * z_rec_next

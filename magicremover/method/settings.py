@@ -38,6 +38,10 @@ class Settings:
             masked one; ``experiments.remove mask=PATH`` turns it on.
         gradient_checkpointing: recompute UNet activations during the guided backward pass instead of storing them:
             identical results, far less memory (see the README's Performance section), some extra compute.
+        trajectory_correction: Direct Inversion (Ju et al., 2024), no optimisation: ``reconstruction`` puts the
+            reconstruction branch back on the inversion trajectory after every step (exact reconstruction, and the
+            replay before the edit start needs no UNet call); ``both`` also adds that step's correction to the edit
+            branch. ``none``: the released code (null-text inversion makes the reconstruction close instead).
     """
 
     t_ratio: float = 0.85
@@ -59,13 +63,15 @@ class Settings:
     classifier_optimization: bool = True
     use_mask: bool = False
     gradient_checkpointing: bool = True
+    trajectory_correction: Literal["none", "reconstruction", "both"] = "none"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "guidance_window", Window.parse(self.guidance_window, "method.guidance_window"))
         window = Window.parse(self.classifier_optimization_window, "method.classifier_optimization_window")
         object.__setattr__(self, "classifier_optimization_window", window)
         choices = {"loss": ("top_quantile_mse", "relaxed_l1"), "reweight": ("mask", "attention"),
-                   "multiword": ("product_map", "sum_of_losses")}  # fmt: skip
+                   "multiword": ("product_map", "sum_of_losses"),
+                   "trajectory_correction": ("none", "reconstruction", "both")}  # fmt: skip
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"method.{key}={getattr(self, key)} is not one of {', '.join(allowed)}")
