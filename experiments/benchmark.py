@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import resource
@@ -29,6 +30,7 @@ import torch
 from experiments._cli import THREAD_VARIABLES, apply_thread_default, build_remover, compose_config, cpu_threads
 from magicremover.costs import authors_cost
 from magicremover.inversion import InversionConfig, invert, reconstruct
+from magicremover.inversion.cache import entry_bytes
 from magicremover.models import SDComponents, build_tiny, load_pretrained
 from magicremover.toy.quality import held_out_cases, psnr, to_uint8
 from magicremover.types import RemovalSample
@@ -59,6 +61,45 @@ def _remover(c: SDComponents, preset: str, cache: Path, *overrides: str):
     return build_remover(
         compose_config("remove", [f"method={preset}", f"cache_dir={cache}", "device=cpu", *overrides]), c
     )
+
+
+INVERSIONS = {  # the default method per inversion (conf overrides), for the calls-per-image rows
+    "null-text (released code)": ["inversion=null_text"],
+    "negative-prompt": ["inversion=negative_prompt"],
+    "Direct Inversion, reconstruction corrected": ["inversion=ddim", "method.trajectory_correction=reconstruction"],
+    "Direct Inversion, both corrected": ["inversion=ddim", "method.trajectory_correction=both"],
+}
+SD15_LATENT, SD15_TEXT = (4, 64, 64), (77, 768)
+
+
+def calls_per_inversion(c: SDComponents, n_images: int) -> dict:
+    """UNet calls per image (every stage, inversion included; a backward pass is part of its call, as the counters
+    count) of the default method with each inversion and of ``method=magicremover_fast``; the fast preset's ratio
+    is against the released code's pipeline (null-text, 50 steps)."""
+    rows = {name: ("magicremover", overrides) for name, overrides in INVERSIONS.items()}
+    rows["magicremover_fast"] = ("magicremover_fast", [])
+    out = {}
+    for name, (preset, overrides) in rows.items():
+        cfg = compose_config("remove", [f"method={preset}", "cache_dir=null", "device=cpu", *overrides])
+        remover = build_remover(cfg, c)
+        calls = [sum(n.calls for n in remover(sample).calls.values()) for sample in _samples(n_images)]
+        out[name] = {"calls_per_image": float(np.mean(calls)), "steps": cfg.num_inference_steps}
+    released = out["null-text (released code)"]["calls_per_image"]
+    out["fast_ratio"] = released / out["magicremover_fast"]["calls_per_image"]
+    return out
+
+
+def cache_bytes_sd15() -> dict:
+    """Bytes of one cached (image, prompt) inversion at SD-1.5 shapes (512², 50 steps), from the shapes alone:
+    before (v2: every latent and every null embedding in float32) and now (lean v3)."""
+    latent, text = math.prod(SD15_LATENT) * 4, math.prod(SD15_TEXT) * 4
+    v2 = 50 * 8 + 51 * latent + 50 * text + text
+    return {
+        "v2_every_entry": v2,
+        "null_text": entry_bytes(50, SD15_LATENT, SD15_TEXT, distinct_nulls=True, full_trajectory=False),
+        "negative_prompt": entry_bytes(50, SD15_LATENT, SD15_TEXT, distinct_nulls=False, full_trajectory=False),
+        "direct_inversion": entry_bytes(50, SD15_LATENT, SD15_TEXT, distinct_nulls=False, full_trajectory=True),
+    }
 
 
 def _samples(n: int) -> list[RemovalSample]:
@@ -275,6 +316,9 @@ def main() -> None:
         report["controller_overhead"] = controller_overhead(c, Path(tmp) / "c", args.repeats)
     say(f"negative-prompt vs null-text inversion on {args.images} images")
     report["fast_inversion"] = fast_inversion(c, args.images)
+    say(f"UNet calls per image for each inversion and the fast preset ({args.images} images, no cache)")
+    report["calls_per_inversion"] = calls_per_inversion(c, args.images)
+    report["cache_bytes_per_pair_sd15"] = cache_bytes_sd15()
     if args.memory:
         say("peak memory of one 512² SD-1.5 guided step, ours then the reference (≈ 5 min)")
         report["guided_step_memory_512"] = memory_comparison()
@@ -308,6 +352,21 @@ def table(report: dict) -> str:
     rows.append(
         f"| reconstruction PSNR, negative-prompt vs null-text | {f['negative_prompt']['psnr']:.2f} dB | {f['null_text']['psnr']:.2f} dB | "
         f"{f['psnr_gap_db']:.2f} dB gap | ≤ 1 dB |"
+    )
+    for name, row in report["calls_per_inversion"].items():
+        if name != "fast_ratio":
+            rows.append(f"| UNet calls per image, {name} ({row['steps']} steps) | {row['calls_per_image']:.0f} | | | |")
+    rows.append(
+        f"| UNet calls per image, magicremover_fast vs the released code | "
+        f"{report['calls_per_inversion']['magicremover_fast']['calls_per_image']:.0f} | "
+        f"{report['calls_per_inversion']['null-text (released code)']['calls_per_image']:.0f} | "
+        f"{report['calls_per_inversion']['fast_ratio']:.1f}× fewer | ≥ 4× (10× sought) |"
+    )
+    b = report["cache_bytes_per_pair_sd15"]
+    rows.append(
+        f"| cache bytes per (image, prompt), SD-1.5 shapes: null-text / negative-prompt / Direct Inversion | "
+        f"{b['null_text'] / 1e6:.2f} / {b['negative_prompt'] / 1e6:.2f} / {b['direct_inversion'] / 1e6:.2f} MB | "
+        f"{b['v2_every_entry'] / 1e6:.2f} MB (every entry before) | {b['v2_every_entry'] / b['null_text']:.1f}× smaller | |"
     )
     if "guided_step_memory_512" in report:
         m = report["guided_step_memory_512"]

@@ -105,6 +105,62 @@ def removal_table(components, cases, cache_dir, variants=VARIANTS) -> tuple[dict
     return means, {name: [{"seed": seed, **row} for seed, row in zip(seeds, rows)] for name, rows in per_scene.items()}
 
 
+def frontier(reports: list[Path], out: Path) -> str:
+    """Collect removal rows from several ``toy_report.json`` files (same held-out scenes) into the cost frontier:
+    a markdown table (UNet calls per image, inside gain and outside gap to the VAE, means and medians) and a figure
+    ``frontier.png`` of both against the calls. The released code's default (null-text, 50 steps, 742 calls on the
+    toy model) is the reference row. Returns the table."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = {}
+    for path in reports:
+        report = json.loads(Path(path).read_text())
+        vae = report["removal_per_scene"]["vae_reconstruction"]
+        for name, scenes in report["removal_per_scene"].items():
+            if "unet_calls" not in scenes[0]:  # a report without costs (the model card's): only its default row
+                if name != "magicremover":
+                    continue
+                name = "null_text 50 steps (default)"
+            if name == "vae_reconstruction" or name in rows:
+                continue
+            gain = [r["psnr_in_vs_gt"] - r["psnr_in_input_vs_gt"] for r in scenes]
+            gap = [v["psnr_out_vs_input"] - r["psnr_out_vs_input"] for r, v in zip(scenes, vae)]
+            calls = [r.get("unet_calls", REFERENCE_CALLS) for r in scenes]  # measured: 742 per image by the counters
+            rows[name] = {"calls": float(np.mean(calls)), "gain": gain, "gap": gap, "n": len(scenes)}
+    lines = ["| configuration | UNet calls / image | × fewer | inside gain (dB), mean / median | outside gap to VAE "
+             "(dB), mean / median | scenes |", "|---|---|---|---|---|---|"]  # fmt: skip
+    for name, row in sorted(rows.items(), key=lambda item: -item[1]["calls"]):
+        gain, gap = row["gain"], row["gap"]
+        lines.append(
+            f"| {name} | {row['calls']:.0f} | {REFERENCE_CALLS / row['calls']:.1f} | {np.mean(gain):.2f} / "
+            f"{np.median(gain):.2f} | {np.mean(gap):.2f} / {np.median(gap):.2f} | {row['n']} |"
+        )
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, key, label in ((axes[0], "gain", "inside gain (dB) ↑"), (axes[1], "gap", "outside gap to VAE (dB) ↓")):
+        for name, row in rows.items():
+            family = name.split(" ")[0]
+            marker = "o" if "w/o Co" not in name else "x"
+            colour = {"null_text": "C0", "negative_prompt": "C1", "direct": "C2"}.get(family, "C3")
+            ax.scatter(row["calls"], np.mean(row[key]), marker=marker, color=colour)
+        ax.set_xscale("log")
+        ax.set_xlabel("UNet calls per image (log)")
+        ax.set_title(label, fontsize=9)
+    handles = [plt.Line2D([], [], color=c, marker="o", ls="") for c in ("C0", "C1", "C2")]
+    axes[0].legend(handles, ["null-text", "negative-prompt", "Direct Inversion"], fontsize=7)
+    fig.suptitle("Cost frontier on 50 held-out toy scenes (× = without classifier optimisation)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out / "frontier.png", dpi=120)
+    table = "\n".join(lines)
+    (out / "frontier.md").write_text(table + "\n")
+    return table
+
+
+REFERENCE_CALLS = 742  # the released code's pipeline on the toy model (null-text, 50 steps), counted by the counters
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=str(toy_model_dir()), help="toy model folder")
@@ -119,6 +175,7 @@ def main() -> None:
     parser.add_argument(
         "--variants", nargs="*", default=list(VARIANTS), choices=list(ALL_VARIANTS), help="removal rows to measure"
     )
+    parser.add_argument("--collect", nargs="*", help="toy_report.json files: write the frontier table and figure only")
     parser.add_argument(
         "--subset-variants", nargs="*", default=["magicremover"], choices=list(ALL_VARIANTS), help="glass/shadow rows"
     )
@@ -127,6 +184,9 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.collect:
+        print(frontier([Path(p) for p in args.collect], out))
+        return
     torch.manual_seed(0)
     c = load_pretrained(path=args.model, device="cpu")
     scenes = [render_scene(HELD_OUT_SEED + args.start + i) for i in range(args.scenes)]

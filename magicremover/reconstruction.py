@@ -29,6 +29,7 @@ class InvertingRemover:
     """
 
     requires: ClassVar[frozenset[str]] = frozenset()
+    needs_full_trajectory: bool = False  # every trajectory latent is read back (Direct Inversion), not only the ends
 
     def __init__(
         self,
@@ -49,7 +50,9 @@ class InvertingRemover:
 
     def invert(self, sample: RemovalSample, image: torch.Tensor) -> Inversion:
         """The inversion of the fitted ``image`` under the sample's prompt, from the cache when possible."""
-        return invert_cached(self.components, image, sample.prompt, self.inversion, self.cache)
+        return invert_cached(
+            self.components, image, sample.prompt, self.inversion, self.cache, self.needs_full_trajectory
+        )
 
     def provenance(self, inversion: Inversion) -> dict:
         """What every result records about how it was computed: the model's precision and the inversion's source."""

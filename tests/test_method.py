@@ -133,3 +133,35 @@ def test_gradient_checkpointing_changes_nothing_but_memory(tiny, remove):
     assert torch.equal(with_checkpointing.image, without.image)
     assert {k: v.calls for k, v in with_checkpointing.calls.items()} == {k: v.calls for k, v in without.calls.items()}
     assert not tiny.unet.is_gradient_checkpointing  # restored after the run
+
+
+def test_direct_inversion_keeps_the_reconstruction_on_the_trajectory_without_replay_calls(tiny, remove, image_tensor):
+    from magicremover.diffusion import decode_latents
+    from magicremover.inversion import invert
+
+    result = remove(steps=10, inversion="ddim", trajectory_correction="reconstruction")
+    z0 = invert(tiny, image_tensor, PROMPT, InversionConfig(method="ddim", num_inference_steps=10)).trajectory[:1]
+    assert torch.allclose(result.reconstruction, decode_latents(tiny, z0).cpu(), atol=1e-6)  # exact: z₀ decoded
+    # 10 steps, edit start 10 − int(8.5) = 2: no replay call; 8 reconstruction, 8 edit, 1 attention, 10 inversion.
+    calls = {stage: c.calls for stage, c in result.calls.items()}
+    assert "replay" not in calls and calls["reconstruction"] == calls["edit"] == 8 and calls["inversion"] == 10
+    plain = remove(steps=10, inversion="ddim")
+    assert not torch.allclose(plain.reconstruction, result.reconstruction, atol=1e-3)  # CFG drifts without it
+    both = remove(steps=10, inversion="ddim", trajectory_correction="both")
+    assert torch.isfinite(both.image).all() and (both.image - result.image).abs().max() > 1e-3
+    with pytest.raises(ConfigError, match="trajectory_correction=all is not one of none, reconstruction, both"):
+        remove(steps=10, trajectory_correction="all")
+
+
+def test_the_fast_preset_costs_what_the_hand_derivation_says(tiny, example_image):
+    from experiments._cli import build_remover, compose_config
+
+    cfg = compose_config("remove", ["method=magicremover_fast", "cache_dir=null", "device=cpu"])
+    result = build_remover(cfg, tiny)(RemovalSample(example_image, PROMPT, "circle"))
+    # Negative-prompt inversion: 50 conditional calls, no optimisation; then the default method's 110 edit-stage
+    # calls (8 replay + 1 attention + 42 reconstruction + 42 edit + 17 classifier optimisation): 160 per image.
+    # The released pipeline costs 742 on the toy model (null-text: 50 + 582 + the same 110), 4.6× more.
+    calls = {stage: c.calls for stage, c in result.calls.items()}
+    assert calls == {"inversion": 50, "replay": 8, "attention_mask": 1, "reconstruction": 42, "edit": 42,
+                     "classifier_optimization": 17}  # fmt: skip
+    assert 742 / sum(calls.values()) >= 4

@@ -7,7 +7,8 @@ yellow circle) gains only 2.9 dB inside (the model card's 50-scene means include
 Measured for the model card (1 thread, these scenes, medians): the default preset gains +13.4 dB inside the object's
 mask (with its shadow) against the ground truth and keeps 30.9 dB outside against the input; P2P reweight reaches
 14.9 dB inside (ours 25.0) and 25.1 dB outside. Glass discs +13.4 dB (30.9 dB outside), shadowed objects +14.5 dB
-(31.7 dB outside).
+(31.7 dB outside). The fast preset (negative-prompt inversion, 160 UNet calls instead of 742): +11.1 dB inside,
+30.8 dB outside.
 """
 
 import numpy as np
@@ -20,17 +21,21 @@ from magicremover.toy.quality import held_out_cases, removal_metrics, to_uint8
 @pytest.fixture(scope="module")
 def run(toy, tmp_path_factory):
     cache = tmp_path_factory.mktemp("toy_inversions")
+    done = {}  # (preset, scenes) → medians: a preset is run once per set of scenes in this module
 
     def scores(preset, cases):
         """Median per metric over ``cases``; ``gain`` = PSNR inside the mask vs the ground truth, output − input."""
-        cfg = compose_config(
-            "remove", [f"method={preset}", f"cache_dir={cache}", "device=cpu", "num_inference_steps=50"]
-        )
-        remover = build_remover(cfg, toy)
-        rows = [removal_metrics(case, to_uint8(remover(case.sample).image)) for case in cases]
-        for row in rows:
-            row["gain"] = row["psnr_in_vs_gt"] - row["psnr_in_input_vs_gt"]
-        return {key: float(np.median([row[key] for row in rows])) for key in rows[0]}
+        key = (preset, tuple(case.scene.seed for case in cases))
+        if key not in done:
+            cfg = compose_config(
+                "remove", [f"method={preset}", f"cache_dir={cache}", "device=cpu", "num_inference_steps=50"]
+            )
+            remover = build_remover(cfg, toy)
+            rows = [removal_metrics(case, to_uint8(remover(case.sample).image)) for case in cases]
+            for row in rows:
+                row["gain"] = row["psnr_in_vs_gt"] - row["psnr_in_input_vs_gt"]
+            done[key] = {name: float(np.median([row[name] for row in rows])) for name in rows[0]}
+        return done[key]
 
     return scores
 
@@ -53,3 +58,12 @@ def test_glass_discs_and_shadows_are_removed_too(run, kind):
     scores = run("magicremover", held_out_cases(3, kind=kind))
     assert scores["gain"] >= 6.0, (kind, scores)
     assert scores["psnr_out_vs_input"] >= 27.0, (kind, scores)
+
+
+def test_the_fast_preset_removes_nearly_as_well_as_the_default(run):
+    cases = held_out_cases(3)
+    fast, default = run("magicremover_fast", cases), run("magicremover", cases)
+    # Measured on these scenes (medians): fast +11.1 dB inside, 30.8 dB outside; default +13.4 dB, 30.9 dB. On the
+    # 50 scenes of the model card the fast preset is 0.9 dB behind inside (mean) and 0.5 dB ahead outside.
+    assert fast["gain"] >= 6.0 and fast["psnr_out_vs_input"] >= 27.0, fast
+    assert fast["gain"] >= default["gain"] - 3.0 and fast["psnr_out_vs_input"] >= default["psnr_out_vs_input"] - 1.0

@@ -4,6 +4,13 @@ An entry is a safetensors file named by a hash of everything that changes the re
 (including dtype), the preprocessed image tensor (so the file bytes *and* the resize mode), the prompt and the
 inversion config. Writes go to a temporary file that is renamed into place, so a crash never leaves a partial
 entry under a valid name; an unreadable or inconsistent entry is deleted and recomputed, never trusted.
+
+Entries are lean (format v3): only the trajectory latents the methods read back (z₀, the t = 1 latent and z_T;
+every entry for Direct Inversion, which asks for them), and the per-step null embeddings as the first step's
+embedding plus float16 differences from it (none at all when every step shares one embedding, as with
+negative-prompt and plain DDIM inversion). On the toy model the float16 differences move a removal's output by at
+most 6e-5 (in [0, 1]; an 8-bit level is 4e-3). A miss returns the same compacted inversion it stores, so a run's
+results never depend on whether its inversions came from the cache.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import tempfile
 from dataclasses import asdict
@@ -25,8 +33,49 @@ from magicremover.inversion.core import Inversion, InversionConfig, invert
 from magicremover.models import SDComponents
 
 log = logging.getLogger(__name__)
-_FORMAT = "magicremover-inversion-v2"  # v2: a content digest in the metadata
-_TENSORS = ("timesteps", "trajectory", "null_embeddings", "cond_embedding")
+_FORMAT = "magicremover-inversion-v3"  # v2: a content digest; v3: lean entries (older keys are never looked up)
+_TENSORS = ("timesteps", "trajectory", "null_embeddings", "cond_embedding")  # of an Inversion
+_ENDS = (0, 1, -1)  # z₀ (the VAE reconstruction), the t = 1 latent (M₀'s attention) and z_T
+
+
+def pack(inversion: Inversion, full_trajectory: bool) -> dict[str, torch.Tensor]:
+    """The tensors a lean entry stores (see the module docstring)."""
+    trajectory, nulls = inversion.trajectory.detach().cpu(), inversion.null_embeddings.detach().cpu()
+    n = len(trajectory)
+    index = torch.arange(n) if full_trajectory else torch.tensor(sorted({i % n for i in _ENDS}))
+    tensors = {
+        "timesteps": inversion.timesteps.detach().cpu(),
+        "cond_embedding": inversion.cond_embedding.detach().cpu(),
+        "trajectory_index": index,
+        "trajectory_kept": trajectory[index],
+        "null_base": nulls[:1],
+    }
+    delta = nulls - nulls[:1]
+    if delta.any():
+        tensors["null_delta"] = delta.to(torch.float16)
+    return {name: tensor.contiguous() for name, tensor in tensors.items()}
+
+
+def unpack(tensors: dict[str, torch.Tensor], from_cache: bool) -> Inversion:
+    """The inversion a lean entry holds; trajectory latents it did not keep are NaN, so reading one is caught as a
+    non-finite result rather than silently used."""
+    n_steps, kept = len(tensors["timesteps"]), tensors["trajectory_kept"]
+    trajectory = torch.full((n_steps + 1, *kept.shape[1:]), float("nan"), dtype=kept.dtype)
+    trajectory[tensors["trajectory_index"]] = kept
+    base = tensors["null_base"]
+    delta = tensors.get("null_delta")
+    nulls = base.expand(n_steps, -1, -1).clone() if delta is None else base + delta.to(base.dtype)
+    return Inversion(tensors["timesteps"], trajectory, nulls, tensors["cond_embedding"], from_cache=from_cache)
+
+
+def entry_bytes(n_steps: int, latent_shape: tuple[int, ...], text_shape: tuple[int, int], distinct_nulls: bool,
+                full_trajectory: bool) -> int:  # fmt: skip
+    """Tensor bytes of one lean entry (float32 latents and embeddings), from shapes alone: e.g. SD-1.5 at 512² has
+    ``latent_shape=(4, 64, 64)`` and ``text_shape=(77, 768)``."""
+    latent, text = math.prod(latent_shape) * 4, math.prod(text_shape) * 4
+    kept = n_steps + 1 if full_trajectory else len(_ENDS)
+    nulls = text + (n_steps * text // 2 if distinct_nulls else 0)
+    return n_steps * 8 + text + kept * (latent + 8) + nulls
 
 
 def cache_key(identity: str, image: torch.Tensor, prompt: str, config: InversionConfig) -> str:
@@ -63,8 +112,9 @@ class InversionCache:
     def path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.safetensors"
 
-    def load(self, key: str) -> Inversion | None:
-        """The cached inversion for ``key``, or None when absent or unusable (then the entry is removed)."""
+    def load(self, key: str, full_trajectory: bool = False) -> Inversion | None:
+        """The cached inversion for ``key``, or None when absent, unusable (then the entry is removed) or without the
+        whole trajectory that ``full_trajectory`` asks for (then it is recomputed and replaced)."""
         path = self.path(key)
         if not path.is_file():
             return None
@@ -73,12 +123,14 @@ class InversionCache:
                 metadata = handle.metadata() or {}
                 if metadata.get("key") != key:
                     raise ValueError("entry belongs to another key")
-                tensors = {name: handle.get_tensor(name) for name in _TENSORS}
+                tensors = {name: handle.get_tensor(name) for name in handle.keys()}
             if metadata.get("digest") != _digest(tensors):
                 raise ValueError("its content does not match its digest")
             n_steps = len(tensors["timesteps"])
-            if len(tensors["trajectory"]) != n_steps + 1 or len(tensors["null_embeddings"]) != n_steps:
+            if len(tensors.get("null_delta", tensors["null_base"].expand(n_steps, -1, -1))) != n_steps:
                 raise ValueError("tensor lengths disagree")
+            if full_trajectory and len(tensors["trajectory_index"]) != n_steps + 1:
+                return None
         except Exception as err:  # noqa: BLE001 - any unreadable entry is recomputed
             log.warning("inversion cache entry %s is unusable (%s); recomputing it", path.name, err)
             try:
@@ -86,15 +138,14 @@ class InversionCache:
             except OSError:
                 pass  # a read-only cache: the entry stays, and is checked (and skipped) again next time
             return None
-        return Inversion(**tensors, from_cache=True)
+        return unpack(tensors, from_cache=True)
 
-    def save(self, key: str, inversion: Inversion) -> None:
+    def save(self, key: str, tensors: dict[str, torch.Tensor]) -> None:
         """Write atomically: a temporary file in the same folder, then ``os.replace``. The cache is an optimisation:
         a folder that cannot be written (read-only, full, a file) disables it with one warning."""
         if not self.writable:
             return
         path = self.path(key)
-        tensors = {name: getattr(inversion, name).detach().cpu().contiguous() for name in _TENSORS}
         tmp = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -111,9 +162,9 @@ class InversionCache:
 
 
 def _digest(tensors: dict[str, torch.Tensor]) -> str:
-    """SHA-256 of the tensors' names, dtypes, shapes and bytes, in a fixed order."""
+    """SHA-256 of the tensors' names, dtypes, shapes and bytes, in name order."""
     digest = hashlib.sha256()
-    for name in _TENSORS:
+    for name in sorted(tensors):
         tensor = tensors[name].detach().cpu().contiguous()
         digest.update(f"{name}:{tensor.dtype}:{list(tensor.shape)};".encode())
         digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
@@ -121,20 +172,29 @@ def _digest(tensors: dict[str, torch.Tensor]) -> str:
 
 
 def invert_cached(
-    c: SDComponents, image: torch.Tensor, prompt: str, config: InversionConfig, cache: InversionCache | None
+    c: SDComponents,
+    image: torch.Tensor,
+    prompt: str,
+    config: InversionConfig,
+    cache: InversionCache | None,
+    full_trajectory: bool = False,
 ) -> Inversion:
-    """:func:`~magicremover.inversion.core.invert`, answered from ``cache`` when possible (zero UNet calls)."""
+    """:func:`~magicremover.inversion.core.invert`, answered from ``cache`` when possible (zero UNet calls).
+    ``full_trajectory``: the caller reads every trajectory latent (Direct Inversion), not only z₀, t = 1 and z_T."""
     if cache is None:
         return _finite(invert(c, image, prompt, config))
     key = cache_key(c.identity, image, prompt, config)
-    cached = cache.load(key)
+    cached = cache.load(key, full_trajectory)
     if cached is not None:
         cache.hits += 1
         return _to_device(cached, c.device)
     cache.misses += 1
-    inversion = _finite(invert(c, image, prompt, config))  # a non-finite inversion is never cached
-    cache.save(key, inversion)
-    return inversion
+    fresh = _finite(invert(c, image, prompt, config))  # a non-finite inversion is never cached
+    tensors = pack(fresh, full_trajectory)
+    cache.save(key, tensors)
+    inversion = unpack(tensors, from_cache=False)
+    inversion.calls = fresh.calls
+    return _to_device(inversion, c.device)
 
 
 def _finite(inversion: Inversion) -> Inversion:

@@ -66,6 +66,7 @@ class MagicRemover(InvertingRemover):
     ):
         super().__init__(components, inversion, resize, cache_dir)
         self.settings = Settings(**settings)
+        self.needs_full_trajectory = self.settings.trajectory_correction != "none"
         n_steps = inversion.num_inference_steps
         if edit_start(n_steps, self.settings.t_ratio) >= n_steps:  # found now, not after the inversion has run
             raise ConfigError(

@@ -111,7 +111,7 @@ def test_a_full_disk_is_one_line_and_leaves_no_partial_file(tmp_path):
 
 
 def test_a_full_disk_mid_run_stops_with_finished_samples_kept(config, monkeypatch):
-    cfg = config("data.size=3")
+    cfg = config("data.size=3", "grid_samples=0")  # 4 files per sample: output, reconstruction, attention, mask
     real, writes = ev.save_image, []
 
     def filling(image, path):
