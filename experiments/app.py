@@ -28,7 +28,8 @@ from magicremover.api import Pipeline  # noqa: E402
 from magicremover.errors import UserError  # noqa: E402
 from magicremover.outputs import save_image  # noqa: E402
 
-METHODS = ("magicremover", "magicremover_paper", "magicremover_coco", "p2p_reweight")
+METHODS = ("magicremover", "magicremover_fast", "magicremover_paper", "magicremover_coco", "p2p_reweight")
+OWN_INVERSION = {"magicremover_fast"}  # presets that choose their inversion themselves
 _WORD = re.compile(r"[A-Za-z][A-Za-z'-]*")
 
 
@@ -67,7 +68,9 @@ class Demo:
         if method.startswith("magicremover"):
             overrides += [f"method.lambda_={lambda_}", f"method.mask_threshold={threshold}"]
         cfg = compose_config("remove", overrides)
-        cfg.model, cfg.inversion = self.cfg.model, self.cfg.inversion  # re-rooted: ${num_inference_steps} is the page's
+        cfg.model = self.cfg.model
+        if method not in OWN_INVERSION:
+            cfg.inversion = self.cfg.inversion  # re-rooted: ${num_inference_steps} is the page's
         return Pipeline(cfg, build_remover(cfg, components=self.components))
 
     def run(self, photo, caption, word, method, steps, lambda_, threshold, editor):

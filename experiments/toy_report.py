@@ -145,6 +145,9 @@ def frontier(reports: list[Path], out: Path) -> str:
             marker = "o" if "w/o Co" not in name else "x"
             colour = {"null_text": "C0", "negative_prompt": "C1", "direct": "C2"}.get(family, "C3")
             ax.scatter(row["calls"], np.mean(row[key]), marker=marker, color=colour)
+            short = name.replace("negative_prompt", "NP").replace("null_text", "NT").replace(" steps", "")
+            ax.annotate(short.replace("direct ", "DI ").replace(" (default)", ""), (row["calls"], np.mean(row[key])),
+                        fontsize=6, xytext=(3, 3), textcoords="offset points")  # fmt: skip
         ax.set_xscale("log")
         ax.set_xlabel("UNet calls per image (log)")
         ax.set_title(label, fontsize=9)
