@@ -116,6 +116,8 @@ def grid(*images: Image.Image) -> Image.Image:
 def run_batch(cfg: DictConfig, out_dir: Path, images: list[Path]) -> dict:
     """Run every job not finished in ``out_dir/results.jsonl``; a photo that fails is recorded and the run goes on;
     errors that would fail every photo (configuration, weights, a full disk) stop it, with finished photos kept."""
+    if cfg.mask:
+        raise ConfigError(f"mask={cfg.mask} is for one photo; leave it out in folder mode (image={cfg.image})")
     jobs = plan_jobs(cfg, images)
     out_dir.mkdir(parents=True, exist_ok=True)
     with ManifestWriter(out_dir / RECORDS) as writer:
@@ -143,7 +145,7 @@ def run_batch(cfg: DictConfig, out_dir: Path, images: list[Path]) -> dict:
 
 def _run_one(cfg: DictConfig, pipe: Pipeline, job: Job, out_dir: Path, writer: ManifestWriter) -> bool:
     try:
-        removal = pipe(job.path, job.target, job.prompt, mask=None, name=job.name)
+        removal = pipe(job.path, job.target, job.prompt, name=job.name)
     except (ModelLoadError, StorageError):
         raise
     except (ImageError, ConfigError, RuntimeError) as err:  # one bad photo costs one photo

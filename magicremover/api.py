@@ -11,6 +11,7 @@ Every Hydra key of ``conf/remove.yaml`` can be overridden (``overrides=["method.
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 from dataclasses import asdict, dataclass, field
@@ -190,7 +191,7 @@ class Pipeline:
         if self._mask_remover is None:
             from experiments._cli import build_remover
 
-            cfg = self.cfg.copy()
+            cfg = copy.deepcopy(self.cfg)
             cfg.method.use_mask = True
             self._mask_remover = build_remover(cfg, components=getattr(self.remover, "components", None))
         return self._mask_remover

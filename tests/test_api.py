@@ -65,3 +65,13 @@ def test_numpy_input_and_the_papers_square(pipe, example_image):
 def test_a_target_missing_from_the_prompt_is_one_line(pipe, example_image):
     with pytest.raises(PromptError, match="target .dog. is not in the prompt"):
         pipe(example_image, "dog", "a photo of a red circle")
+
+
+def test_a_mask_runs_mask_mode_on_the_loaded_model_and_leaves_the_pipeline_text_only(pipe, example_image):
+    photo = example_image.resize((96, 64))
+    mask = np.zeros((64, 96), np.uint8)
+    mask[15:50, 30:70] = 255
+    removal = pipe(photo, "circle", mask=mask)
+    assert pipe._mask_remover.settings.use_mask and not pipe.remover.settings.use_mask
+    assert pipe._mask_remover.components is pipe.remover.components  # no second model load
+    assert removal.image.size == (96, 64) and removal.record["paste_back"]["applied"]

@@ -142,5 +142,7 @@ def test_folder_mode_refuses_clashing_names_and_unknown_targets_before_running(t
     table.write_text("image,prompt\nx.png,a photo of a red circle\n")
     with pytest.raises(ConfigError, match="targets.csv line 2: each row needs 'image' and 'target'"):
         remove(cfg, Path(cfg.out_dir))
+    with pytest.raises(ConfigError, match="is for one photo; leave it out in folder mode"):
+        remove(_config(tmp_path, f"image={photos}", f"mask={photos / 'x.png'}"), tmp_path / "run")
     with pytest.raises(ImageError, match="no image files"):
         remove(_config(tmp_path, f"image={tmp_path / 'empty*'}"), tmp_path / "run")
