@@ -118,6 +118,8 @@ def frontier(reports: list[Path], out: Path) -> str:
     rows = {}
     for path in reports:
         report = json.loads(Path(path).read_text())
+        if "removal_per_scene" not in report:  # a glass/shadow-only report
+            continue
         vae = report["removal_per_scene"]["vae_reconstruction"]
         for name, scenes in report["removal_per_scene"].items():
             if "unet_calls" not in scenes[0]:  # a report without costs (the model card's): only its default row
