@@ -125,7 +125,7 @@ class WandbTracker:
                 columns = list(grid_rows[0])
                 table = wandb.Table(columns=columns)
                 for row in grid_rows:
-                    table.add_data(*(row[c] if c == "sample_id" else _image(row[c]) for c in columns))
+                    table.add_data(*(row[c] if c == "sample_id" else _image(row.get(c)) for c in columns))
                 run.log({f"{name}_grid": table})
             _artifact(run, f"{name}-{Path(sweep_dir).name}", "report", list(files.values()))
             run.finish()

@@ -93,3 +93,25 @@ def test_fig6_writes_a_grid_with_the_papers_columns(tmp_path):
     assert len(rows) == 2 and list(rows[0]) == ["sample_id", "input", "attention", "w/o Re", "w/o Rp", "w/o Sg", "full"]
     assert rows[0]["sample_id"] < rows[1]["sample_id"]  # the same samples in every column, in name order
     assert {image.size for image in list(rows[0].values())[1:]} == {(64, 64)}
+
+
+def test_an_artefact_report_run_holds_the_grid_table_and_the_rendered_files(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from eval.tracking import WandbTracker
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    for var in ("WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.setenv(var, str(tmp_path / "wandb_home"))
+    sweep = tmp_path / "fig6" / "2026-11-30_10-00-00"
+    sweep.mkdir(parents=True)
+    (sweep / "fig6.md").write_text("| table |")
+    tile = Image.new("RGB", (8, 8), "red")
+    rows = [{"sample_id": "a", "input": tile, "attention": tile, "full": tile}, {"sample_id": "b", "input": tile,
+             "full": tile}]  # fmt: skip
+    WandbTracker(mode="offline").log_report(sweep, "fig6", {"md": sweep / "fig6.md"}, rows)
+    (file,) = sweep.glob("report/wandb/offline-run-*/run-*.wandb")
+    (run,) = of_type(file, "run")
+    assert (run.job_type, run.run_group, list(run.tags)) == ("report", "fig6/2026-11-30_10-00-00", ["fig6"])
+    kinds = {a.type: a for a in of_type(file, "artifact")}
+    assert [entry.path for entry in kinds["report"].manifest.contents] == ["fig6.md"] and "run_table" in kinds
