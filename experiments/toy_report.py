@@ -46,29 +46,18 @@ VARIANTS = {  # report row → (conf/method preset, overrides)
     "p2p_reweight": ("p2p_reweight", []),
 }
 # The cost frontier (issue 17): the default method per inversion × DDIM steps × classifier optimisation on/off.
+INVERSIONS = {  # row label → overrides; Direct Inversion: plain DDIM inversion + the trajectory's per-step corrections
+    "null_text": ["inversion=null_text"],
+    "negative_prompt": ["inversion=negative_prompt"],
+    "direct (reconstruction)": ["inversion=ddim", "method.trajectory_correction=reconstruction"],
+    "direct (both)": ["inversion=ddim", "method.trajectory_correction=both"],
+}
 FRONTIER = {
-    f"{inversion} {steps} steps{'' if co else ' w/o Co'}": (
+    f"{label} {steps} steps{'' if co else ' w/o Co'}": (
         "magicremover",
-        [
-            f"inversion={inversion}",
-            f"num_inference_steps={steps}",
-            *([] if co else ["experiment=ablation_no_classifier_opt"]),
-        ],
+        [*overrides, f"num_inference_steps={steps}", *([] if co else ["experiment=ablation_no_classifier_opt"])],
     )
-    for inversion in ("null_text", "negative_prompt")
-    for steps in (50, 35, 25, 20, 15)
-    for co in (True, False)
-} | {  # Direct Inversion: plain DDIM inversion, the trajectory's per-step corrections instead of an optimisation
-    f"direct ({branches}) {steps} steps{'' if co else ' w/o Co'}": (
-        "magicremover",
-        [
-            "inversion=ddim",
-            f"method.trajectory_correction={branches}",
-            f"num_inference_steps={steps}",
-            *([] if co else ["experiment=ablation_no_classifier_opt"]),
-        ],
-    )
-    for branches in ("reconstruction", "both")
+    for label, overrides in INVERSIONS.items()
     for steps in (50, 35, 25, 20, 15)
     for co in (True, False)
 }
