@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import sys
@@ -75,39 +74,3 @@ def run_entry_point(job: Callable[[DictConfig, Path], object], cfg: DictConfig):
             raise
         print(f"error: {user_error}", file=sys.stderr)
         sys.exit(2)
-
-
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
-
-
-def compose_config(config_name: str, overrides: list[str]) -> DictConfig:
-    """The composed Hydra config, outside ``@hydra.main`` (for scripts and tests that build removers by preset)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    if GlobalHydra.instance().is_initialized():  # inside an entry point (the web demo): Hydra already reads conf/
-        return compose(config_name, overrides=overrides)
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
-        return compose(config_name, overrides=overrides)
-
-
-def build_remover(cfg: DictConfig, components=None):
-    """Instantiate ``cfg.method``; diffusion-based removers (partials waiting for the model) get ``components``, or
-    ``cfg.model`` loaded now. Removers that need no diffusion model (LaMa) load none."""
-    from hydra.utils import instantiate
-
-    method = instantiate(cfg.method)
-    if not isinstance(method, functools.partial):
-        return method
-    return method(components=components if components is not None else instantiate(cfg.model))
-
-
-def method_settings(preset: str, *overrides: str) -> dict:
-    """The method keys of a preset (``conf/method/<preset>.yaml``), without the shared ones, as plain Python."""
-    from omegaconf import OmegaConf
-
-    cfg = compose_config("remove", [f"method={preset}", *overrides])
-    settings = OmegaConf.to_container(cfg.method, resolve=True)
-    for shared in ("_target_", "_partial_", "inversion", "resize", "cache_dir"):
-        settings.pop(shared, None)
-    return settings

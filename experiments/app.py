@@ -22,9 +22,10 @@ from hydra.utils import instantiate  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from experiments._cli import build_remover, run_entry_point  # noqa: E402
+from experiments._cli import run_entry_point  # noqa: E402
 from experiments.remove import EXAMPLE_PROMPT, example_image  # noqa: E402
 from magicremover.api import Pipeline  # noqa: E402
+from magicremover.config import CONFIG_DIR, build_remover, compose_config  # noqa: E402
 from magicremover.errors import UserError  # noqa: E402
 from magicremover.outputs import save_image  # noqa: E402
 
@@ -61,8 +62,6 @@ class Demo:
 
     def pipeline(self, method: str, steps: int, lambda_: float, threshold: float) -> Pipeline:
         """The chosen method on the loaded model, with the page's knobs."""
-        from experiments._cli import compose_config
-
         overrides = [f"method={method}", f"num_inference_steps={int(steps)}", f"device={self.cfg.device}"]
         overrides += [f"cache_dir={self.cfg.cache_dir}" if self.cfg.cache_dir else "cache_dir=null"]
         if method.startswith("magicremover"):
@@ -149,7 +148,7 @@ def serve(cfg: DictConfig, out_dir: Path) -> None:
     )
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="app")
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="app")
 def main(cfg: DictConfig) -> None:
     run_entry_point(serve, cfg)
 

@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from experiments._cli import THREAD_VARIABLES, apply_thread_default, build_remover, compose_config, cpu_threads
+from experiments._cli import THREAD_VARIABLES, apply_thread_default, cpu_threads
+from magicremover.config import build_remover, compose_config
 from magicremover.costs import authors_cost
 from magicremover.inversion import InversionConfig, invert, reconstruct
 from magicremover.inversion.cache import entry_bytes

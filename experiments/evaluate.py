@@ -32,7 +32,8 @@ from eval.metrics import ground_truth_metrics
 from eval.redact import loggable_config
 from eval.run_guard import check_numbers, check_resume, prepare_out_dir
 from eval.scores import SetScores
-from experiments._cli import build_remover, log, run_entry_point
+from experiments._cli import log, run_entry_point
+from magicremover.config import CONFIG_DIR, build_remover
 from magicremover.errors import ConfigError, ModelLoadError, StorageError
 from magicremover.images import fit_mask, fit_to_model, load_image, to_pil
 from magicremover.outputs import atomic_write, save_image
@@ -255,7 +256,7 @@ def objective(cfg: DictConfig, metrics: dict | None) -> float | None:
     return float(metrics[name])
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="evaluate")
 def main(cfg: DictConfig) -> float | None:
     return objective(cfg, run_entry_point(evaluate, cfg))
 

@@ -25,6 +25,7 @@ from eval.redact import loggable_config
 from experiments._batch import find_images, run_batch
 from experiments._cli import log, run_entry_point
 from magicremover.api import Pipeline
+from magicremover.config import CONFIG_DIR
 from magicremover.outputs import atomic_write, save_image
 
 EXAMPLE_PROMPT = "a photo of a red circle on horizontal stripes"
@@ -59,7 +60,7 @@ def remove(cfg: DictConfig, out_dir: Path) -> dict:
     return payload
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="remove")
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="remove")
 def main(cfg: DictConfig) -> None:
     run_entry_point(remove, cfg)
 

@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 
 from eval.report import render
 from experiments._cli import run_entry_point
+from magicremover.config import CONFIG_DIR
 from magicremover.errors import ConfigError
 
 
@@ -25,7 +26,7 @@ def report(cfg: DictConfig, _: Path) -> dict[str, Path]:
     return render(Path(cfg.sweep_dir), cfg.report)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="report")
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="report")
 def main(cfg: DictConfig) -> None:
     run_entry_point(report, cfg)
 

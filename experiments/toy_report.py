@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from experiments._cli import apply_thread_default, build_remover, compose_config
+from experiments._cli import apply_thread_default
+from magicremover.config import build_remover, compose_config
 from magicremover.models import load_pretrained
 from magicremover.toy import toy_model_dir
 from magicremover.toy.quality import (

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from experiments._cli import run_entry_point
 from magicremover.attention import CrossAttentionStore, controlled_attention
+from magicremover.config import CONFIG_DIR
 from magicremover.errors import ConfigError
 from magicremover.images import to_pil
 from magicremover.models import SDComponents, build_ddim_scheduler
@@ -250,7 +251,7 @@ def sample(
     return torch.cat(out)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train_toy")
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train_toy")
 def main(cfg: DictConfig) -> None:
     run_entry_point(lambda cfg, _out_dir: run(cfg), cfg)
 

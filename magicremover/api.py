@@ -23,6 +23,7 @@ from omegaconf import DictConfig
 from PIL import Image
 
 from magicremover import fullsize
+from magicremover.config import build_remover, compose_config
 from magicremover.errors import ConfigError, ImageError, NonFiniteError
 from magicremover.images import fit_to_model, load_image, to_pil, to_tensor
 from magicremover.outputs import heatmap, jsonable
@@ -92,8 +93,6 @@ class Pipeline:
     """
 
     def __init__(self, cfg: DictConfig, remover=None):
-        from experiments._cli import build_remover
-
         self.cfg = cfg
         self.paste = fullsize.PasteSettings(**cfg.paste)
         self.remover = remover if remover is not None else build_remover(cfg)
@@ -112,8 +111,6 @@ class Pipeline:
             overrides: Hydra overrides of ``conf/remove.yaml``, e.g. ``["method.lambda_=0.7", "num_inference_steps=25"]``.
             device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         """
-        from experiments._cli import compose_config
-
         folder = Path(model).expanduser()
         preset = model if model in _PRESETS else "local" if folder.is_dir() else "sd15"
         cfg = compose_config("remove", [f"model={preset}", f"method={method}", f"device={device}", *overrides])
@@ -189,8 +186,6 @@ class Pipeline:
         if not mask or "use_mask" not in self.cfg.method or self.cfg.method.use_mask:
             return self.remover
         if self._mask_remover is None:
-            from experiments._cli import build_remover
-
             cfg = copy.deepcopy(self.cfg)
             cfg.method.use_mask = True
             self._mask_remover = build_remover(cfg, components=getattr(self.remover, "components", None))

@@ -6,8 +6,8 @@ import torch.nn.functional as F
 from PIL import Image
 from scipy import ndimage
 
-from experiments._cli import build_remover, compose_config
 from magicremover import Pipeline, remove
+from magicremover.config import build_remover, compose_config
 from magicremover.errors import PromptError
 
 FAST = ["inversion=negative_prompt", "num_inference_steps=20", "cache_dir=null", "device=cpu"]

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from experiments._cli import method_settings
+from magicremover.config import method_settings
 from magicremover.errors import ConfigError, ImageError, PromptError
 from magicremover.inversion import InversionConfig
 from magicremover.method import MagicRemover
@@ -154,7 +154,7 @@ def test_direct_inversion_keeps_the_reconstruction_on_the_trajectory_without_rep
 
 
 def test_the_fast_preset_costs_what_the_hand_derivation_says(tiny, example_image):
-    from experiments._cli import build_remover, compose_config
+    from magicremover.config import build_remover, compose_config
 
     cfg = compose_config("remove", ["method=magicremover_fast", "cache_dir=null", "device=cpu"])
     result = build_remover(cfg, tiny)(RemovalSample(example_image, PROMPT, "circle"))

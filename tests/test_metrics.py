@@ -101,7 +101,7 @@ def test_pytorch_fid_backend_reads_a_local_file_and_is_the_package_network(tmp_p
 
 
 def test_table1_measures_fid_with_the_authors_backend():
-    from experiments._cli import compose_config
+    from magicremover.config import compose_config
 
     assert (
         compose_config("evaluate", ["+artefact=table1", "metrics=standard"]).metrics.features.backend == "pytorch_fid"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from eval.report import collect, render, row_labels, table
-from experiments._cli import compose_config
+from magicremover.config import compose_config
 from magicremover.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]

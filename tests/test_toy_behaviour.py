@@ -14,7 +14,7 @@ of 742): +15.8 dB inside, 30.8 dB outside.
 import numpy as np
 import pytest
 
-from experiments._cli import build_remover, compose_config
+from magicremover.config import build_remover, compose_config
 from magicremover.toy.quality import held_out_cases, removal_metrics, to_uint8
 
 

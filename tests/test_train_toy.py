@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from experiments._cli import compose_config
 from experiments.train_toy import run
+from magicremover.config import compose_config
 from magicremover.errors import ConfigError
 from magicremover.models import load_pretrained
 

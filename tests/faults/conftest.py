@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from experiments._cli import compose_config
+from magicremover.config import compose_config
 
 FAST = ["device=cpu", "num_inference_steps=4", "inversion=negative_prompt"]
 

@@ -10,7 +10,7 @@ from eval.folder import FolderDataset
 from eval.manifest import check_sample_id, check_unique
 from eval.redact import loggable_config
 from experiments import evaluate as ev
-from experiments._cli import compose_config
+from magicremover.config import compose_config
 from magicremover.errors import ConfigError, ModelLoadError
 from magicremover.secrets import redact, redact_url
 
