@@ -13,10 +13,8 @@ similarity. ``logger=wandb`` logs the run to Weights & Biases.
 
 from __future__ import annotations
 
-import errno
 import functools
 import json
-import logging
 from pathlib import Path
 
 import hydra
@@ -27,93 +25,75 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from tqdm.auto import tqdm
 
-from eval.manifest import ManifestWriter, check_sample_id, check_unique, read_manifests
+from eval import runner
+from eval.manifest import check_sample_id, check_unique, read_manifests
 from eval.metrics import ground_truth_metrics
 from eval.redact import loggable_config
 from eval.run_guard import check_numbers, check_resume, prepare_out_dir
 from eval.scores import SetScores
 from experiments._cli import log, run_entry_point
 from magicremover.config import CONFIG_DIR, build_remover
-from magicremover.errors import ConfigError, ModelLoadError, StorageError
+from magicremover.errors import ConfigError
 from magicremover.images import fit_mask, fit_to_model, load_image, to_pil
 from magicremover.outputs import atomic_write, save_image
-from magicremover.progress import Progress
-
-logger = logging.getLogger(__name__)
+from magicremover.types import RemovalResult
 
 
-_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
+class EvaluationSteps:
+    """One dataset sample through the runner's stages (:mod:`eval.runner`): ``dataset[index]``, the remover, its
+    images under ``out_dir`` (and, for the first ``grid_samples``, its fitted input) and its record."""
 
+    def __init__(self, cfg: DictConfig, out_dir: Path, dataset, remover=None):
+        self.cfg, self.out_dir, self.dataset, self.remover = cfg, out_dir, dataset, remover
 
-def run_samples(cfg: DictConfig, out_dir: Path, dataset, remover, tracker) -> None:
-    """Remove the object of every sample not yet in a manifest. Any failure inside one sample is recorded (type,
-    message, stage) and the run goes on; errors that would fail every sample (configuration, weights, a full disk)
-    stop it, with every finished sample kept. Each finished sample is also logged to the tracker (its step = its
-    index), so a crashed run still shows how far it got."""
-    shards = (cfg.data.num_shards, cfg.data.shard_index)
-    manifest = out_dir / (
-        "manifest.jsonl" if shards[0] == 1 else f"manifest-shard{shards[1]:03d}-of-{shards[0]:03d}.jsonl"
-    )
-    with ManifestWriter(manifest) as writer:
-        done = read_manifests(out_dir)
-        todo = [
-            i
-            for i, sample_id in enumerate(dataset.ids)
-            if sample_id not in done or (cfg.retry_errors and done[sample_id]["status"] != "ok")
-        ]
-        progress = Progress(len(dataset.ids), "samples", log, cfg.progress_every, len(dataset.ids) - len(todo))
-        with progress:
-            for index in todo:
-                record = _run_sample(cfg, out_dir, dataset, index, remover, writer)
-                progress.update(record["status"] == "ok", note=record["sample_id"])
-                tracker.log_sample(index, record)
+    def load(self, index: int):
+        return self.dataset[index]
 
-
-def _run_sample(cfg: DictConfig, out_dir: Path, dataset, index: int, remover, writer: ManifestWriter) -> dict:
-    """One sample: run, save its images (and, for the first ``grid_samples``, its fitted input), append its record."""
-    item = dataset[index]
-    sample_id = dataset.ids[index]
-    try:
-        result = remover(item.sample)
+    def run(self, item) -> RemovalResult:
+        result = self.remover(item.sample)
         result.check_finite()
-    except (ConfigError, ModelLoadError, StorageError):
-        raise
-    except Exception as err:  # noqa: BLE001 - one bad sample costs one sample
-        if isinstance(err, OSError) and err.errno in _FULL:
-            raise StorageError(f"{err.strerror} while running {sample_id}; free space and rerun to resume") from err
-        record = {"sample_id": sample_id, "status": "error", "error_type": type(err).__name__}
-        record |= {"error": (str(err).splitlines() or [""])[0], "stage": getattr(err, "stage", None)}
-        writer.append(record)
-        logger.warning("%s failed: %s: %s", sample_id, type(err).__name__, record["error"])
-        return record
-    try:
+        return result
+
+    def save(self, index: int, item, result: RemovalResult) -> dict:
+        sample_id = self.dataset.ids[index]
         files = {}
         images = result.images()
-        if index < cfg.grid_samples:
-            framing = result.extras.get("resize", cfg.resize)
+        if index < self.cfg.grid_samples:
+            framing = result.extras.get("resize", self.cfg.resize)
             images["input"] = fit_to_model(load_image(item.sample.image), tuple(result.image.shape[-2:]), framing)
         for kind, image in images.items():
-            save_image(image, out_dir / f"{kind}s" / f"{sample_id}.png")
+            save_image(image, self.out_dir / f"{kind}s" / f"{sample_id}.png")
             files[kind] = f"{kind}s/{sample_id}.png"
         record = {
-            "sample_id": sample_id, "status": "ok", **files,
+            **files,
             "unet_calls": {k: v.calls for k, v in result.calls.items()},
             "unet_backward": {k: v.backward for k, v in result.calls.items()},
             "seconds": result.seconds.get("total", sum(result.seconds.values())),
             "extras": result.extras,
-        }  # fmt: skip
-        if dataset.has_ground_truth:
+        }
+        if self.dataset.has_ground_truth:
             output = np.asarray(to_pil(result.image))
-            record["metrics"] = sample_metrics(item, output, record["extras"].get("resize", cfg.resize))
-        writer.append(record)
+            record["metrics"] = sample_metrics(item, output, record["extras"].get("resize", self.cfg.resize))
         return record
-    except StorageError:
-        raise  # already one line naming the file
-    except OSError as err:
-        raise StorageError(
-            f"cannot write the results of {sample_id} in {out_dir} ({err.strerror}); free space or fix the "
-            "folder and rerun: finished samples are kept"
-        ) from err
+
+
+def run_samples(cfg: DictConfig, out_dir: Path, dataset, build, tracker) -> None:
+    """Remove the object of every sample not yet finished in a manifest of ``out_dir`` (policy: :mod:`eval.runner`);
+    ``build()`` makes the remover, only when there is work. Each finished sample is also logged to the tracker (its
+    step = its index), so a crashed run still shows how far it got."""
+    shards = (cfg.data.num_shards, cfg.data.shard_index)
+    manifest = out_dir / (
+        "manifest.jsonl" if shards[0] == 1 else f"manifest-shard{shards[1]:03d}-of-{shards[0]:03d}.jsonl"
+    )
+    steps = EvaluationSteps(cfg, out_dir, dataset)
+
+    def load_remover(_todo) -> None:
+        steps.remover = build()
+
+    runner.run_samples(
+        dataset.ids, steps, out_dir, manifest, retry_errors=cfg.retry_errors, progress_every=cfg.progress_every,
+        tracker=tracker, before_first=load_remover,
+    )  # fmt: skip
 
 
 def sample_metrics(item, output: np.ndarray, framing: str) -> dict[str, float]:
@@ -215,9 +195,8 @@ def evaluate(cfg: DictConfig, out_dir: Path) -> dict | None:
         if cfg.resume not in ("check", "force"):
             raise ConfigError(f"resume={cfg.resume} is not check or force")
         check_resume(out_dir, cfg, force=cfg.resume == "force")
-        remover = build_remover(cfg)
         atomic_write(out_dir / "config.yaml", OmegaConf.to_yaml(logged).encode())
-        run_samples(cfg, out_dir, dataset, remover, tracker)
+        run_samples(cfg, out_dir, dataset, functools.partial(build_remover, cfg), tracker)
     everything = data(num_shards=1, shard_index=0)
     if len(read_manifests(out_dir)) < len(everything.ids) and not cfg.metrics_only:
         log.info("shard finished; metrics wait for the other shards (or run with metrics_only=true)")

@@ -22,8 +22,9 @@ import hydra
 from omegaconf import DictConfig
 
 from eval.redact import loggable_config
-from experiments._batch import find_images, run_batch
+from eval.run_guard import prepare_out_dir
 from experiments._cli import log, run_entry_point
+from experiments.folder_mode import find_images, run_folder
 from magicremover.api import Pipeline
 from magicremover.config import CONFIG_DIR
 from magicremover.outputs import atomic_write, save_image
@@ -40,11 +41,12 @@ def remove(cfg: DictConfig, out_dir: Path) -> dict:
     """Run the configured method on the configured photo(s); returns the ``result.json`` contents (one photo) or a
     summary of the folder run."""
     if cfg.image is not None and not Path(cfg.image).expanduser().is_file():
-        return run_batch(cfg, out_dir, find_images(str(cfg.image)))
+        return run_folder(cfg, out_dir, find_images(str(cfg.image)))
     if cfg.targets:
         log.warning("targets=%s is read in folder mode only; one photo uses target= and prompt=", cfg.targets)
     image_path = Path(cfg.image).expanduser() if cfg.image else example_image()
     prompt = cfg.prompt if cfg.prompt or cfg.image else EXAMPLE_PROMPT
+    prepare_out_dir(out_dir)  # a file or an unwritable folder fails here, before any weights load
     pipe = Pipeline(cfg)
     removal = pipe(image_path, cfg.target, prompt, mask=cfg.mask, name=image_path.stem)
     files = {}

@@ -146,3 +146,35 @@ def test_folder_mode_refuses_clashing_names_and_unknown_targets_before_running(t
         remove(_config(tmp_path, f"image={photos}", f"mask={photos / 'x.png'}"), tmp_path / "run")
     with pytest.raises(ImageError, match="no image files"):
         remove(_config(tmp_path, f"image={tmp_path / 'empty*'}"), tmp_path / "run")
+
+
+@pytest.mark.parametrize("folder_mode", [False, True])
+def test_an_unusable_out_dir_fails_before_any_weights_load(tmp_path, example_image, folder_mode):
+    """Weights that cannot load would fail second: the out_dir check must come first (it once came after the compute)."""
+    taken = tmp_path / "taken"
+    taken.write_text("a file where the run folder should go")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    example_image.save(photos / "x.png")
+    image = photos if folder_mode else photos / "x.png"
+    cfg = _config(tmp_path, f"image={image}", "model=local", f"model.path={tmp_path / 'no-weights'}")
+    cfg.out_dir = str(taken)
+    with pytest.raises(ConfigError, match=f"out_dir={taken} is a file; give a folder"):
+        remove(cfg, taken)
+    assert taken.read_text() == "a file where the run folder should go"
+
+
+def test_a_photo_that_cannot_be_read_costs_that_photo_and_is_retried(tmp_path, example_image):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    example_image.save(photos / "good.png")
+    (photos / "broken.png").write_bytes(b"not a png")
+    cfg = _config(tmp_path, f"image={photos}", "num_inference_steps=2", "inversion=negative_prompt")
+    run = Path(cfg.out_dir)
+    assert remove(cfg, run) == {"photos": 2, "done": 2, "failed": 1}
+    records = {r["sample_id"]: r for r in map(json.loads, (run / "results.jsonl").read_text().splitlines())}
+    assert (records["broken"]["status"], records["broken"]["stage"]) == ("error", "load")
+    assert records["broken"]["error_type"] == "ImageError" and records["good"]["output"] == "good.png"
+    example_image.save(photos / "broken.png")  # fixed: the rerun tries it again, and only it
+    assert remove(cfg, run) == {"photos": 2, "done": 2, "failed": 0}
+    assert Image.open(run / "broken.png").size == example_image.size

@@ -1,12 +1,14 @@
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from eval.coco import CocoDataset
 from experiments import evaluate as ev
+from magicremover.config import compose_config
 from magicremover.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,3 +66,39 @@ def test_fixture_runs_end_to_end_through_evaluate(coco_root, tmp_path):
         assert np.isfinite(metrics[key]), key
     assert 0 <= metrics["u_ids"] <= 0.5 and 0 <= metrics["p_ids"] <= 1
     assert all(Image.open(p).size == (64, 64) for p in (Path(cfg.out_dir) / "outputs").glob("*.png"))
+
+
+def test_an_empty_segmentation_costs_its_sample_not_the_run(tmp_path):
+    """A real COCO file whose second image's annotation has ``"segmentation": []`` (pycocotools' frPyObjects raises
+    IndexError on it): the failure is recorded at stage ``load``, the good image is removed, metrics are written."""
+    root = tmp_path / "coco"
+    (root / "val2017").mkdir(parents=True)
+    (root / "annotations").mkdir()
+    for name in ("000000000001.jpg", "000000000002.jpg"):
+        photo = Image.new("RGB", (64, 64), (90, 120, 150))
+        ImageDraw.Draw(photo).ellipse([20, 20, 44, 44], fill=(200, 40, 40))
+        photo.save(root / "val2017" / name)
+    data = {
+        "images": [{"id": 1, "file_name": "000000000001.jpg", "width": 64, "height": 64},
+                   {"id": 2, "file_name": "000000000002.jpg", "width": 64, "height": 64}],
+        "categories": [{"id": 18, "name": "dog"}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 18, "iscrowd": 0, "area": 576.0, "bbox": [20, 20, 24, 24],
+             "segmentation": [[20, 20, 44, 20, 44, 44, 20, 44]]},
+            {"id": 2, "image_id": 2, "category_id": 18, "iscrowd": 0, "area": 576.0, "bbox": [20, 20, 24, 24],
+             "segmentation": []},
+        ],
+    }  # fmt: skip
+    (root / "annotations" / "instances_val2017.json").write_text(json.dumps(data))
+    out = tmp_path / "run"
+    cfg = compose_config("evaluate", ["data=coco", f"data.root={root}", f"out_dir={out}", "cache_dir=null",
+                                      "device=cpu", "num_inference_steps=2", "inversion=negative_prompt",
+                                      "metrics=ground_truth"])  # fmt: skip
+    for _ in range(2):  # and a rerun, which once died the same way
+        metrics = ev.evaluate(cfg, out)
+        assert (metrics["samples"], metrics["ok"], metrics["errors"]) == (2, 1, 1)
+    records = ev.read_manifests(out)
+    failed = records["coco000000000002_18"]
+    assert (failed["status"], failed["stage"], failed["error_type"]) == ("error", "load", "IndexError")
+    assert records["coco000000000001_18"]["status"] == "ok" and (out / "outputs" / "coco000000000001_18.png").is_file()
+    assert json.loads((out / "metrics.json").read_text()) == metrics

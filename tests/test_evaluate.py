@@ -33,9 +33,11 @@ def test_end_to_end_on_the_toy_dataset(tmp_path):
 def test_interrupted_run_resumes_without_redoing_or_losing_samples(tmp_path, monkeypatch):
     cfg = _config(tmp_path)
     calls = []
-    real = ev.run_samples
+    real = ev.build_remover
 
-    def flaky(cfg, out_dir, dataset, remover, tracker):
+    def flaky(cfg):
+        remover = real(cfg)
+
         def counted(sample):
             calls.append(sample.sample_id)
             if len(calls) == 3:
@@ -43,9 +45,9 @@ def test_interrupted_run_resumes_without_redoing_or_losing_samples(tmp_path, mon
             return remover(sample)
 
         counted.requires = remover.requires
-        return real(cfg, out_dir, dataset, counted, tracker)
+        return counted
 
-    monkeypatch.setattr(ev, "run_samples", flaky)
+    monkeypatch.setattr(ev, "build_remover", flaky)
     with pytest.raises(KeyboardInterrupt):
         ev.evaluate(cfg, Path(cfg.out_dir))
     assert len(ev.read_manifests(Path(cfg.out_dir))) == 2
@@ -57,18 +59,21 @@ def test_interrupted_run_resumes_without_redoing_or_losing_samples(tmp_path, mon
 
 def test_failures_are_recorded_and_the_run_goes_on(tmp_path, monkeypatch):
     cfg = _config(tmp_path)
-    real = ev.run_samples
+    real = ev.build_remover
+    second = ev.instantiate(cfg.data).ids[1]
 
-    def failing_one(cfg, out_dir, dataset, remover, tracker):
+    def failing_one(cfg):
+        remover = real(cfg)
+
         def maybe(sample):
-            if sample.sample_id == dataset.ids[1]:
+            if sample.sample_id == second:
                 raise PromptError("target missing")
             return remover(sample)
 
         maybe.requires = remover.requires
-        return real(cfg, out_dir, dataset, maybe, tracker)
+        return maybe
 
-    monkeypatch.setattr(ev, "run_samples", failing_one)
+    monkeypatch.setattr(ev, "build_remover", failing_one)
     metrics = ev.evaluate(cfg, Path(cfg.out_dir))
     assert (metrics["ok"], metrics["errors"]) == (3, 1)
     errors = [r for r in ev.read_manifests(Path(cfg.out_dir)).values() if r["status"] == "error"]

@@ -46,17 +46,21 @@ def test_data_size_must_be_positive(size):
 
 
 def _wrap(monkeypatch, change):
-    """Make run_samples call ``change(sample, remover, first)`` instead of the remover (``first``: the run's first
+    """Make the evaluation call ``change(sample, remover, first)`` instead of the remover (``first``: the run's first
     sample)."""
-    real = ev.run_samples
+    real = ev.build_remover
+    seen = []
 
-    def wrapped(cfg, out_dir, dataset, remover, tracker):
+    def wrapped(cfg):
+        remover = real(cfg)
+
         def call(sample):
-            return change(sample, remover, sample.sample_id == dataset.ids[0])
+            seen.append(sample.sample_id)
+            return change(sample, remover, sample.sample_id == seen[0])
 
-        return real(cfg, out_dir, dataset, call, tracker)
+        return call
 
-    monkeypatch.setattr(ev, "run_samples", wrapped)
+    monkeypatch.setattr(ev, "build_remover", wrapped)
 
 
 def test_a_non_finite_output_is_a_failed_sample_never_ok(config, monkeypatch):

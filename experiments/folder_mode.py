@@ -1,4 +1,5 @@
-"""Folder mode of ``experiments.remove``: every photo of a folder, glob or list file, resumable, one record each."""
+"""Folder mode of ``experiments.remove``: every photo of a folder, glob or list file, resumable, one record each
+(through the same sample runner as ``experiments.evaluate``)."""
 
 from __future__ import annotations
 
@@ -11,13 +12,13 @@ from pathlib import Path
 from omegaconf import DictConfig
 from PIL import Image
 
-from eval.manifest import ManifestWriter, read_manifests
 from eval.redact import loggable_config
+from eval.run_guard import prepare_out_dir
+from eval.runner import run_samples
 from experiments._cli import log
-from magicremover.api import PROMPT_TEMPLATE, Pipeline
-from magicremover.errors import ConfigError, ImageError, ModelLoadError, StorageError, UserError
+from magicremover.api import PROMPT_TEMPLATE, Pipeline, Removal, as_image
+from magicremover.errors import ConfigError, ImageError, UserError
 from magicremover.outputs import atomic_write, save_image
-from magicremover.progress import Progress
 from magicremover.tokens import find_target
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
@@ -113,53 +114,56 @@ def grid(*images: Image.Image) -> Image.Image:
     return canvas
 
 
-def run_batch(cfg: DictConfig, out_dir: Path, images: list[Path]) -> dict:
-    """Run every job not finished in ``out_dir/results.jsonl``; a photo that fails is recorded and the run goes on;
-    errors that would fail every photo (configuration, weights, a full disk) stop it, with finished photos kept."""
+class FolderSteps:
+    """One photo through the runner's stages (:mod:`eval.runner`): read it, remove its target at full size, write
+    ``<name>.png`` (and ``<name>_grid.png``) and its record."""
+
+    def __init__(self, cfg: DictConfig, out_dir: Path, jobs: list[Job], pipe: Pipeline | None = None):
+        self.cfg, self.out_dir, self.jobs, self.pipe = cfg, out_dir, jobs, pipe
+
+    def load(self, index: int) -> tuple[Job, Image.Image]:
+        job = self.jobs[index]
+        return job, as_image(job.path)
+
+    def run(self, loaded: tuple[Job, Image.Image]) -> Removal:
+        job, photo = loaded
+        return self.pipe(photo, job.target, job.prompt, name=job.name)
+
+    def save(self, index: int, loaded, removal: Removal) -> dict:
+        job = self.jobs[index]
+        save_image(removal.image, self.out_dir / f"{job.name}.png")
+        record = {"output": f"{job.name}.png", "image": str(job.path), **removal.record}
+        if self.cfg.grid:
+            panels = [p for p in (removal.input, removal.mask, removal.image) if p is not None]
+            save_image(grid(*panels), self.out_dir / f"{job.name}_grid.png")
+            record["grid"] = f"{job.name}_grid.png"
+        return record
+
+
+def run_folder(cfg: DictConfig, out_dir: Path, images: list[Path]) -> dict:
+    """Run every photo not finished in ``out_dir/results.jsonl`` (error policy: :mod:`eval.runner`; a photo that
+    failed before is tried again); the model loads, and every caption is checked, only when there is work."""
     if cfg.mask:
         raise ConfigError(f"mask={cfg.mask} is for one photo; leave it out in folder mode (image={cfg.image})")
     jobs = plan_jobs(cfg, images)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with ManifestWriter(out_dir / RECORDS) as writer:
-        done = {k for k, r in read_manifests(out_dir, RECORDS).items() if r["status"] == "ok"}
-        todo = [job for job in jobs if not (job.name in done and (out_dir / f"{job.name}.png").is_file())]
-        log.info(
-            "%d of %d photos to do in %s (rerun with out_dir=%s to resume)", len(todo), len(jobs), out_dir, out_dir
-        )
-        if not todo:
-            return {"photos": len(jobs), "done": len(jobs), "failed": 0}
+    prepare_out_dir(out_dir)
+    steps = FolderSteps(cfg, out_dir, jobs)
+
+    def load_model(todo: list[int]) -> None:
         write_config(cfg, out_dir)
-        pipe = Pipeline(cfg)
-        tokenizer = getattr(getattr(pipe.remover, "components", None), "tokenizer", None)
-        for job in todo if tokenizer is not None else ():
+        steps.pipe = Pipeline(cfg)
+        tokenizer = getattr(getattr(steps.pipe.remover, "components", None), "tokenizer", None)
+        for job in [jobs[index] for index in todo] if tokenizer is not None else ():
             try:  # every caption checked before the first photo runs
                 find_target(tokenizer, job.prompt, job.target)
             except UserError as err:
                 raise type(err)(f"{job.path.name}: {err}") from None
-        with Progress(len(jobs), "photos", log, every=0, done=len(jobs) - len(todo)) as progress:
-            for job in todo:
-                ok = _run_one(cfg, pipe, job, out_dir, writer)
-                progress.update(ok, note=job.path.name)
-    return {"photos": len(jobs), "done": progress.done, "failed": progress.failed}
 
-
-def _run_one(cfg: DictConfig, pipe: Pipeline, job: Job, out_dir: Path, writer: ManifestWriter) -> bool:
-    try:
-        removal = pipe(job.path, job.target, job.prompt, name=job.name)
-    except (ModelLoadError, StorageError):
-        raise
-    except (ImageError, ConfigError, RuntimeError) as err:  # one bad photo costs one photo
-        writer.append({"sample_id": job.name, "status": "error", "image": str(job.path), "error": str(err)})
-        log.warning("%s failed: %s", job.path.name, err)
-        return False
-    save_image(removal.image, out_dir / f"{job.name}.png")
-    record = {"sample_id": job.name, "status": "ok", "image": str(job.path), **removal.record}
-    if cfg.grid:
-        panels = [p for p in (removal.input, removal.mask, removal.image) if p is not None]
-        save_image(grid(*panels), out_dir / f"{job.name}_grid.png")
-        record["grid"] = f"{job.name}_grid.png"
-    writer.append(record)
-    return True
+    summary = run_samples(
+        [job.name for job in jobs], steps, out_dir, out_dir / RECORDS, records=RECORDS, unit="photos",
+        retry_errors=True, progress_every=0, before_first=load_model,
+    )  # fmt: skip
+    return {"photos": summary.total, "done": summary.done, "failed": summary.failed}
 
 
 def write_config(cfg: DictConfig, out_dir: Path) -> None:
