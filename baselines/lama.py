@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 
 from magicremover.errors import ConfigError, ImageError, ModelLoadError
-from magicremover.images import Resize, fit_mask, fit_to_model, load_image
+from magicremover.images import Resize, dilate, fit_mask, fit_to_model, load_image
+from magicremover.inverting import InvertingRemover
 from magicremover.models import resolve_device
-from magicremover.reconstruction import InvertingRemover
 from magicremover.secrets import redact_url
 from magicremover.types import RemovalResult, RemovalSample
 
@@ -60,14 +60,6 @@ def file_md5(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def dilate(mask: torch.Tensor, kernel: int) -> torch.Tensor:
-    """Binary dilation by a ``kernel`` × ``kernel`` square (as ``cv2.dilate`` with a ones kernel); ``(1, 1, H, W)``."""
-    if kernel <= 1:
-        return mask
-    grown = F.max_pool2d(mask, kernel_size=kernel, stride=1, padding=kernel // 2)
-    return grown[..., : mask.shape[-2], : mask.shape[-1]]
 
 
 class LaMa:
@@ -161,9 +153,9 @@ class AttentionLaMa(InvertingRemover):
         self.lama, self.mask_threshold = lama, mask_threshold
 
     def __call__(self, sample: RemovalSample) -> RemovalResult:
-        from magicremover.accounting import UNetCalls
         from magicremover.method.remover import t1_attention
-        from magicremover.tokens import find_target
+        from magicremover.target_tokens import find_target
+        from magicremover.unet_calls import UNetCalls
 
         c = self.components
         before = c.calls.totals()

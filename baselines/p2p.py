@@ -26,7 +26,6 @@ from typing import Literal
 import torch
 
 from baselines.alignment import refinement_mapper
-from magicremover.accounting import UNetCalls
 from magicremover.attention import (
     AttentionController,
     AttnContext,
@@ -38,10 +37,11 @@ from magicremover.diffusion import alpha_bar, cfg_eps, ddim_step, decode_latents
 from magicremover.errors import ConfigError, PromptError
 from magicremover.images import Resize
 from magicremover.inversion import InversionConfig, set_timesteps
+from magicremover.inverting import InvertingRemover
 from magicremover.models import SDComponents
-from magicremover.reconstruction import InvertingRemover
-from magicremover.tokens import find_target
+from magicremover.target_tokens import find_target
 from magicremover.types import RemovalResult, RemovalSample
+from magicremover.unet_calls import UNetCalls
 
 
 class CrossAttentionEdit(AttentionController):

@@ -12,9 +12,8 @@ from typing import ClassVar
 import torch
 from diffusers import StableDiffusionInpaintPipeline
 
-from baselines.lama import dilate
 from magicremover.errors import ConfigError, ImageError, ModelLoadError
-from magicremover.images import Resize, fit_mask, fit_to_model, load_image, to_pil, to_tensor
+from magicremover.images import Resize, dilate, fit_mask, fit_to_model, load_image, to_pil, to_tensor
 from magicremover.models import model_folder, resolve_device, resolve_dtype
 from magicremover.types import RemovalResult, RemovalSample
 

@@ -67,8 +67,8 @@ def load_clip(model: str = "openai/clip-vit-base-patch16") -> ClipLoader:
 
 def tiny_clip(seed: int = 0) -> ClipLoader:
     """A seeded random CLIP with the real tokenizer (built offline), for tests: plumbing only."""
+    from magicremover.clip_tokenizer import build_clip_tokenizer
     from magicremover.models import text_config_for
-    from magicremover.tokenizer import build_clip_tokenizer
 
     def load() -> tuple[CLIPModel, CLIPProcessor]:
         tokenizer = build_clip_tokenizer()

@@ -17,10 +17,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from baselines.lama import dilate
 from eval.data import EvalItem, check_size, shard
 from magicremover.errors import ConfigError
-from magicremover.images import load_image
+from magicremover.images import dilate, load_image
 from magicremover.types import RemovalSample
 
 

@@ -7,15 +7,11 @@ import numpy as np
 import torch
 from torchmetrics.functional.image import structural_similarity_index_measure
 
+from magicremover.images import psnr
+
 
 def _tensor(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(image.astype(np.float64) / 255).permute(2, 0, 1)[None]
-
-
-def masked_psnr(a: np.ndarray, b: np.ndarray, region: np.ndarray) -> float:
-    """PSNR (dB) of uint8 ``(H, W, 3)`` images over the pixels where ``region`` is True."""
-    diff = (a.astype(np.float64) - b.astype(np.float64))[region] ** 2
-    return float(10 * np.log10(255.0**2 / max(diff.mean(), 1e-10))) if diff.size else float("nan")
 
 
 def masked_ssim(a: np.ndarray, b: np.ndarray, region: np.ndarray) -> float:
@@ -35,8 +31,8 @@ def ground_truth_metrics(
     """
     inside = region > 0.5
     return {
-        "psnr_in": masked_psnr(output, truth, inside),
+        "psnr_in": psnr(output, truth, inside),
         "ssim_in": masked_ssim(output, truth, inside),
-        "psnr_out": masked_psnr(output, source, ~inside),
+        "psnr_out": psnr(output, source, ~inside),
         "ssim_out": masked_ssim(output, source, ~inside),
     }

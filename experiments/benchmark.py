@@ -28,12 +28,13 @@ import numpy as np
 import torch
 
 from experiments._cli import THREAD_VARIABLES, apply_thread_default, cpu_threads
+from magicremover.authors_cost import authors_cost
 from magicremover.config import build_remover, compose_config
-from magicremover.costs import authors_cost
+from magicremover.images import psnr
 from magicremover.inversion import InversionConfig, invert, reconstruct
 from magicremover.inversion.cache import entry_bytes
 from magicremover.models import SDComponents, build_tiny, load_pretrained
-from magicremover.toy.quality import held_out_cases, psnr, to_uint8
+from magicremover.toy.quality import held_out_cases, to_uint8
 from magicremover.types import RemovalSample
 
 PRESETS = (

@@ -19,7 +19,7 @@ from experiments._cli import log
 from magicremover.api import PROMPT_TEMPLATE, Pipeline, Removal, as_image
 from magicremover.errors import ConfigError, ImageError, UserError
 from magicremover.outputs import atomic_write, save_image
-from magicremover.tokens import find_target
+from magicremover.target_tokens import find_target
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 RECORDS = "results.jsonl"

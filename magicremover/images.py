@@ -1,4 +1,5 @@
-"""Reading images and masks from any PIL-readable file, and fitting them to the model resolution."""
+"""Reading images and masks from any PIL-readable file, fitting them to the model resolution, growing masks, and
+comparing images (PSNR)."""
 
 from __future__ import annotations
 
@@ -145,3 +146,21 @@ def fit_mask(
     if fitted.max() <= 0:
         raise ImageError("the mask is empty (all black); white marks the object to remove")
     return fitted
+
+
+def dilate(mask: torch.Tensor, kernel: int) -> torch.Tensor:
+    """Binary dilation by a ``kernel`` × ``kernel`` square (as ``cv2.dilate`` with a ones kernel); ``(1, 1, H, W)``."""
+    if kernel <= 1:
+        return mask
+    grown = F.max_pool2d(mask, kernel_size=kernel, stride=1, padding=kernel // 2)
+    return grown[..., : mask.shape[-2], : mask.shape[-1]]
+
+
+def psnr(a: np.ndarray, b: np.ndarray, region: np.ndarray | None = None) -> float:
+    """PSNR (dB, peak 255) of images ``(H, W[, 3])`` in [0, 255] (uint8 or float), over the pixels where ``region``
+    (``(H, W)`` or the images' shape; bool or a weight > 0.5) holds; NaN for an empty region. Errors below 1e-10
+    count as 1e-10 (a cap of 148 dB for identical pixels)."""
+    diff = (a.astype(np.float64) - b.astype(np.float64)) ** 2
+    if region is not None:
+        diff = diff[np.asarray(region) > 0.5]
+    return float(10 * np.log10(255.0**2 / max(diff.mean(), 1e-10))) if diff.size else float("nan")

@@ -1,7 +1,7 @@
 """The model zoo: Stable Diffusion components from the hub, a local folder, or built tiny and random.
 
 Every model, whatever its source, comes back as :class:`SDComponents` with frozen weights, the DDIM scheduler
-built with SD's settings, and a :class:`~magicremover.accounting.UNetCalls` counter on its UNet.
+built with SD's settings, and a :class:`~magicremover.unet_calls.UNetCalls` counter on its UNet.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from magicremover.accounting import UNetCalls
+from magicremover.clip_tokenizer import build_clip_tokenizer
 from magicremover.errors import ConfigError, ModelLoadError
-from magicremover.tokenizer import build_clip_tokenizer
+from magicremover.unet_calls import UNetCalls
 
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer")
 _WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "model.safetensors")

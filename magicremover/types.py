@@ -8,8 +8,8 @@ from typing import ClassVar, Protocol
 import torch
 from PIL import Image
 
-from magicremover.accounting import StageCount
 from magicremover.errors import NonFiniteError
+from magicremover.unet_calls import StageCount
 
 
 @dataclass(frozen=True)

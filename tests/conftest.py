@@ -121,7 +121,7 @@ def inpaint_dir(tmp_path_factory):
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionInpaintPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from magicremover.tokenizer import build_clip_tokenizer
+    from magicremover.clip_tokenizer import build_clip_tokenizer
 
     tokenizer = build_clip_tokenizer()
     torch.manual_seed(0)

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from magicremover.costs import authors_cost
+from magicremover.authors_cost import authors_cost
 
 
 def test_authors_counts_reproduce_the_spec():

@@ -10,7 +10,7 @@ from hydra import compose, initialize_config_dir
 from PIL import Image
 
 from baselines.inst_inpaint import Architecture, InstInpaint, InstInpaintModel
-from baselines.inst_inpaint.convert import EMA_PREFIX, convert, ema_name, text_key, vq_key
+from baselines.inst_inpaint.keymap import EMA_PREFIX, convert, ema_name, text_key, vq_key
 from experiments.remove import remove
 from magicremover.errors import ConfigError, ModelLoadError
 from magicremover.types import RemovalSample

@@ -4,8 +4,9 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from baselines.lama import AttentionLaMa, LaMa, dilate, file_md5
+from baselines.lama import AttentionLaMa, LaMa, file_md5
 from magicremover.errors import ImageError, ModelLoadError
+from magicremover.images import dilate
 from magicremover.inversion import InversionConfig
 from magicremover.types import RemovalSample
 

@@ -16,10 +16,10 @@ from PIL import Image, ImageOps
 from baselines.alignment import refinement_mapper
 from baselines.p2p import CrossAttentionEdit, PromptToPrompt, SelfAttentionMapEdit
 from magicremover.attention import AttentionController, AttnContext, ComposedController, controlled_attention
+from magicremover.clip_tokenizer import build_clip_tokenizer
 from magicremover.images import fit_to_model, to_tensor
 from magicremover.inversion import InversionConfig
 from magicremover.method import guidance as G
-from magicremover.tokenizer import build_clip_tokenizer
 from magicremover.types import RemovalSample
 
 

@@ -1,4 +1,4 @@
-from magicremover.tokenizer import VOCAB_SIZE, build_clip_tokenizer, byte_alphabet
+from magicremover.clip_tokenizer import VOCAB_SIZE, build_clip_tokenizer, byte_alphabet
 
 
 def test_real_clip_vocabulary_and_reference_ids():

@@ -1,8 +1,8 @@
 import pytest
 
+from magicremover.clip_tokenizer import build_clip_tokenizer
 from magicremover.errors import PromptError
-from magicremover.tokenizer import build_clip_tokenizer
-from magicremover.tokens import find_target
+from magicremover.target_tokens import find_target
 
 
 @pytest.fixture(scope="module")

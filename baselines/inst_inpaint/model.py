@@ -20,7 +20,7 @@ from diffusers import DDIMScheduler, VQModel
 from diffusers.pipelines.latent_diffusion.pipeline_latent_diffusion import LDMBertConfig, LDMBertModel
 from torch import nn
 
-from baselines.inst_inpaint.convert import convert
+from baselines.inst_inpaint.keymap import convert
 from baselines.inst_inpaint.unet import UNetConfig, UNetModel
 from magicremover.errors import ConfigError, ModelLoadError
 from magicremover.images import Resize, fit_to_model, load_image, to_pil

@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from magicremover.accounting import StageCount, UNetCalls
 from magicremover.diffusion import alpha_bar, cfg_eps, ddim_step, encode_image, encode_text, step_size, unet_eps
 from magicremover.errors import ConfigError
 from magicremover.models import SDComponents
+from magicremover.unet_calls import StageCount, UNetCalls
 
 Method = Literal["null_text", "negative_prompt", "ddim"]
 

@@ -11,7 +11,6 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from magicremover.accounting import UNetCalls
 from magicremover.attention import (
     ComposedController,
     CrossAttentionStore,
@@ -23,13 +22,14 @@ from magicremover.diffusion import alpha_bar, cfg_eps, ddim_step, decode_latents
 from magicremover.errors import ConfigError
 from magicremover.images import Resize, fit_mask
 from magicremover.inversion import Inversion, InversionConfig, set_timesteps
+from magicremover.inverting import InvertingRemover
 from magicremover.method import guidance as G
 from magicremover.method.schedule import Plan, edit_start, plan
 from magicremover.method.settings import Settings
 from magicremover.models import SDComponents
-from magicremover.reconstruction import InvertingRemover
-from magicremover.tokens import TargetTokens, find_target
+from magicremover.target_tokens import TargetTokens, find_target
 from magicremover.types import RemovalResult, RemovalSample
+from magicremover.unet_calls import UNetCalls
 
 
 @dataclass

@@ -11,7 +11,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from magicremover.models import text_config_for
-from magicremover.tokens import find_target
+from magicremover.target_tokens import find_target
 from magicremover.toy.scenes import RADIUS, render_scene
 
 LATENT = 16  # f4 VAE: 64 px scenes ↔ 16×16×4 latents (f8 would leave a 12-px-radius object 3 latent pixels across)

@@ -13,9 +13,10 @@ from PIL import Image
 
 from magicremover.attention import CrossAttentionStore, controlled_attention, token_maps
 from magicremover.diffusion import decode_latents, encode_image, encode_text, unet_eps
+from magicremover.images import psnr
 from magicremover.inversion import InversionConfig, invert, reconstruct
 from magicremover.models import SDComponents
-from magicremover.tokens import find_target
+from magicremover.target_tokens import find_target
 from magicremover.toy.scenes import ToyObject, ToyScene, render_scene
 from magicremover.types import RemovalSample
 
@@ -49,14 +50,6 @@ def held_out_cases(n: int, first_seed: int = HELD_OUT_SEED, kind: str | None = N
     return cases
 
 
-def psnr(a: np.ndarray, b: np.ndarray, weight: np.ndarray | None = None) -> float:
-    """PSNR in dB between uint8/float images in [0, 255], optionally over the pixels where ``weight`` > 0.5."""
-    diff = (a.astype(np.float64) - b.astype(np.float64)) ** 2
-    if weight is not None:
-        diff = diff[weight > 0.5]
-    return float(10 * np.log10(255.0**2 / max(diff.mean(), 1e-10)))
-
-
 def to_uint8(image: torch.Tensor) -> np.ndarray:
     """``(1, 3, H, W)`` in [0, 1] → ``(H, W, 3)`` uint8."""
     return (image[0].permute(1, 2, 0).clamp(0, 1).numpy() * 255).round().astype(np.uint8)
@@ -87,9 +80,9 @@ def removal_metrics(case: ToyCase, output: np.ndarray) -> dict[str, float]:
     """
     inside = case.obj.shadow_mask > 0
     return {
-        "psnr_in_vs_gt": psnr(output, case.obj.removed, inside.astype(float)[..., None].repeat(3, -1)),
-        "psnr_in_input_vs_gt": psnr(case.scene.image, case.obj.removed, inside.astype(float)[..., None].repeat(3, -1)),
-        "psnr_out_vs_input": psnr(output, case.scene.image, (~inside).astype(float)[..., None].repeat(3, -1)),
+        "psnr_in_vs_gt": psnr(output, case.obj.removed, inside),
+        "psnr_in_input_vs_gt": psnr(case.scene.image, case.obj.removed, inside),
+        "psnr_out_vs_input": psnr(output, case.scene.image, ~inside),
     }
 
 

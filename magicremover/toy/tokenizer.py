@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from transformers import CLIPTokenizer
 
-from magicremover.tokenizer import BOS, EOS, byte_alphabet
+from magicremover.clip_tokenizer import BOS, EOS, byte_alphabet
 from magicremover.toy.scenes import VOCABULARY
 
 

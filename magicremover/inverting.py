@@ -9,13 +9,13 @@ from typing import ClassVar
 import torch
 from PIL import Image
 
-from magicremover.accounting import UNetCalls
 from magicremover.diffusion import decode_latents
 from magicremover.images import Resize, fit_to_model, load_image
 from magicremover.inversion import Inversion, InversionCache, InversionConfig, invert_cached, reconstruct
 from magicremover.models import SDComponents
-from magicremover.tokens import find_target
+from magicremover.target_tokens import find_target
 from magicremover.types import RemovalResult, RemovalSample
+from magicremover.unet_calls import UNetCalls
 
 
 class InvertingRemover:

@@ -1,6 +1,6 @@
 """UNet call counts of the authors' released code, derived from its schedule (spec §9), for side-by-side reports.
 
-A "call" is one UNet invocation (a CFG pass with batch 2 counts once), as :class:`~magicremover.accounting.UNetCalls`
+A "call" is one UNet invocation (a CFG pass with batch 2 counts once), as :class:`~magicremover.unet_calls.UNetCalls`
 counts ours.
 """
 
