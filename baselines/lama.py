@@ -10,6 +10,7 @@ half precision, so it always runs in float32.
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 from typing import ClassVar
 
@@ -72,11 +73,12 @@ class LaMa:
         resolution: side the image and mask are fitted to (the evaluation resolution, 512 in the paper).
         resize: ``stretch`` or ``center_crop``, as for every other method.
         device: ``auto``, ``cpu``, ``cuda``…
-        cache_dir: where a URL is downloaded to.
+        cache_dir: where a URL is downloaded to (default: ``$MAGICREMOVER_CACHE/lama``, as the configs).
         allow_http: accept a plain-http URL (off: only https or a local file).
     """
 
     requires: ClassVar[frozenset[str]] = frozenset({"mask"})
+    components = None  # its own network, no shared diffusion model
 
     def __init__(
         self,
@@ -86,9 +88,11 @@ class LaMa:
         resolution: int = 512,
         resize: Resize = "stretch",
         device: str = "auto",
-        cache_dir: str | Path = "~/.cache/magicremover/lama",
+        cache_dir: str | Path | None = None,
         allow_http: bool = False,
     ):
+        if cache_dir is None:  # as the configs: beside the inversion cache
+            cache_dir = Path(os.environ.get("MAGICREMOVER_CACHE", "~/.cache/magicremover")) / "lama"
         path = resolve_weights(weights, cache_dir, allow_http)
         if md5 is not None and (found := file_md5(path)) != md5:
             raise ModelLoadError(

@@ -33,6 +33,7 @@ class SDInpaint:
     """
 
     requires: ClassVar[frozenset[str]] = frozenset({"mask"})
+    components = None  # its own network, no shared diffusion model
 
     def __init__(
         self,

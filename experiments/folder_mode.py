@@ -152,10 +152,10 @@ def run_folder(cfg: DictConfig, out_dir: Path, images: list[Path]) -> dict:
     def load_model(todo: list[int]) -> None:
         write_config(cfg, out_dir)
         steps.pipe = Pipeline(cfg)
-        tokenizer = getattr(getattr(steps.pipe.remover, "components", None), "tokenizer", None)
-        for job in [jobs[index] for index in todo] if tokenizer is not None else ():
+        components = steps.pipe.remover.components
+        for job in [jobs[index] for index in todo] if components is not None else ():
             try:  # every caption checked before the first photo runs
-                find_target(tokenizer, job.prompt, job.target)
+                find_target(components.tokenizer, job.prompt, job.target)
             except UserError as err:
                 raise type(err)(f"{job.path.name}: {err}") from None
 

@@ -27,7 +27,7 @@ from magicremover.config import build_remover, compose_config
 from magicremover.errors import ConfigError, ImageError, NonFiniteError
 from magicremover.images import fit_to_model, load_image, to_pil, to_tensor
 from magicremover.outputs import heatmap, jsonable
-from magicremover.types import RemovalResult, RemovalSample
+from magicremover.types import RemovalResult, RemovalSample, Remover
 
 PROMPT_TEMPLATE = "a photo of a {target}"  # COCO's caption template, used when no prompt is given
 _PRESETS = ("toy", "tiny", "sd15", "sd21base")
@@ -78,12 +78,6 @@ def as_image(source: str | Path | Image.Image | np.ndarray) -> Image.Image:
     return load_image(source)
 
 
-def model_side(remover) -> int:
-    """The square side a remover works at: its diffusion model's resolution, or its own ``resolution`` (LaMa)."""
-    components = getattr(remover, "components", None)
-    return components.resolution if components is not None else remover.resolution
-
-
 class Pipeline:
     """A loaded remover plus the full-size handling around it.
 
@@ -92,11 +86,11 @@ class Pipeline:
         remover: an already built remover for ``cfg`` (built from ``cfg.method`` when omitted).
     """
 
-    def __init__(self, cfg: DictConfig, remover=None):
+    def __init__(self, cfg: DictConfig, remover: Remover | None = None):
         self.cfg = cfg
         self.paste = fullsize.PasteSettings(**cfg.paste)
         self.remover = remover if remover is not None else build_remover(cfg)
-        self.side = model_side(self.remover)
+        self.side = self.remover.resolution
         self._mask_remover = None
 
     @classmethod
@@ -165,7 +159,7 @@ class Pipeline:
         if full_size:
             return self._paste(photo, box, user_mask, result, record)
         record |= {"mode": "model", "output_size": [result.image.shape[-1], result.image.shape[-2]]}
-        seen = fit_to_model(photo, tuple(result.image.shape[-2:]), getattr(self.remover, "resize", "stretch"))
+        seen = fit_to_model(photo, tuple(result.image.shape[-2:]), self.remover.resize)
         return Removal(
             input=to_pil(seen),
             image=to_pil(result.image),
@@ -188,7 +182,7 @@ class Pipeline:
         if self._mask_remover is None:
             cfg = copy.deepcopy(self.cfg)
             cfg.method.use_mask = True
-            self._mask_remover = build_remover(cfg, components=getattr(self.remover, "components", None))
+            self._mask_remover = build_remover(cfg, components=self.remover.components)
         return self._mask_remover
 
     def _paste(self, photo, box, user_mask, result: RemovalResult, record: dict) -> Removal:

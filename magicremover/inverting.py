@@ -43,10 +43,15 @@ class InvertingRemover:
         self.resize = resize
         self.cache = InversionCache(cache_dir) if cache_dir else None
 
+    @property
+    def resolution(self) -> int:
+        """The diffusion model's side."""
+        return self.components.resolution
+
     def fit(self, sample: RemovalSample) -> tuple[Image.Image, torch.Tensor]:
         """The input as read, and fitted to the model: ``(1, 3, H, W)`` in [0, 1]."""
         source = load_image(sample.image)
-        return source, fit_to_model(source, self.components.resolution, self.resize)
+        return source, fit_to_model(source, self.resolution, self.resize)
 
     def invert(self, sample: RemovalSample, image: torch.Tensor) -> Inversion:
         """The inversion of the fitted ``image`` under the sample's prompt, from the cache when possible."""

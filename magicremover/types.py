@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar, Protocol
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 import torch
 from PIL import Image
 
 from magicremover.errors import NonFiniteError
+
+if TYPE_CHECKING:
+    from magicremover.models import SDComponents
 from magicremover.unet_calls import StageCount
 
 
@@ -69,9 +72,20 @@ class RemovalResult:
 
 
 class Remover(Protocol):
-    """A removal method. ``requires`` names the optional sample fields it cannot work without (``"mask"``,
-    ``"instruction"``), so a harness can refuse a dataset that lacks them before running anything."""
+    """A removal method: the method, each ablation and each baseline.
+
+    Attributes:
+        requires: the optional sample fields it cannot work without (``"mask"``, ``"instruction"``), so a harness
+            can refuse a dataset that lacks them before running anything.
+        resolution: the side of the square it works at and returns (its diffusion model's, or its own setting).
+        resize: how it fits a photo to that square (``stretch`` or ``center_crop``).
+        components: the loaded diffusion model it runs on, which a second configuration (mask mode) can share;
+            ``None`` for removers that bring their own network (LaMa, SD-Inpaint, Inst-Inpaint).
+    """
 
     requires: ClassVar[frozenset[str]]
+    resolution: int
+    resize: str
+    components: SDComponents | None
 
     def __call__(self, sample: RemovalSample) -> RemovalResult: ...

@@ -164,3 +164,25 @@ def test_the_fast_preset_costs_what_the_hand_derivation_says(tiny, example_image
     calls = {stage: c.calls for stage, c in result.calls.items()}
     assert calls == {"inversion": 50, "replay": 8, "attention_mask": 1, "reconstruction": 42, "edit": 42}
     assert result.calls["edit"].backward == 41 and 742 / sum(calls.values()) >= 5
+
+
+@pytest.mark.parametrize("reweight", [True, False])
+def test_blending_keeps_the_reconstruction_outside_the_region_whatever_the_gradient_weight(
+    tiny, example_image, cache_dir, reweight
+):
+    """w/o Rp gives the gradient no weight (W = 1), but the released code still blends outside the region M it finds
+    (main.py:705, spec §3.7): outside M the final edit latent is the reconstruction's, inside it is edited."""
+    remover = MagicRemover(
+        tiny, InversionConfig(method="negative_prompt", num_inference_steps=10), cache_dir=cache_dir,
+        reweight_perturbation=reweight,
+    )  # fmt: skip
+    denoised = []
+    real = remover._denoise
+    remover._denoise = lambda *args: denoised.append(real(*args)) or denoised[-1]
+    result = remover(RemovalSample(example_image, PROMPT, "circle"))
+    z_rec, z_edit, region = denoised[0]
+    outside, inside = (region == 0).expand_as(z_edit), (region == 1).expand_as(z_edit)
+    assert outside.any() and inside.any() and ((region == 0) | (region == 1)).all()
+    assert torch.equal(z_edit[outside], z_rec[outside])
+    assert (z_edit[inside] - z_rec[inside]).abs().max() > 1e-3
+    assert torch.equal(result.mask, F.interpolate(region, size=(64, 64), mode="bilinear").clamp(0, 1))

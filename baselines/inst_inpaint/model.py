@@ -136,6 +136,7 @@ class InstInpaint:
     """
 
     requires: ClassVar[frozenset[str]] = frozenset()
+    components = None  # its own network, no shared diffusion model
 
     def __init__(self, weights: str | None = None, tokenizer: str = "bert-base-uncased", architecture: str | None = None,
                  use_ema: bool = True, num_inference_steps: int = 50, seed: int = 0, instruction: str = "remove the {target}",

@@ -42,7 +42,16 @@ class _State:
     fixed_mask: torch.Tensor | None  # M₀ (latent res), or the user mask in mask mode
     user_mask: bool
     reference_max: list[torch.Tensor] = field(default_factory=list)  # max₀ per map, from the first guided step
-    gate: torch.Tensor | None = None  # the latest M / W (latent res), used for blending
+
+
+@dataclass
+class _Guided:
+    """One guided UNet call: ε̂, ε̂_guid (Eq. 12's direction), and the region M it found (latent res, binary or the
+    user's mask) — what blending keeps the edit to, whatever weight W the gradient was given."""
+
+    eps: torch.Tensor
+    eps_guided: torch.Tensor
+    region: torch.Tensor
 
 
 class MagicRemover(InvertingRemover):
@@ -96,10 +105,10 @@ class MagicRemover(InvertingRemover):
         # 4. Two branches from the edit start on.
         steps = plan(inversion.timesteps.tolist(), s.t_ratio, s.guidance_window, s.classifier_optimization_window,
                      guidance_on=s.attention_guidance, optimization_on=s.classifier_optimization)  # fmt: skip
-        z_rec, z_edit = self._denoise(inversion, steps, state)
+        z_rec, z_edit, region = self._denoise(inversion, steps, state)
         # 5. Decode and report.
         calls = UNetCalls.delta(c.calls.totals(), before)
-        final_mask = state.gate if state.gate is not None else fixed
+        final_mask = region if region is not None else fixed
         return RemovalResult(
             image=decode_latents(c, z_edit).cpu(),
             reconstruction=decode_latents(c, z_rec).cpu(),
@@ -116,14 +125,18 @@ class MagicRemover(InvertingRemover):
             },
         )
 
-    def _denoise(self, inversion: Inversion, steps: Plan, state: _State) -> tuple[torch.Tensor, torch.Tensor]:
-        """The denoising loop. Returns the final reconstruction and edit latents ``(1, C, h, w)``."""
+    def _denoise(
+        self, inversion: Inversion, steps: Plan, state: _State
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The denoising loop. Returns the final reconstruction and edit latents ``(1, C, h, w)`` and the region M of
+        the last guided step ``(1, 1, h, w)`` (``None`` when no step was guided)."""
         c, s = self.components, self.settings
         set_timesteps(c, len(steps.timesteps))
         stride, cond = step_size(c), inversion.cond_embedding
         kv = SelfAttentionKV()
         store = CrossAttentionStore(keep_graph=True, batch_index=slice(1, 2), enabled=False)  # conditional half
         z_rec = z_edit = inversion.z_T
+        region = None  # M of the latest guided call; unguided edit steps blend with it, as the released main.py
         with (
             controlled_attention(c.unet, ComposedController([kv, store])),
             _checkpointing(c.unet, s.gradient_checkpointing),
@@ -156,13 +169,16 @@ class MagicRemover(InvertingRemover):
                 if steps.guide[i]:
                     for _ in range(s.classifier_optimization_steps if steps.optimize[i] else 0):
                         with c.calls.stage("classifier_optimization"):
-                            eps, eps_guided = self._guided_noise(z_edit, t, null, cond, state, store)
+                            guided = self._guided_noise(z_edit, t, null, cond, state, store)
                             z_edit = ddim_step(
-                                z_edit, eps, alpha_t, alpha_t, eps_direction=eps_guided
+                                z_edit, guided.eps, alpha_t, alpha_t, eps_direction=guided.eps_guided
                             )  # Eq. 11–12, same t
                     with c.calls.stage("edit"):
-                        eps, eps_guided = self._guided_noise(z_edit, t, null, cond, state, store)
-                        z_edit_next = ddim_step(z_edit, eps, alpha_t, alpha_prev, eps_direction=eps_guided)  # Eq. 12
+                        guided = self._guided_noise(z_edit, t, null, cond, state, store)
+                        z_edit_next = ddim_step(
+                            z_edit, guided.eps, alpha_t, alpha_prev, eps_direction=guided.eps_guided
+                        )  # Eq. 12
+                    region = guided.region
                 else:
                     with c.calls.stage("edit"), torch.no_grad():
                         eps = cfg_eps(c, z_edit, t, null, cond, self.inversion.guidance_scale)
@@ -170,13 +186,13 @@ class MagicRemover(InvertingRemover):
                 if s.trajectory_correction == "both":
                     z_edit_next = z_edit_next + correction
                 # Phase D: outside the region M, keep the reconstruction (released code; not in the paper).
-                if s.blend and state.gate is not None:
-                    z_edit_next = state.gate * z_edit_next + (1 - state.gate) * z_rec_next
+                if s.blend and region is not None:
+                    z_edit_next = region * z_edit_next + (1 - region) * z_rec_next
                 z_rec, z_edit = z_rec_next, z_edit_next.detach()
-        return z_rec, z_edit
+        return z_rec, z_edit, region
 
-    def _guided_noise(self, z, t, null, cond, state: _State, store: CrossAttentionStore):
-        """One CFG UNet call with gradients: ε̂, and ε̂_guid = ε̂ − s·W⊙∇_z L (Eq. 8/9/13)."""
+    def _guided_noise(self, z, t, null, cond, state: _State, store: CrossAttentionStore) -> _Guided:
+        """One CFG UNet call with gradients: ε̂, ε̂_guid = ε̂ − s·W⊙∇_z L (Eq. 8/9/13), and the region M."""
         c, s = self.components, self.settings
         z = z.detach().requires_grad_(True)
         store.reset()
@@ -190,8 +206,13 @@ class MagicRemover(InvertingRemover):
             grad = torch.autograd.grad(loss, z)[0]
         store.enabled = False
         store.reset()
-        state.gate = self._weight(region, word_maps, state)
-        return eps.detach(), G.guided_noise(eps.detach(), grad, state.gate, s.guidance_weight)
+        mask = (
+            state.fixed_mask
+            if state.user_mask
+            else G.gate_mask(G.latent_region(region, state.latent_hw), state.fixed_mask)
+        )
+        weight = self._weight(mask, word_maps, state)
+        return _Guided(eps.detach(), G.guided_noise(eps.detach(), grad, weight, s.guidance_weight), mask)
 
     def _loss(self, word_maps: list[torch.Tensor], state: _State) -> tuple[torch.Tensor, torch.Tensor]:
         """The attention loss (Eq. 7 / released code) and its binary region at image resolution; ``word_maps`` are
@@ -211,15 +232,14 @@ class MagicRemover(InvertingRemover):
             regions.append(region)
         return torch.stack(losses).sum(), G.word_product(regions)  # Eq. 9: ∇ Σ_n g_n
 
-    def _weight(self, region: torch.Tensor, word_maps: list[torch.Tensor], state: _State) -> torch.Tensor:
-        """W in ε̂ − s·W⊙∇L, at latent resolution: the user mask (Eq. 13), the gate M, or Π_n A_n (Eq. 8/9)."""
+    def _weight(self, mask: torch.Tensor, word_maps: list[torch.Tensor], state: _State) -> torch.Tensor:
+        """W in ε̂ − s·W⊙∇L, at latent resolution: none (all ones, w/o Rp), the user mask (Eq. 13) or the gate M
+        (released code) — both ``mask`` — or Π_n A_n (Eq. 8/9)."""
         s = self.settings
         if not s.reweight_perturbation:
-            return torch.ones(1, 1, *state.latent_hw, device=region.device)
-        if state.user_mask:
-            return state.fixed_mask
-        if s.reweight == "mask":
-            return G.gate_mask(G.latent_region(region, state.latent_hw), state.fixed_mask)
+            return torch.ones(1, 1, *state.latent_hw, device=mask.device)
+        if state.user_mask or s.reweight == "mask":
+            return mask
         return G.reweight_map(word_maps)
 
 
