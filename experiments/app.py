@@ -27,9 +27,11 @@ from experiments.remove import EXAMPLE_PROMPT, example_image  # noqa: E402
 from magicremover.api import Pipeline  # noqa: E402
 from magicremover.config import CONFIG_DIR, build_remover, compose_config  # noqa: E402
 from magicremover.errors import UserError  # noqa: E402
+from magicremover.method.settings import Settings  # noqa: E402
 from magicremover.outputs import save_image  # noqa: E402
 
 METHODS = ("magicremover", "magicremover_fast", "magicremover_paper", "magicremover_coco", "p2p_reweight")
+DEFAULTS = Settings()  # the sliders start at the method's defaults (one source: the dataclass)
 OWN_INVERSION = {"magicremover_fast"}  # presets that choose their inversion themselves
 _WORD = re.compile(r"[A-Za-z][A-Za-z'-]*")
 
@@ -111,8 +113,8 @@ def build(demo: Demo):
                 method = gr.Dropdown(list(METHODS), value="magicremover", label="Method", elem_id="method")
                 steps = gr.Slider(5, 100, value=demo.cfg.num_inference_steps, step=1, label="DDIM steps",
                                   elem_id="steps")  # fmt: skip
-                lambda_ = gr.Slider(0.0, 0.99, value=0.8, step=0.01, label="λ (top-region quantile)")
-                threshold = gr.Slider(0.05, 0.95, value=0.25, step=0.01, label="M₀ threshold")
+                lambda_ = gr.Slider(0.0, 0.99, value=DEFAULTS.lambda_, step=0.01, label="λ (top-region quantile)")
+                threshold = gr.Slider(0.05, 0.95, value=DEFAULTS.mask_threshold, step=0.01, label="M₀ threshold")
                 editor = gr.ImageMask(type="pil", label="Optional: paint the object (mask mode)", elem_id="editor")
                 run = gr.Button("Remove", variant="primary", elem_id="run")
         with gr.Row():

@@ -8,10 +8,16 @@ it there), so every entry point and the API read the same configs whether the pa
 ``_partial_: true`` is a method that waits for a diffusion model: :func:`build_remover` instantiates it as a
 partial and calls it with the loaded components (``cfg.model``, or components already loaded). A config without it
 is a remover complete in itself (LaMa), built without loading any diffusion model.
+
+Each knob's default lives once, in its dataclass (:class:`~magicremover.method.settings.Settings`,
+:class:`~magicremover.inversion.InversionConfig`): importing this module registers them as the Hydra configs
+``method/magicremover_settings`` and ``inversion/inversion_settings``, which ``conf/method/magicremover.yaml`` and
+``conf/inversion/null_text.yaml`` list first in their defaults; presets and ablations override single keys.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -26,6 +32,29 @@ CONFIG_DIR = _PACKAGED if _PACKAGED.is_dir() else _CHECKOUT
 
 # Keys every method config carries for the harness rather than as method settings.
 _SHARED_METHOD_KEYS = ("_target_", "_partial_", "inversion", "resize", "cache_dir")
+
+
+def dataclass_defaults(cls) -> dict:
+    """A dataclass's field defaults as a plain config node (nested dataclasses, e.g. a ``Window``, as lists)."""
+    values = {}
+    for item in dataclasses.fields(cls):
+        value = item.default
+        values[item.name] = list(dataclasses.astuple(value)) if dataclasses.is_dataclass(value) else value
+    return values
+
+
+def _register_defaults() -> None:
+    from hydra.core.config_store import ConfigStore
+
+    from magicremover.inversion.core import InversionConfig
+    from magicremover.method.settings import Settings
+
+    store = ConfigStore.instance()
+    store.store(group="method", name="magicremover_settings", node=dataclass_defaults(Settings))
+    store.store(group="inversion", name="inversion_settings", node=dataclass_defaults(InversionConfig))
+
+
+_register_defaults()
 
 
 def config_dir() -> Path:
