@@ -33,11 +33,12 @@ from magicremover.attention import (
     SelfAttentionKV,
     controlled_attention,
 )
-from magicremover.diffusion import alpha_bar, cfg_eps, ddim_step, decode_latents, encode_text, step_size
+from magicremover.diffusion import cfg_eps, ddim_step, decode_latents, encode_text
 from magicremover.errors import ConfigError, PromptError
 from magicremover.images import Resize
-from magicremover.inversion import InversionConfig, set_timesteps
+from magicremover.inversion import InversionConfig
 from magicremover.inverting import InvertingRemover
+from magicremover.method.loop import Step, denoise_two_branches
 from magicremover.models import SDComponents
 from magicremover.target_tokens import find_target
 from magicremover.types import RemovalResult, RemovalSample
@@ -168,31 +169,30 @@ class PromptToPrompt(InvertingRemover):
         target_prompt, source_index, scale = self._edit_plan(sample)
         _, image = self.fit(sample)
         inversion = self.invert(sample, image)
-        n_steps = len(inversion.timesteps)
-        set_timesteps(c, n_steps)
-        stride, w = step_size(c), self.inversion.guidance_scale
+        n_steps, w = len(inversion.timesteps), self.inversion.guidance_scale
         cond_source, cond_target = inversion.cond_embedding, encode_text(c, [target_prompt])
         cross = CrossAttentionEdit(source_index.to(c.device), scale.to(c.device))
         maps = self.self_attention == "maps"
         own = SelfAttentionMapEdit(self.self_max_tokens) if maps else SelfAttentionKV()
         # P2P's step counts: cross-attention over int(f · (steps + 1)) alphas, self-attention int(f · steps) steps
         cross_steps, self_steps = int(self.cross_replace_steps * (n_steps + 1)), int(self.self_replace_steps * n_steps)
-        z_source = z_target = inversion.z_T
+
+        def reconstruct(step: Step) -> torch.Tensor:  # the source prompt, its attention recorded
+            own.mode = "record" if step.index < self_steps else "off"
+            cross.mode = "record" if step.index < cross_steps else "off"
+            with c.calls.stage("reconstruction"):
+                eps = cfg_eps(c, step.z_rec, step.t, step.null, cond_source, w)
+                return ddim_step(step.z_rec, eps, step.alpha_t, step.alpha_prev)
+
+        def edit(step: Step) -> torch.Tensor:  # the target prompt with the source's attention edited in
+            own.mode = ("edit" if maps else "inject") if step.index < self_steps else "off"
+            cross.mode = "edit" if step.index < cross_steps else "off"
+            with c.calls.stage("edit"):
+                eps = cfg_eps(c, step.z_edit, step.t, step.null, cond_target, w)
+                return ddim_step(step.z_edit, eps, step.alpha_t, step.alpha_prev)
+
         with controlled_attention(c.unet, ComposedController([own, cross])), torch.no_grad():
-            for i, t in enumerate(inversion.timesteps.tolist()):
-                null = inversion.null_embeddings[i : i + 1]
-                alpha_t, alpha_prev = alpha_bar(c, t), alpha_bar(c, t - stride)
-                own.mode = "record" if i < self_steps else "off"
-                cross.mode = "record" if i < cross_steps else "off"
-                with c.calls.stage("reconstruction"):
-                    z_source_next = ddim_step(
-                        z_source, cfg_eps(c, z_source, t, null, cond_source, w), alpha_t, alpha_prev
-                    )
-                own.mode = ("edit" if maps else "inject") if i < self_steps else "off"
-                cross.mode = "edit" if i < cross_steps else "off"
-                with c.calls.stage("edit"):
-                    z_target = ddim_step(z_target, cfg_eps(c, z_target, t, null, cond_target, w), alpha_t, alpha_prev)
-                z_source = z_source_next
+            z_source, z_target = denoise_two_branches(c, inversion, reconstruct, edit)
         calls = UNetCalls.delta(c.calls.totals(), before)
         return RemovalResult(
             image=decode_latents(c, z_target).cpu(),

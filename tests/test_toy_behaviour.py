@@ -11,8 +11,12 @@ mask (with its shadow) against the ground truth and keeps 30.9 dB outside agains
 of 742): +15.8 dB inside, 30.8 dB outside.
 """
 
+import shutil
+
 import numpy as np
 import pytest
+import torch
+import toy_inversions
 
 from magicremover.config import build_remover, compose_config
 from magicremover.toy.quality import held_out_cases, removal_metrics, to_uint8
@@ -20,7 +24,9 @@ from magicremover.toy.quality import held_out_cases, removal_metrics, to_uint8
 
 @pytest.fixture(scope="module")
 def run(toy, tmp_path_factory):
-    cache = tmp_path_factory.mktemp("toy_inversions")
+    # The scenes' null-text inversions come from the committed cache (tests/toy_inversions.py), copied so runs can add.
+    cache = tmp_path_factory.mktemp("toy") / "inversions"
+    shutil.copytree(toy_inversions.COMMITTED, cache)
     done = {}  # (preset, scenes) → medians: a preset is run once per set of scenes in this module
 
     def scores(preset, cases):
@@ -67,3 +73,31 @@ def test_the_fast_preset_removes_nearly_as_well_as_the_default(run):
     # 50 scenes of the model card the fast preset is 0.2 dB behind inside (mean) and 0.6 dB closer to the VAE outside.
     assert fast["gain"] >= 6.0 and fast["psnr_out_vs_input"] >= 27.0, fast
     assert fast["gain"] >= default["gain"] - 3.0 and fast["psnr_out_vs_input"] >= default["psnr_out_vs_input"] - 1.0
+
+
+def test_the_committed_inversions_are_keyed_as_todays_code_keys_them(toy):
+    """A stale key would only make the tests slow again; it fails here instead, naming the rebuild command."""
+    method = toy_inversions.remover(toy, toy_inversions.COMMITTED)
+    for kind, cases in toy_inversions.behaviour_cases().items():
+        for case in cases:
+            key = toy_inversions.entry_key(method, case)
+            assert method.cache.path(key).is_file(), f"no committed inversion for {kind} scene {case.scene.seed}: " + (
+                "run python tests/toy_inversions.py"
+            )
+
+
+@pytest.mark.slow
+def test_the_committed_inversions_are_what_todays_code_computes(toy, tmp_path):
+    # A fresh cache, so both sides are the stored (compacted) form the tests read.
+    cached, fresh = toy_inversions.remover(toy, toy_inversions.COMMITTED), toy_inversions.remover(toy, tmp_path)
+    seen = set()
+    for case in sum(toy_inversions.behaviour_cases().values(), []):
+        if case.scene.seed in seen:
+            continue
+        seen.add(case.scene.seed)
+        image = cached.fit(case.sample)[1]
+        stored, computed = cached.invert(case.sample, image), fresh.invert(case.sample, image)
+        assert stored.from_cache and not computed.from_cache
+        for name in ("timesteps", "null_embeddings", "cond_embedding"):
+            assert torch.equal(getattr(stored, name), getattr(computed, name)), (case.scene.seed, name)
+        assert torch.equal(stored.z_T, computed.z_T) and torch.equal(stored.trajectory[1], computed.trajectory[1])

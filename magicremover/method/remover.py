@@ -9,7 +9,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from magicremover.attention import (
     ComposedController,
@@ -18,12 +17,13 @@ from magicremover.attention import (
     controlled_attention,
     token_maps,
 )
-from magicremover.diffusion import alpha_bar, cfg_eps, ddim_step, decode_latents, step_size, unet_eps
+from magicremover.diffusion import cfg_eps, ddim_step, decode_latents, unet_eps
 from magicremover.errors import ConfigError
 from magicremover.images import Resize, fit_mask
-from magicremover.inversion import Inversion, InversionConfig, set_timesteps
+from magicremover.inversion import Inversion, InversionConfig
 from magicremover.inverting import InvertingRemover
 from magicremover.method import guidance as G
+from magicremover.method.loop import Step, denoise_two_branches
 from magicremover.method.schedule import Plan, edit_start, plan
 from magicremover.method.settings import Settings
 from magicremover.models import SDComponents
@@ -130,66 +130,24 @@ class MagicRemover(InvertingRemover):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """The denoising loop. Returns the final reconstruction and edit latents ``(1, C, h, w)`` and the region M of
         the last guided step ``(1, 1, h, w)`` (``None`` when no step was guided)."""
-        c, s = self.components, self.settings
-        set_timesteps(c, len(steps.timesteps))
-        stride, cond = step_size(c), inversion.cond_embedding
+        s = self.settings
         kv = SelfAttentionKV()
         store = CrossAttentionStore(keep_graph=True, batch_index=slice(1, 2), enabled=False)  # conditional half
-        z_rec = z_edit = inversion.z_T
-        region = None  # M of the latest guided call; unguided edit steps blend with it, as the released main.py
+        branches = _Branches(self, inversion.cond_embedding, steps, state, kv, store)
+        hooks = []
+        if s.trajectory_correction != "none":
+            hooks.append(branches.correct_trajectory)
+        if s.blend:
+            hooks.append(branches.blend)
         with (
-            controlled_attention(c.unet, ComposedController([kv, store])),
-            _checkpointing(c.unet, s.gradient_checkpointing),
+            controlled_attention(self.components.unet, ComposedController([kv, store])),
+            _checkpointing(self.components.unet, s.gradient_checkpointing),
         ):
-            for i, t in enumerate(tqdm(steps.timesteps, desc="denoising", leave=False, disable=None)):
-                null = inversion.null_embeddings[i : i + 1]
-                alpha_t, alpha_prev = alpha_bar(c, t), alpha_bar(c, t - stride)
-                on_trajectory = inversion.latent_at_step(i + 1)
-                if not steps.edit[i]:
-                    # Phase A: before the edit start both branches share the reconstruction (with Direct Inversion,
-                    # the trajectory itself: no UNet call).
-                    if s.trajectory_correction != "none":
-                        z_rec = z_edit = on_trajectory
-                        continue
-                    kv.mode = "off"
-                    with c.calls.stage("replay"), torch.no_grad():
-                        eps = cfg_eps(c, z_rec, t, null, cond, self.inversion.guidance_scale)
-                        z_rec = z_edit = ddim_step(z_rec, eps, alpha_t, alpha_prev)
-                    continue
-                # Phase B: the reconstruction branch, recording every self-attention layer's K/V.
-                kv.mode = "record"
-                with c.calls.stage("reconstruction"), torch.no_grad():
-                    eps_rec = cfg_eps(c, z_rec, t, null, cond, self.inversion.guidance_scale)
-                    z_rec_next = ddim_step(z_rec, eps_rec, alpha_t, alpha_prev)
-                if s.trajectory_correction != "none":  # Direct Inversion: undo the step's drift off the trajectory
-                    correction = on_trajectory - z_rec_next
-                    z_rec_next = on_trajectory
-                # Phase C: the edit branch; its self-attention uses the reconstruction's K/V (Eq. 10).
-                kv.mode = "inject" if s.self_attention_guidance else "off"
-                if steps.guide[i]:
-                    for _ in range(s.classifier_optimization_steps if steps.optimize[i] else 0):
-                        with c.calls.stage("classifier_optimization"):
-                            guided = self._guided_noise(z_edit, t, null, cond, state, store)
-                            z_edit = ddim_step(
-                                z_edit, guided.eps, alpha_t, alpha_t, eps_direction=guided.eps_guided
-                            )  # Eq. 11–12, same t
-                    with c.calls.stage("edit"):
-                        guided = self._guided_noise(z_edit, t, null, cond, state, store)
-                        z_edit_next = ddim_step(
-                            z_edit, guided.eps, alpha_t, alpha_prev, eps_direction=guided.eps_guided
-                        )  # Eq. 12
-                    region = guided.region
-                else:
-                    with c.calls.stage("edit"), torch.no_grad():
-                        eps = cfg_eps(c, z_edit, t, null, cond, self.inversion.guidance_scale)
-                        z_edit_next = ddim_step(z_edit, eps, alpha_t, alpha_prev)
-                if s.trajectory_correction == "both":
-                    z_edit_next = z_edit_next + correction
-                # Phase D: outside the region M, keep the reconstruction (released code; not in the paper).
-                if s.blend and region is not None:
-                    z_edit_next = region * z_edit_next + (1 - region) * z_rec_next
-                z_rec, z_edit = z_rec_next, z_edit_next.detach()
-        return z_rec, z_edit, region
+            z_rec, z_edit = denoise_two_branches(
+                self.components, inversion, branches.reconstruct, branches.edit, hooks,
+                shared=lambda index: not steps.edit[index],
+            )  # fmt: skip
+        return z_rec, z_edit, branches.region
 
     def _guided_noise(self, z, t, null, cond, state: _State, store: CrossAttentionStore) -> _Guided:
         """One CFG UNet call with gradients: ε̂, ε̂_guid = ε̂ − s·W⊙∇_z L (Eq. 8/9/13), and the region M."""
@@ -241,6 +199,65 @@ class MagicRemover(InvertingRemover):
         if state.user_mask or s.reweight == "mask":
             return mask
         return G.reweight_map(word_maps)
+
+
+class _Branches:
+    """MagicRemover's two branches and its step hooks for :func:`~magicremover.method.loop.denoise_two_branches`."""
+
+    def __init__(self, remover: MagicRemover, cond, steps: Plan, state: _State, kv: SelfAttentionKV, store):
+        self.remover, self.cond, self.steps, self.state, self.kv, self.store = remover, cond, steps, state, kv, store
+        self.c, self.s, self.w = remover.components, remover.settings, remover.inversion.guidance_scale
+        self.region = None  # M of the latest guided call; unguided edit steps blend with it, as the released main.py
+
+    def reconstruct(self, step: Step) -> torch.Tensor:
+        c = self.c
+        if step.shared:
+            # Phase A: before the edit start both branches share the reconstruction (with Direct Inversion, the
+            # trajectory itself: no UNet call).
+            if self.s.trajectory_correction != "none":
+                return step.on_trajectory
+            self.kv.mode = "off"
+            with c.calls.stage("replay"), torch.no_grad():
+                return ddim_step(step.z_rec, self._eps(step.z_rec, step), step.alpha_t, step.alpha_prev)
+        # Phase B: the reconstruction branch, recording every self-attention layer's K/V.
+        self.kv.mode = "record"
+        with c.calls.stage("reconstruction"), torch.no_grad():
+            return ddim_step(step.z_rec, self._eps(step.z_rec, step), step.alpha_t, step.alpha_prev)
+
+    def edit(self, step: Step) -> torch.Tensor:
+        # Phase C: the edit branch; its self-attention uses the reconstruction's K/V (Eq. 10).
+        c, s, z = self.c, self.s, step.z_edit
+        self.kv.mode = "inject" if s.self_attention_guidance else "off"
+        if not self.steps.guide[step.index]:
+            with c.calls.stage("edit"), torch.no_grad():
+                return ddim_step(z, self._eps(z, step), step.alpha_t, step.alpha_prev)
+        for _ in range(s.classifier_optimization_steps if self.steps.optimize[step.index] else 0):
+            with c.calls.stage("classifier_optimization"):
+                guided = self.remover._guided_noise(z, step.t, step.null, self.cond, self.state, self.store)
+                z = ddim_step(z, guided.eps, step.alpha_t, step.alpha_t, eps_direction=guided.eps_guided)  # Eq. 11–12
+        with c.calls.stage("edit"):
+            guided = self.remover._guided_noise(z, step.t, step.null, self.cond, self.state, self.store)
+            z_next = ddim_step(z, guided.eps, step.alpha_t, step.alpha_prev, eps_direction=guided.eps_guided)  # Eq. 12
+        self.region = guided.region
+        return z_next
+
+    def correct_trajectory(self, step: Step) -> None:
+        """Direct Inversion: the reconstruction put back on the inversion trajectory; with ``both``, the edit moved
+        by the same correction."""
+        if step.shared:
+            return
+        correction = step.on_trajectory - step.z_rec_next
+        step.z_rec_next = step.on_trajectory
+        if self.s.trajectory_correction == "both":
+            step.z_edit_next = step.z_edit_next + correction
+
+    def blend(self, step: Step) -> None:
+        """Phase D: outside the region M, keep the reconstruction (released code; not in the paper)."""
+        if not step.shared and self.region is not None:
+            step.z_edit_next = self.region * step.z_edit_next + (1 - self.region) * step.z_rec_next
+
+    def _eps(self, z: torch.Tensor, step: Step) -> torch.Tensor:
+        return cfg_eps(self.c, z, step.t, step.null, self.cond, self.w)
 
 
 @torch.no_grad()
