@@ -1,6 +1,7 @@
 """Cost benchmark: UNet calls per image and per sweep, controller overhead, fast inversion, guided-step memory.
 
-    python -m experiments.benchmark                    # tiny model, ~1–2 min, writes benchmark.json
+    python -m experiments.benchmark                    # tiny model, ~3 min on 2 idle cores, writes benchmark.json
+    python -m experiments.benchmark --all              # adds the calls-per-inversion rows (2 more minutes)
     python -m experiments.benchmark --model toy        # the trained toy model (fast-inversion PSNR is meaningful)
     python -m experiments.benchmark --memory           # adds peak memory of one 512² SD-1.5 guided step (slow)
     python -m experiments.benchmark --threads          # seconds per UNet call at 1 … all cores (run it idle and busy)
@@ -109,7 +110,7 @@ def _samples(n: int) -> list[RemovalSample]:
 
 
 def calls_per_preset(c: SDComponents, cache: Path) -> dict:
-    """UNet calls of one image per preset; the first run pays the inversion, the others reuse it."""
+    """UNet calls of one image per preset after its inversion (in ``cache``, counted in the fast-inversion row)."""
     sample, out = _samples(1)[0], {}
     for preset in PRESETS:
         result = _remover(c, preset, cache)(sample)
@@ -121,9 +122,10 @@ def calls_per_preset(c: SDComponents, cache: Path) -> dict:
     return out
 
 
-def sweep_calls(c: SDComponents, cache: Path, n_images: int) -> dict:
-    """A Table-1 + 4-ablation sweep over the same images: our total vs the authors' code for the same schedule."""
-    ours = 0
+def sweep_calls(c: SDComponents, cache: Path, n_images: int, inversion_calls: list[int]) -> dict:
+    """A Table-1 + 4-ablation sweep over the same images: our total vs the authors' code for the same schedule. The
+    images' inversions come from ``cache``; ``inversion_calls`` (what each cost when computed) are added."""
+    ours = sum(inversion_calls[:n_images])
     for sample in _samples(n_images):
         # Like an evaluation dataset, every sample carries a mask; only the mask-mode row uses it.
         sample = RemovalSample(sample.image, sample.prompt, sample.target, mask=_box_mask(sample.image.size))
@@ -170,13 +172,20 @@ def controller_overhead(c: SDComponents, cache: Path, repeats: int) -> dict:
     return {"ours_s_per_call": _median(ours), "diffusers_s_per_call": _median(plain), "ratio": _median(ratios)}
 
 
-def fast_inversion(c: SDComponents, n_images: int) -> dict:
-    """Negative-prompt vs null-text inversion: UNet calls and reconstruction PSNR against the input."""
+def fast_inversion(c: SDComponents, n_images: int, cache: Path) -> dict:
+    """Negative-prompt vs null-text inversion: UNet calls and reconstruction PSNR against the input. The null-text
+    inversions are the default preset's own (same input, prompt and settings), stored in ``cache`` for the rows that
+    follow, which then add these counted calls instead of inverting again."""
     rows = {"null_text": [], "negative_prompt": []}
+    remover = _remover(c, "magicremover", cache)
     for case in held_out_cases(n_images):
-        image = torch.from_numpy(case.scene.image).permute(2, 0, 1)[None].float() / 255
+        image = remover.fit(case.sample)[1]
         for method in rows:
-            inversion = invert(c, image, case.scene.caption, InversionConfig(method=method))
+            inversion = (
+                remover.invert(case.sample, image)
+                if method == "null_text"
+                else invert(c, image, case.sample.prompt, InversionConfig(method=method))
+            )
             recon = to_uint8(
                 c.vae.decode(reconstruct(c, inversion, 7.5) / c.vae.config.scaling_factor).sample / 2 + 0.5
             )
@@ -185,6 +194,7 @@ def fast_inversion(c: SDComponents, n_images: int) -> dict:
         m: {"calls": float(np.mean([r[0] for r in v])), "psnr": float(np.mean([r[1] for r in v]))}
         for m, v in rows.items()
     }
+    out["null_text_calls_per_image"] = [r[0] for r in rows["null_text"]]
     out["call_ratio"] = out["null_text"]["calls"] / out["negative_prompt"]["calls"]
     out["psnr_gap_db"] = out["null_text"]["psnr"] - out["negative_prompt"]["psnr"]
     return out
@@ -274,7 +284,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tiny", help="tiny, toy, or a local diffusers folder")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--images", type=int, default=2, help="images in the sweep and the inversion comparison")
+    parser.add_argument("--images", type=int, default=1, help="images in the sweep and the inversion comparisons")
+    parser.add_argument("--all", action="store_true", help="also the UNet calls per image of every inversion (slow)")
     parser.add_argument("--memory", action="store_true", help="also measure one 512² SD-1.5 guided step (≈ 5 min)")
     parser.add_argument("--out", default="benchmark.json")
     parser.add_argument("--threads", action="store_true", help="only time UNet calls per torch thread count")
@@ -310,16 +321,18 @@ def main() -> None:
         "authors_per_image": {"main.py": asdict(authors_cost()), "coco_script": asdict(authors_cost(t_ratio=0.9, coco_script=True))},
     }  # fmt: skip
     with TemporaryDirectory() as tmp:
-        say(f"UNet calls of one image for each of {len(PRESETS)} presets (50 steps, null-text inversion once)")
-        report["calls_per_preset"] = calls_per_preset(c, Path(tmp) / "a")
+        cache = Path(tmp)  # the null-text inversions, computed once (and counted) by the first row
+        say(f"negative-prompt vs null-text inversion on {args.images} images")
+        report["fast_inversion"] = fast_inversion(c, args.images, cache)
+        say(f"UNet calls of one image for each of {len(PRESETS)} presets (50 steps, the inversion reused)")
+        report["calls_per_preset"] = calls_per_preset(c, cache)
         say(f"UNet calls of a {len(SWEEP)}-configuration sweep over {args.images} images, ours vs the authors' code")
-        report["sweep"] = sweep_calls(c, Path(tmp) / "b", args.images)
+        report["sweep"] = sweep_calls(c, cache, args.images, report["fast_inversion"]["null_text_calls_per_image"])
         say(f"seconds per UNet call, our loop vs diffusers' DDIM ({args.repeats} repeats)")
-        report["controller_overhead"] = controller_overhead(c, Path(tmp) / "c", args.repeats)
-    say(f"negative-prompt vs null-text inversion on {args.images} images")
-    report["fast_inversion"] = fast_inversion(c, args.images)
-    say(f"UNet calls per image for each inversion and the fast preset ({args.images} images, no cache)")
-    report["calls_per_inversion"] = calls_per_inversion(c, args.images)
+        report["controller_overhead"] = controller_overhead(c, cache, args.repeats)
+    if args.all:
+        say(f"UNet calls per image for each inversion and the fast preset ({args.images} images, no cache)")
+        report["calls_per_inversion"] = calls_per_inversion(c, args.images)
     report["cache_bytes_per_pair_sd15"] = cache_bytes_sd15()
     if args.memory:
         say("peak memory of one 512² SD-1.5 guided step, ours then the reference (≈ 5 min)")
@@ -355,15 +368,17 @@ def table(report: dict) -> str:
         f"| reconstruction PSNR, negative-prompt vs null-text | {f['negative_prompt']['psnr']:.2f} dB | {f['null_text']['psnr']:.2f} dB | "
         f"{f['psnr_gap_db']:.2f} dB gap | ≤ 1 dB |"
     )
-    for name, row in report["calls_per_inversion"].items():
+    per_inversion = report.get("calls_per_inversion")  # only with --all
+    for name, row in (per_inversion or {}).items():
         if name != "fast_ratio":
             rows.append(f"| UNet calls per image, {name} ({row['steps']} steps) | {row['calls_per_image']:.0f} | | | |")
-    rows.append(
-        f"| UNet calls per image, magicremover_fast vs the released code | "
-        f"{report['calls_per_inversion']['magicremover_fast']['calls_per_image']:.0f} | "
-        f"{report['calls_per_inversion']['null-text (released code)']['calls_per_image']:.0f} | "
-        f"{report['calls_per_inversion']['fast_ratio']:.1f}× fewer | ≥ 4× (10× sought) |"
-    )
+    if per_inversion:
+        rows.append(
+            f"| UNet calls per image, magicremover_fast vs the released code | "
+            f"{per_inversion['magicremover_fast']['calls_per_image']:.0f} | "
+            f"{per_inversion['null-text (released code)']['calls_per_image']:.0f} | "
+            f"{per_inversion['fast_ratio']:.1f}× fewer | ≥ 4× (10× sought) |"
+        )
     b = report["cache_bytes_per_pair_sd15"]
     rows.append(
         f"| cache bytes per (image, prompt), SD-1.5 shapes: null-text / negative-prompt / Direct Inversion | "
