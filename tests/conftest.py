@@ -173,3 +173,15 @@ def inst_inpaint_weights(tmp_path_factory):
     path = tmp_path_factory.mktemp("inst_inpaint") / "inst-inpaint-tiny.safetensors"
     InstInpaintModel(Architecture.named("tiny")).save(path, "tiny")
     return path
+
+
+# The longest modules first: with ``-n 2 --dist loadscope`` (the README's command) a module runs on one worker, so
+# one started last would run alone at the end while the other worker idles.
+LONG_MODULES = ("test_toy_behaviour.py", "test_notebooks.py", "test_research_loop.py", "test_report.py",
+                "test_shards.py", "test_storage.py", "test_api.py", "test_cli_remove.py", "test_app.py")  # fmt: skip
+
+
+def pytest_collection_modifyitems(items):
+    items.sort(
+        key=lambda item: LONG_MODULES.index(item.path.name) if item.path.name in LONG_MODULES else len(LONG_MODULES)
+    )
