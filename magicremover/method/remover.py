@@ -210,18 +210,13 @@ class _Branches:
         self.region = None  # M of the latest guided call; unguided edit steps blend with it, as the released main.py
 
     def reconstruct(self, step: Step) -> torch.Tensor:
-        c = self.c
-        if step.shared:
-            # Phase A: before the edit start both branches share the reconstruction (with Direct Inversion, the
-            # trajectory itself: no UNet call).
-            if self.s.trajectory_correction != "none":
-                return step.on_trajectory
-            self.kv.mode = "off"
-            with c.calls.stage("replay"), torch.no_grad():
-                return ddim_step(step.z_rec, self._eps(step.z_rec, step), step.alpha_t, step.alpha_prev)
-        # Phase B: the reconstruction branch, recording every self-attention layer's K/V.
-        self.kv.mode = "record"
-        with c.calls.stage("reconstruction"), torch.no_grad():
+        # Phase A (shared): before the edit start both branches share the reconstruction; with Direct Inversion it is
+        # the trajectory itself, no UNet call. Phase B: the reconstruction branch, recording every self-attention
+        # layer's K/V for the edit.
+        if step.shared and self.s.trajectory_correction != "none":
+            return step.on_trajectory
+        stage, self.kv.mode = ("replay", "off") if step.shared else ("reconstruction", "record")
+        with self.c.calls.stage(stage), torch.no_grad():
             return ddim_step(step.z_rec, self._eps(step.z_rec, step), step.alpha_t, step.alpha_prev)
 
     def edit(self, step: Step) -> torch.Tensor:
