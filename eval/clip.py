@@ -12,7 +12,7 @@ checked, because an offline hub load can return a silently broken tokenizer:
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -93,19 +93,23 @@ def tiny_clip(seed: int = 0) -> ClipLoader:
     return load
 
 
-def clip_scores(loader: ClipLoader, count: int, protocol: str = "torchmetrics") -> list:
-    """``count`` metrics sharing one model (e.g. outputs and inputs vs the class name). Update each with uint8
-    ``(3, H, W)`` images and one text per image; ``compute()`` is the mean: in [0, 100] under ``torchmetrics``, a
-    cosine in [−1, 1] under ``authors``."""
+def clip_scores(loader: ClipLoader, protocols: Sequence[str]) -> list:
+    """One metric per entry of ``protocols``, all sharing one model (e.g. outputs and inputs vs the class name). Update
+    each with uint8 ``(3, H, W)`` images and one text per image; ``compute()`` is the mean: in [0, 100] under
+    ``torchmetrics``, a cosine in [−1, 1] under ``authors``."""
     from torchmetrics.multimodal.clip_score import CLIPScore
 
-    if protocol not in PROTOCOLS:
-        raise ConfigError(f"metrics.clip_protocol={protocol} is not one of {', '.join(PROTOCOLS)}")
+    for protocol in protocols:
+        if protocol not in PROTOCOLS:
+            raise ConfigError(f"metrics.clip_protocol={protocol} is not one of {', '.join(PROTOCOLS)}")
     clip, processor = loader()
-    if protocol == "authors":
-        return [AuthorsClipSimilarity(clip, processor) for _ in range(count)]
     shared = (_ProjectedFeatures(clip), processor)
-    return [CLIPScore(model_name_or_path=lambda: shared) for _ in range(count)]
+    return [
+        AuthorsClipSimilarity(clip, processor)
+        if protocol == "authors"
+        else CLIPScore(model_name_or_path=lambda: shared)
+        for protocol in protocols
+    ]
 
 
 class AuthorsClipSimilarity:

@@ -45,18 +45,21 @@ def _weights_file(weights: str | None, name: str, url: str, setting: str) -> Pat
 def inception(
     weights: str | None = None,
     antialias: bool = False,
-    backend: str = "torch_fidelity",
+    backend: str | None = "torch_fidelity",
     pytorch_fid_weights: str | None = None,
-) -> nn.Module:
+) -> nn.Module | None:
     """The FID Inception (2048-d pool3), in eval mode.
 
     Args:
         weights: ``torch_fidelity``'s ``weights-inception-2015-12-05-6726825d.pth``; ``None``: the torch hub cache.
         antialias: ``torch_fidelity`` only: antialiased resize to 299² (torchmetrics ≥ 1.8's default); ``False`` is
             torch-fidelity's own resize.
-        backend: ``torch_fidelity`` or ``pytorch_fid`` (the authors').
+        backend: ``torch_fidelity``, ``pytorch_fid`` (the authors'), or ``None`` for no extractor (no FID / IDS:
+            ``metrics=ground_truth``).
         pytorch_fid_weights: ``pytorch_fid``'s ``pt_inception-2015-12-05-6726825d.pth``; ``None``: the hub cache.
     """
+    if backend is None:
+        return None
     if backend == "pytorch_fid":
         path = _weights_file(pytorch_fid_weights, PT_INCEPTION_FILE, PT_INCEPTION_URL, "weights.inception_pytorch_fid")
         return PytorchFidInception(path)

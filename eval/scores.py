@@ -3,18 +3,26 @@
 FID against two references — the original images (standard) and the inversion's reconstructions (what the authors'
 code measured for MagicRemover) — U-IDS / P-IDS against the originals, and CLIP similarity of outputs and inputs to
 the class name. Every image is uint8 ``(H, W, 3)``; outputs and references share one resolution.
+
+``protocol="clean"`` scores those images as they are. ``protocol="authors"`` adds the same scores on the files and
+crops the authors' scripts used (``authors_*`` keys, see :mod:`eval.authors`), so both protocols sit side by side.
 """
 
 from __future__ import annotations
 
 from importlib.metadata import version
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from eval.authors import AuthorsScores, Sample
 from eval.clip import ClipLoader, clip_scores
 from eval.distribution import fid, inception_discriminative_scores
+from magicremover.errors import ConfigError
+
+PROTOCOLS = ("clean", "authors")
 
 
 class SetScores:
@@ -27,6 +35,7 @@ class SetScores:
         fid_backend: the Inception port the extractor is (recorded in ``fid_settings``), if it is one.
         clip_protocol: ``torchmetrics`` (100 · clipped cosine) or ``authors`` (plain cosine, their resize); see
             :mod:`eval.clip`.
+        protocol: ``clean``, or ``authors`` to add the authors' files, crops and statistics (``authors_*`` keys).
     """
 
     def __init__(
@@ -36,17 +45,30 @@ class SetScores:
         batch_size: int = 16,
         fid_backend: str | None = None,
         clip_protocol: str = "torchmetrics",
+        protocol: str = "clean",
     ):
+        if protocol not in PROTOCOLS:
+            raise ConfigError(f"metrics.protocol={protocol} is not one of {', '.join(PROTOCOLS)}")
         self.features, self.clip_loader, self.batch_size, self.fid_backend = features, clip, batch_size, fid_backend
-        self.clip_protocol = clip_protocol
-        self.clip = clip_scores(clip, 2, clip_protocol) if clip is not None else None
-        self.pending: list[tuple[np.ndarray, np.ndarray, np.ndarray | None, str]] = []
+        self.clip_protocol, self.protocol = clip_protocol, protocol
+        extra = ["authors"] if protocol == "authors" else []
+        metrics = clip_scores(clip, [clip_protocol, clip_protocol, *extra]) if clip is not None else None
+        self.clip = metrics[:2] if metrics else None
+        self.authors = None
+        if protocol == "authors":
+            self.authors = AuthorsScores(features, metrics[2] if metrics else None)
+        self.pending: list[Sample] = []
         self.feats: dict[str, list[np.ndarray]] = {"output": [], "original": [], "reconstruction": []}
         self.count = 0
 
-    def add(self, output: np.ndarray, original: np.ndarray, reconstruction: np.ndarray | None, text: str) -> None:
-        """One sample: its output, its input, the inversion's reconstruction (if the method made one), the class."""
-        self.pending.append((output, original, reconstruction, text))
+    def write_authors_files(self, directory: Path) -> None:
+        """Under ``protocol=authors``, write each sample's authors' file to ``directory`` (their scripts run on it)."""
+        if self.authors is not None:
+            self.authors.directory = directory
+
+    def add(self, sample: Sample) -> None:
+        """One finished sample (see :class:`eval.authors.Sample`)."""
+        self.pending.append(sample)
         if len(self.pending) == self.batch_size:
             self._flush()
 
@@ -54,9 +76,12 @@ class SetScores:
     def _flush(self) -> None:
         if not self.pending:
             return
-        outputs, originals, reconstructions, texts = zip(*self.pending)
-        self.pending = []
+        samples, self.pending = self.pending, []
+        outputs, originals = [s.output for s in samples], [s.original for s in samples]
+        reconstructions, texts = [s.reconstruction for s in samples], [s.text for s in samples]
         self.count += len(outputs)
+        if self.authors is not None:
+            self.authors.update(samples)
         batches = {
             "output": outputs,
             "original": originals,
@@ -83,6 +108,7 @@ class SetScores:
             report |= inception_discriminative_scores(orig, out)
             report["fid_settings"] = {
                 "backend": self.fid_backend,
+                "protocol": self.protocol,
                 "extractor": getattr(self.features, "description", type(self.features).__name__),
                 "input": "uint8 PNG pixels",
                 "n": self.count,
@@ -92,6 +118,8 @@ class SetScores:
             report["clip_similarity"], report["clip_similarity_input"] = (float(m.compute()) for m in self.clip)
             report["clip_model"] = getattr(self.clip_loader, "description", "custom")
             report["clip_protocol"] = self.clip_protocol
+        if self.authors is not None:
+            report |= self.authors.compute()
         return report
 
 

@@ -26,6 +26,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from eval import runner
+from eval.authors import Sample
 from eval.manifest import check_sample_id, check_unique, read_manifests
 from eval.metrics import ground_truth_metrics
 from eval.redact import loggable_config
@@ -118,6 +119,7 @@ def compute_metrics(
     ok = [i for i, sample_id in enumerate(dataset.ids) if done.get(sample_id, {}).get("status") == "ok"]
     report = {"samples": len(dataset.ids), "finished": len(done), "ok": len(ok), "errors": len(done) - len(ok)}
     rows = []
+    scores.write_authors_files(out_dir / "authors")
     for index in tqdm(ok, desc="metrics", disable=None):
         item = dataset[index]
         record = done[item.sample.sample_id]
@@ -132,7 +134,10 @@ def compute_metrics(
             reconstruction = _read(Path(reconstructions_from) / borrowed[item.sample.sample_id]["reconstruction"])
         else:
             reconstruction = None
-        scores.add(output, original, reconstruction, item.category or item.sample.target)
+        mask = _read(out_dir / record["mask"]) if "mask" in record else None
+        layout = "grid" if "reconstruction" in record else "strip"  # what the authors' scripts wrote for the method
+        text = item.category or item.sample.target
+        scores.add(Sample(item.sample.sample_id, output, original, reconstruction, text, mask, layout))
         if dataset.has_ground_truth:
             rows.append(sample_metrics(item, output, framing))
     if rows:

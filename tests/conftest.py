@@ -116,6 +116,37 @@ def lama_weights(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def pytorch_fid_weights(tmp_path_factory):
+    """pytorch-fid's ``pt_inception`` file with the real key layout and random values (built without any download),
+    and the state dict it holds."""
+    from unittest import mock
+
+    from pytorch_fid import inception as pytorch_fid
+
+    with (
+        mock.patch.object(pytorch_fid, "load_state_dict_from_url", lambda *a, **k: {}),
+        mock.patch.object(torch.nn.Module, "load_state_dict", lambda self, state, *a, **k: None),
+    ):
+        template = pytorch_fid.fid_inception_v3().state_dict()
+    generator = torch.Generator().manual_seed(0)
+
+    def randomised(key: str, value: torch.Tensor) -> torch.Tensor:
+        # He-scaled convolutions and near-identity batch norms, so pool3 features still depend on the input
+        if not value.is_floating_point():
+            return value
+        if value.ndim == 4:
+            return torch.randn(value.shape, generator=generator) * (2 / value[0].numel()) ** 0.5
+        if key.endswith(("running_var", "bn.weight")):
+            return 1 + 0.1 * torch.rand(value.shape, generator=generator)
+        return 0.01 * torch.randn(value.shape, generator=generator)
+
+    state = {key: randomised(key, value) for key, value in template.items()}
+    path = tmp_path_factory.mktemp("pytorch_fid") / "pt_inception-random.pth"
+    torch.save(state, path)
+    return path, state
+
+
+@pytest.fixture(scope="session")
 def inpaint_dir(tmp_path_factory):
     """A tiny SD-inpainting folder: the real classes and layout (9-channel UNet), random weights."""
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionInpaintPipeline, UNet2DConditionModel

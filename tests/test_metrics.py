@@ -7,6 +7,7 @@ import scipy.linalg
 import torch
 from torch import nn
 
+from eval.authors import Sample
 from eval.clip import clip_scores, load_clip, tiny_clip
 from eval.distribution import fid, inception_discriminative_scores
 from eval.features import TinyFeatures, inception
@@ -68,19 +69,10 @@ def test_inception_loads_a_weights_file_with_the_real_layout(tmp_path, monkeypat
     assert "antialias=False" in extractor.description
 
 
-def test_pytorch_fid_backend_reads_a_local_file_and_is_the_package_network(tmp_path, monkeypatch):
-    # pytorch-fid's network with the real key layout and random values: build it without loading, save its state.
+def test_pytorch_fid_backend_reads_a_local_file_and_is_the_package_network(tmp_path, monkeypatch, pytorch_fid_weights):
     from pytorch_fid import inception as pytorch_fid
 
-    monkeypatch.setattr(pytorch_fid, "load_state_dict_from_url", lambda *a, **k: {})
-    monkeypatch.setattr(nn.Module, "load_state_dict", lambda self, state, *a, **k: None)
-    template = pytorch_fid.fid_inception_v3().state_dict()
-    monkeypatch.undo()
-    torch.manual_seed(0)
-    random = {k: torch.rand_like(v) + 0.5 if "running_var" in k else torch.randn_like(v) * 0.05 if v.is_floating_point() else v
-              for k, v in template.items()}  # fmt: skip
-    path = tmp_path / "elsewhere.pth"
-    torch.save(random, path)
+    path, random = pytorch_fid_weights
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_hub"))  # nothing cached: a download attempt would fail
     hub_before = torch.hub.get_dir()
     extractor = inception(backend="pytorch_fid", pytorch_fid_weights=str(path))
@@ -110,7 +102,7 @@ def test_table1_measures_fid_with_the_authors_backend():
     scores = SetScores(features=TinyFeatures(dim=4), fid_backend="pytorch_fid")
     for seed in range(3):
         image = np.random.default_rng(seed).integers(0, 256, (16, 16, 3), dtype=np.uint8)
-        scores.add(image, image[::-1].copy(), None, "dog")
+        scores.add(Sample(str(seed), image, image[::-1].copy(), None, "dog"))
     assert scores.compute()["fid_settings"]["backend"] == "pytorch_fid"
     table1 = compose_config("evaluate", ["+artefact=table1", "metrics=standard"]).metrics
     assert table1.clip_protocol == "authors"
@@ -130,7 +122,7 @@ def test_clip_similarity_is_the_mean_clipped_cosine():
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (48, 40, 3), dtype=np.uint8) for _ in range(5)]
     texts = ["dog", "traffic light", "cat", "hair drier", "person"]
-    (metric,) = clip_scores(tiny_clip(seed=5), 1)
+    (metric,) = clip_scores(tiny_clip(seed=5), ["torchmetrics"])
     metric.update([torch.from_numpy(i).permute(2, 0, 1) for i in images[:3]], texts[:3])
     metric.update([torch.from_numpy(i).permute(2, 0, 1) for i in images[3:]], texts[3:])
     clip, processor = tiny_clip(seed=5)()
@@ -147,7 +139,7 @@ def test_authors_clip_protocol_is_their_plain_cosine_after_their_resize():
     rng = np.random.default_rng(2)
     images = [rng.integers(0, 256, (48, 40, 3), dtype=np.uint8) for _ in range(4)]
     texts = ["dog", "fire hydrant", "cat", "person"]
-    (metric,) = clip_scores(tiny_clip(seed=5), 1, protocol="authors")
+    (metric,) = clip_scores(tiny_clip(seed=5), ["authors"])
     metric.update([torch.from_numpy(i).permute(2, 0, 1) for i in images], texts)
     clip, processor = tiny_clip(seed=5)()
     # evaluate.py: TF.to_tensor, T.Resize((224, 224)) on the tensor (no antialias then), CLIP's Normalize; one text each
@@ -169,7 +161,7 @@ def test_authors_clip_protocol_is_their_plain_cosine_after_their_resize():
             )
     assert float(metric.compute()) == pytest.approx(np.mean(expected), rel=1e-5, abs=1e-7)
     with pytest.raises(ConfigError, match="metrics.clip_protocol=openai is not one of torchmetrics, authors"):
-        clip_scores(tiny_clip(seed=5), 1, protocol="openai")
+        clip_scores(tiny_clip(seed=5), ["openai"])
 
 
 def test_set_scores_against_identical_sets_and_missing_reconstructions():
@@ -177,7 +169,7 @@ def test_set_scores_against_identical_sets_and_missing_reconstructions():
     images = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(6)]
     scores = SetScores(TinyFeatures(), tiny_clip(seed=5), batch_size=4)
     for i, image in enumerate(images):
-        scores.add(image, image, image if i else None, "dog")  # the first sample has no reconstruction
+        scores.add(Sample(str(i), image, image, image if i else None, "dog"))  # the first sample has no reconstruction
     report = scores.compute()
     assert abs(report["fid_original"]) < 1e-6 and report["fid_reconstruction"] is None
     assert report["clip_similarity"] == pytest.approx(report["clip_similarity_input"])

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from eval.report import collect, render, row_labels, table
 from magicremover.config import compose_config
@@ -95,6 +96,14 @@ def test_the_table1_command_produces_its_table_on_the_coco_fixture(
         assert metrics["fid_reconstruction"] is not None, (
             name
         )  # baselines are scored against MagicRemover's reconstructions
+        # beside the clean scores, the authors' files and crops: grids for MagicRemover, strips for the baselines
+        layout = "grid" if name.startswith("magicremover") else "strip"
+        assert metrics["authors_settings"]["layout"] == layout and metrics["fid_settings"]["protocol"] == "authors"
+        assert None not in (metrics["authors_fid"], metrics["authors_fid_reconstruction"]), name
+        width = {"grid": 2 * 64 + 6, "strip": 3 * 64}[layout]
+        assert {Image.open(f).size for f in (sweep / name / "authors").glob("*.png")} == {
+            (width, 64 + 4 * (layout == "grid"))
+        }
     assert "| 8.44 | 4 |" in rows["LaMa"]  # the paper's number beside ours
     assert (sweep / "table1.tex").is_file() and (sweep / "table1.png").is_file()
 
