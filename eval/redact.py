@@ -17,9 +17,11 @@ _WEIGHTS_REFERENCE = re.compile(r"\$\{weights\.(\w+)\}")
 
 def loggable_config(cfg: DictConfig) -> dict:
     """The resolved config as plain Python, keeping only the ``weights`` entries some other part of the config
-    refers to (``${weights.X}``), with secrets redacted."""
+    refers to (``${weights.X}``) and that are set (a null entry means the default location), secrets redacted."""
     used = set(_WEIGHTS_REFERENCE.findall(OmegaConf.to_yaml(cfg, resolve=False)))
     container = OmegaConf.to_container(cfg, resolve=True)
     if isinstance(container.get("weights"), dict):
-        container["weights"] = {key: value for key, value in container["weights"].items() if key in used}
+        container["weights"] = {
+            key: value for key, value in container["weights"].items() if key in used and value is not None
+        }
     return redact(container)

@@ -1,4 +1,4 @@
-"""A web demo: upload a photo, type its caption, click the word to remove, and see input | attention | mask | output.
+"""A web demo: upload a photo, type its caption, tick the word(s) to remove, and see input | attention | mask | output.
 
     python -m experiments.app                          # the embedded toy model, http://127.0.0.1:7860
     python -m experiments.app model=sd15 server.port=8000
@@ -20,13 +20,14 @@ import hydra  # noqa: E402
 import numpy as np  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
-from PIL import Image  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
 
 from experiments._cli import run_entry_point  # noqa: E402
 from experiments.remove import EXAMPLE_PROMPT, example_image  # noqa: E402
 from magicremover.api import Pipeline  # noqa: E402
 from magicremover.config import CONFIG_DIR, build_remover, compose_config  # noqa: E402
 from magicremover.errors import UserError  # noqa: E402
+from magicremover.fullsize import STRATEGIES  # noqa: E402
 from magicremover.method.settings import Settings  # noqa: E402
 from magicremover.outputs import save_image  # noqa: E402
 
@@ -50,6 +51,19 @@ def drawn_mask(editor: dict | None) -> Image.Image | None:
     return Image.fromarray((np.logical_or.reduce(painted) * 255).astype(np.uint8))
 
 
+def framed(image: Image.Image, record: dict) -> Image.Image:
+    """The input with each pass's object region (red) and crop (yellow) drawn on it, where a crop was used."""
+    shown = image.convert("RGB")
+    draw = ImageDraw.Draw(shown)
+    width = max(1, round(max(shown.size) / 200))
+    for single in record.get("passes") or [record]:
+        framing = single.get("framing") or {}
+        if framing.get("used") == "crop":
+            draw.rectangle(framing["crop"], outline=(255, 210, 0), width=width)
+            draw.rectangle(framing["region"], outline=(255, 40, 40), width=width)
+    return shown
+
+
 class Demo:
     """The loaded model and what one click runs.
 
@@ -62,9 +76,10 @@ class Demo:
         self.cfg, self.out_dir = cfg, out_dir
         self.components = instantiate(cfg.model)
 
-    def pipeline(self, method: str, steps: int, lambda_: float, threshold: float) -> Pipeline:
+    def pipeline(self, method: str, steps: int, lambda_: float, threshold: float, strategy: str = "auto") -> Pipeline:
         """The chosen method on the loaded model, with the page's knobs."""
         overrides = [f"method={method}", f"num_inference_steps={int(steps)}", f"device={self.cfg.device}"]
+        overrides += [f"paste.strategy={strategy}"]
         overrides += [f"cache_dir={self.cfg.cache_dir}" if self.cfg.cache_dir else "cache_dir=null"]
         if method.startswith("magicremover"):
             overrides += [f"method.lambda_={lambda_}", f"method.mask_threshold={threshold}"]
@@ -74,23 +89,26 @@ class Demo:
             cfg.inversion = self.cfg.inversion  # re-rooted: ${num_inference_steps} is the page's
         return Pipeline(cfg, build_remover(cfg, components=self.components))
 
-    def run(self, photo, caption, word, method, steps, lambda_, threshold, editor):
-        """One removal: ``(input, attention, mask, output, output file, record)``; a user error becomes a one-line
-        message on the page."""
+    def run(self, photo, caption, words, method, steps, lambda_, threshold, strategy, editor):
+        """One removal of every ticked word: ``(input with the crop drawn, attention, mask, output, output file,
+        record)``; a user error becomes a one-line message on the page."""
         import gradio as gr
 
         if photo is None:
             raise gr.Error("upload a photo or pick the example first")
-        if not word:
-            raise gr.Error("click the word of the caption that names the object to remove")
+        words = [words] if isinstance(words, str) else list(words or [])
+        if not words:
+            raise gr.Error("tick the word(s) of the caption that name the object(s) to remove")
+        mask = drawn_mask(editor)
         try:
-            pipe = self.pipeline(method, steps, lambda_, threshold)
-            removal = pipe(photo, word, caption, mask=drawn_mask(editor), name="photo")
+            pipe = self.pipeline(method, steps, lambda_, threshold, strategy)
+            removal = pipe(photo, words, caption, mask=[mask] * len(words) if mask else None, name="photo")
         except UserError as err:
             raise gr.Error(str(err)) from None
         folder = self.out_dir / time.strftime("%H-%M-%S")
         save_image(removal.image, folder / "output.png")
-        return removal.input, removal.attention, removal.mask, removal.image, str(folder / "output.png"), removal.record
+        shown = framed(removal.input, removal.record)
+        return shown, removal.attention, removal.mask, removal.image, str(folder / "output.png"), removal.record
 
 
 def build(demo: Demo):
@@ -107,7 +125,8 @@ def build(demo: Demo):
             with gr.Column(scale=1):
                 photo = gr.Image(type="pil", label="Photo", elem_id="photo", sources=["upload", "clipboard"])
                 caption = gr.Textbox(label="Caption naming the object", value=EXAMPLE_PROMPT, elem_id="caption")
-                word = gr.Radio(caption_words(EXAMPLE_PROMPT), value="circle", label="Word to remove", elem_id="word")
+                word = gr.CheckboxGroup(caption_words(EXAMPLE_PROMPT), value=["circle"], label="Word(s) to remove",
+                                        elem_id="word")  # fmt: skip
                 gr.Examples([[str(example_image()), EXAMPLE_PROMPT]], inputs=[photo, caption])
             with gr.Column(scale=1):
                 method = gr.Dropdown(list(METHODS), value="magicremover", label="Method", elem_id="method")
@@ -115,16 +134,18 @@ def build(demo: Demo):
                                   elem_id="steps")  # fmt: skip
                 lambda_ = gr.Slider(0.0, 0.99, value=DEFAULTS.lambda_, step=0.01, label="λ (top-region quantile)")
                 threshold = gr.Slider(0.05, 0.95, value=DEFAULTS.mask_threshold, step=0.01, label="M₀ threshold")
+                strategy = gr.Radio(list(STRATEGIES), value="auto", label="Framing (crop: around the object)",
+                                    elem_id="strategy")  # fmt: skip
                 editor = gr.ImageMask(type="pil", label="Optional: paint the object (mask mode)", elem_id="editor")
                 run = gr.Button("Remove", variant="primary", elem_id="run")
         with gr.Row():
             shown = [gr.Image(type="pil", format="png", label=label, elem_id=key, interactive=False)
-                     for key, label in (("input", "Input"), ("attention", "Attention of the word"),
+                     for key, label in (("input", "Input (crop in yellow)"), ("attention", "Attention of the word"),
                                         ("mask", "Mask"), ("output", "Output"))]  # fmt: skip
         download = gr.File(label="Output at full size (PNG)", elem_id="download")
         record = gr.JSON(label="What ran", elem_id="record")
 
-        caption.change(lambda text: gr.Radio(choices=caption_words(text), value=None), caption, word)
+        caption.change(lambda text: gr.CheckboxGroup(choices=caption_words(text), value=[]), caption, word)
         photo.change(lambda image: image, photo, editor)
 
         def on_run(*args, progress=gr.Progress(track_tqdm=True)):  # the bars of inversion and denoising show up
@@ -132,7 +153,7 @@ def build(demo: Demo):
 
         run.click(
             on_run,
-            [photo, caption, word, method, steps, lambda_, threshold, editor],
+            [photo, caption, word, method, steps, lambda_, threshold, strategy, editor],
             [*shown, download, record],
         )
     return page

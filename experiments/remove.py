@@ -1,6 +1,7 @@
 """Remove an object from one photo, or from every photo of a folder.
 
     python -m experiments.remove image=photo.jpg target=dog model=sd15          # prompt: "a photo of a dog"
+    python -m experiments.remove image=photo.jpg target=[dog,cat] prompt="a dog and a cat on a sofa"
     python -m experiments.remove image=photos/ target=dog out_dir=no-dogs grid=true
     python -m experiments.remove image=photos/ targets=targets.csv out_dir=no-dogs
 
@@ -19,7 +20,7 @@ from importlib import resources
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from eval.redact import loggable_config
 from eval.run_guard import prepare_out_dir
@@ -48,13 +49,18 @@ def remove(cfg: DictConfig, out_dir: Path) -> dict:
     prompt = cfg.prompt if cfg.prompt or cfg.image else EXAMPLE_PROMPT
     prepare_out_dir(out_dir)  # a file or an unwritable folder fails here, before any weights load
     pipe = Pipeline(cfg)
-    removal = pipe(image_path, cfg.target, prompt, mask=cfg.mask, name=image_path.stem)
+    target, mask = (OmegaConf.to_object(v) if OmegaConf.is_list(v) else v for v in (cfg.target, cfg.mask))
+    removal = pipe(image_path, target, prompt, mask=mask, name=image_path.stem)
     files = {}
     for kind in ("output", "reconstruction", "attention", "mask"):
         image = getattr(removal, "image" if kind == "output" else kind)
         if image is not None:
             save_image(image, out_dir / f"{kind}.png")
             files[kind] = f"{kind}.png"
+    for index, single in enumerate(removal.passes):  # several targets: each object's own mask
+        if single.mask is not None:
+            save_image(single.mask, out_dir / f"mask_{index}.png")
+            files[f"mask_{index}"] = f"mask_{index}.png"
     payload = {"image": str(image_path), **removal.record, "files": files, "config": loggable_config(cfg)}
     atomic_write(out_dir / "result.json", json.dumps(payload, indent=2, default=str).encode())
     calls = ", ".join(f"{stage} {c['calls']}" for stage, c in removal.record["unet_calls"].items()) or "none (cached)"

@@ -4,6 +4,11 @@ The model sees a square (512² for SD, 64² for the toy). A practitioner wants t
 ratio with every pixel away from the object untouched, so the model's output is resized to the box it came from and
 composited into the photo through the final mask, dilated and feathered: beyond the dilated mask the photo's bytes
 are kept exactly (IOPaint and diffusers' ``apply_overlay`` do the same).
+
+The box is the whole photo (``paste.strategy=resize``, the authors' protocol) or a square crop around the object
+(``crop``; IOPaint's HD crop strategy), so a small object in a large photo is seen at the model's full resolution.
+``auto`` crops when the crop's side is at most half the photo's longer side (the model then sees the object at least
+twice as large as the squeezed photo shows it).
 """
 
 from __future__ import annotations
@@ -20,6 +25,9 @@ from magicremover.errors import ConfigError, ImageError
 from magicremover.images import to_pil
 
 Box = tuple[int, int, int, int]  # left, top, right, bottom (PIL's crop box)
+STRATEGIES = ("resize", "crop", "auto")
+AUTO_CROP_FRACTION = 0.5  # auto crops when the crop's side ≤ this fraction of the photo's longer side
+MOST_OF_THE_PHOTO = 0.5  # a located box covering more of the photo's area than this is no object: resize
 
 
 @dataclass(frozen=True)
@@ -31,14 +39,24 @@ class PasteSettings:
             the photo is kept byte for byte.
         feather: width of the linear ramp from the output to the photo, as a fraction of the longer side, ending at
             the dilated edge (0 = a hard edge).
-        threshold: the final mask, divided by its maximum, is binarised at this level.
+        threshold: the final mask, divided by its maximum, is binarised at this level (also the located map's).
+        strategy: ``resize`` (the whole photo squeezed to the model's square), ``crop`` (a square around the object)
+            or ``auto`` (crop when it enlarges the object at least 2×).
+        crop_margin: the crop's side as a multiple of the object box's longer side (at least the model's side where
+            the photo allows).
     """
 
     dilate: float = 0.03
     feather: float = 0.02
     threshold: float = 0.5
+    strategy: str = "auto"
+    crop_margin: float = 2.5
 
     def __post_init__(self):
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"paste.strategy={self.strategy} is not one of {', '.join(STRATEGIES)}")
+        if not self.crop_margin >= 1:
+            raise ConfigError(f"paste.crop_margin={self.crop_margin} must be at least 1 (the crop holds the object)")
         if not (0 <= self.feather <= self.dilate < 1) or not 0 < self.threshold < 1:
             raise ConfigError(
                 f"paste.dilate={self.dilate}, paste.feather={self.feather}, paste.threshold={self.threshold} are "
@@ -130,3 +148,44 @@ def full_size_map(image: torch.Tensor, photo_size: tuple[int, int], box: Box) ->
 def whole(photo_size: tuple[int, int]) -> Box:
     """The box of the whole photo: the model sees it stretched to its square, as in the authors' code."""
     return 0, 0, photo_size[0], photo_size[1]
+
+
+def mask_box(mask: np.ndarray) -> Box | None:
+    """The bounding box of the ``True`` pixels of a ``(H, W)`` boolean mask, or ``None`` when there are none."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if not len(rows):
+        return None
+    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+
+
+def crop_box(region: Box, photo_size: tuple[int, int], side: int, margin: float) -> Box:
+    """A square around ``region``: ``margin`` × its longer side, at least ``side`` px, centred on it, shifted (not
+    shrunk) to stay inside the photo; clamped to the photo where the photo is smaller than the square."""
+    left, top, right, bottom = region
+    length = max(margin * max(right - left, bottom - top), side)
+    box = []
+    for low, high, extent in ((left, right, photo_size[0]), (top, bottom, photo_size[1])):
+        span = min(round(length), extent)
+        start = min(max(round((low + high - span) / 2), 0), extent - span)
+        box.append((start, start + span))
+    (x0, x1), (y0, y1) = box
+    return x0, y0, x1, y1
+
+
+def choose_box(
+    region: Box | None, photo_size: tuple[int, int], side: int, settings: PasteSettings, source: str
+) -> tuple[Box, dict]:
+    """Where the model looks: the crop around the object's ``region`` (from ``source``: ``mask`` or ``located``)
+    or the whole photo, by ``settings.strategy``. Returns the box and what was decided, for the record."""
+    record = {"strategy": settings.strategy, "region": list(region) if region else None, "region_from": source}
+    if settings.strategy == "resize":
+        return whole(photo_size), record | {"used": "resize"}
+    if region is None:
+        return whole(photo_size), record | {"used": "resize", "reason": f"no object region ({source})"}
+    area = (region[2] - region[0]) * (region[3] - region[1])
+    if area > MOST_OF_THE_PHOTO * photo_size[0] * photo_size[1]:
+        return whole(photo_size), record | {"used": "resize", "reason": "the object region covers most of the photo"}
+    box = crop_box(region, photo_size, side, settings.crop_margin)
+    if settings.strategy == "auto" and max(box[2] - box[0], box[3] - box[1]) > AUTO_CROP_FRACTION * max(photo_size):
+        return whole(photo_size), record | {"used": "resize", "reason": "a crop would not enlarge the object 2x"}
+    return box, record | {"used": "crop", "crop": list(box)}

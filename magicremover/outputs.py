@@ -48,10 +48,12 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 
 def save_image(image: torch.Tensor | Image.Image, path: Path) -> None:
-    """Save an image ``(1, 3, H, W)`` / ``(1, 1, H, W)`` in [0, 1] (or a PIL image) as PNG, atomically."""
+    """Save an image ``(1, 3, H, W)`` / ``(1, 1, H, W)`` in [0, 1] (or a PIL image, with the ICC profile and EXIF its
+    ``info`` holds) as PNG, atomically."""
     pil = image if isinstance(image, Image.Image) else to_pil(image)
     buffer = io.BytesIO()
-    pil.save(buffer, format="PNG")
+    kept = {key: pil.info[key] for key in ("icc_profile", "exif") if pil.info.get(key)}
+    pil.save(buffer, format="PNG", **kept)
     atomic_write(path, buffer.getvalue())
 
 

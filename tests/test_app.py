@@ -64,6 +64,7 @@ def server(tmp_path):
 @pytest.mark.skipif(CHROMIUM is None or DRIVER is None, reason="needs Debian's chromium and chromium-driver")
 def test_the_page_removes_the_circle_in_a_real_browser(server, tmp_path, example_image):
     webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium")
+    from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
@@ -81,8 +82,9 @@ def test_the_page_removes_the_circle_in_a_real_browser(server, tmp_path, example
         wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#photo input[type=file]")))
         browser.find_element(By.CSS_SELECTOR, "#photo input[type=file]").send_keys(str(tmp_path / "photo.png"))
         wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#photo img")))
-        circle = [el for el in browser.find_elements(By.CSS_SELECTOR, "#word label") if el.text.strip() == "circle"]
-        circle[0].click()
+        ticked = [el.text.strip() for el in browser.find_elements(By.CSS_SELECTOR, "#word label")
+                  if el.find_element(By.CSS_SELECTOR, "input").is_selected()]  # fmt: skip
+        assert ticked == ["circle"]  # the example's word, ticked; several may be
         browser.find_element(By.CSS_SELECTOR, "#run").click()
         WebDriverWait(browser, 300).until(ec.presence_of_element_located((By.CSS_SELECTOR, "#output img")))
         time.sleep(1)  # let the other panels render before the screenshot
@@ -91,9 +93,22 @@ def test_the_page_removes_the_circle_in_a_real_browser(server, tmp_path, example
         browser.save_screenshot(str(shot))
         sources = {key: browser.find_element(By.CSS_SELECTOR, f"#{key} img").get_attribute("src")
                    for key in ("output", "mask")}  # fmt: skip
+        # Mask mode: paint a stroke with the pointer in the upper left, away from the circle, and run again.
+        canvas = browser.find_elements(By.CSS_SELECTOR, "#editor canvas")[-1]
+        strokes = ActionChains(browser).move_to_element_with_offset(canvas, -90, -60).click_and_hold()
+        strokes.move_by_offset(20, 0).move_by_offset(20, 0).release().perform()
+        browser.find_element(By.CSS_SELECTOR, "#run").click()
+        WebDriverWait(browser, 300).until(
+            lambda b: b.find_element(By.CSS_SELECTOR, "#mask img").get_attribute("src") != sources["mask"]
+        )
+        painted_mask = _fetch(browser.find_element(By.CSS_SELECTOR, "#mask img").get_attribute("src"))
     finally:
         browser.quit()
     shown, mask = (_fetch(sources[key]) for key in ("output", "mask"))
+    # The second run's mask follows the stroke (upper left) and leaves the circle (right of centre) alone.
+    ys, xs = np.nonzero(painted_mask[..., 0] > 0)
+    assert len(xs) and xs.mean() < 0.45 * painted_mask.shape[1] and ys.mean() < 0.45 * painted_mask.shape[0]
+    assert painted_mask[48, 82, 0] == 0
     original = np.asarray(photo)
     assert shown.shape == original.shape  # the photo's own size, not the model's square
     red = (original[..., 0] > 150) & (original[..., 1] < 90) & (original[..., 2] < 90)

@@ -39,6 +39,20 @@ def test_remove_writes_images_and_a_record_with_hand_counted_calls(tmp_path):
     assert set(again["unet_calls"]) == {"reconstruction"} and again["extras"]["inversion_from_cache"]
 
 
+def test_a_target_list_on_the_command_line_removes_each_object_with_one_shared_inversion(tmp_path):
+    from magicremover.toy.scenes import render_scene
+
+    scene = render_scene(10000000)  # a two-object scene
+    Image.fromarray(scene.image).save(tmp_path / "scene.png")
+    words = ",".join(f"'{o.phrase}'" for o in scene.objects)
+    cfg = _config(tmp_path, f"image={tmp_path / 'scene.png'}", f'prompt="{scene.caption}"', f"target=[{words}]",
+                  "num_inference_steps=5", "inversion=negative_prompt")  # fmt: skip
+    payload = remove(cfg, Path(cfg.out_dir))
+    assert payload["targets"] == [o.phrase for o in scene.objects] and {"mask_0", "mask_1"} <= payload["files"].keys()
+    assert payload["unet_calls"]["inversion"]["calls"] == 5  # the second pass read the first one's inversion
+    assert payload["passes"][1]["extras"]["inversion_from_cache"]
+
+
 def test_default_method_writes_every_artefact_and_ablations_are_one_key(tmp_path):
     cfg = _config(tmp_path, "num_inference_steps=10", "inversion=negative_prompt", "experiment=ablation_no_sag")
     assert cfg.method.self_attention_guidance is False and cfg.method.relax_constraints is True

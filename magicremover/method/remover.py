@@ -17,7 +17,7 @@ from magicremover.attention import (
     controlled_attention,
     token_maps,
 )
-from magicremover.diffusion import cfg_eps, ddim_step, decode_latents, unet_eps
+from magicremover.diffusion import cfg_eps, ddim_step, decode_latents, encode_image, encode_text, unet_eps
 from magicremover.errors import ConfigError
 from magicremover.images import Resize, fit_mask
 from magicremover.inversion import Inversion, InversionConfig
@@ -124,6 +124,20 @@ class MagicRemover(InvertingRemover):
                 **self.provenance(inversion),
             },
         )
+
+    @torch.no_grad()
+    def locate(self, sample: RemovalSample) -> torch.Tensor:
+        """Where the target is, before any inversion: its attention map ``(1, 1, H, W)`` in [0, 1] at the model's
+        resolution, from one conditional UNet call on the clean latent at the last timestep (where M₀ is read). The
+        locate pass of ``paste.strategy=crop|auto``."""
+        c = self.components
+        target = find_target(c.tokenizer, sample.prompt, sample.target)
+        _, image = self.fit(sample)
+        latent = encode_image(c, image)
+        t = int(c.scheduler.config.get("steps_offset", 0))  # DDIM's last timestep
+        soft = target_attention(c, latent, t, encode_text(c, [sample.prompt]), target, tuple(latent.shape[-2:]),
+                                "locate")  # fmt: skip
+        return _to_image(soft, tuple(image.shape[-2:]))
 
     def _denoise(
         self, inversion: Inversion, steps: Plan, state: _State
@@ -266,11 +280,20 @@ def t1_attention(
     Returns:
         ``(soft, fixed)``: the soft map in [0, 1] and M₀ = soft > ``threshold``, both ``(1, 1, h, w)``.
     """
-    store = CrossAttentionStore()
-    with controlled_attention(c.unet, store), c.calls.stage("attention_mask"):
-        unet_eps(c, inversion.trajectory[1:2], int(inversion.timesteps[-1]), inversion.cond_embedding)
-    soft = G.fixed_mask_map(store.maps, store.shapes, target.words, latent_hw)
+    latent, t = inversion.trajectory[1:2], int(inversion.timesteps[-1])
+    soft = target_attention(c, latent, t, inversion.cond_embedding, target, latent_hw, "attention_mask")
     return soft, (soft > threshold).float()
+
+
+@torch.no_grad()
+def target_attention(
+    c: SDComponents, latent, t: int, cond: torch.Tensor, target: TargetTokens, latent_hw: tuple[int, int], stage: str
+) -> torch.Tensor:
+    """The target's cross-attention map ``(1, 1, h, w)`` in [0, 1] from one conditional UNet call on ``latent``."""
+    store = CrossAttentionStore()
+    with controlled_attention(c.unet, store), c.calls.stage(stage):
+        unet_eps(c, latent, t, cond)
+    return G.fixed_mask_map(store.maps, store.shapes, target.words, latent_hw)
 
 
 @contextmanager

@@ -64,13 +64,15 @@ class ToyObject:
 
 @dataclass(frozen=True)
 class ToyScene:
-    """A rendered scene: ``image`` ``(64, 64, 3)`` uint8, its ``caption``, ``background`` kind and ``objects``."""
+    """A rendered scene: ``image`` ``(64, 64, 3)`` uint8, its ``caption``, ``background`` kind, ``objects`` and
+    ``empty``, the scene without any object (the ground truth of removing them all)."""
 
     seed: int
     image: np.ndarray
     caption: str
     background: str
     objects: tuple[ToyObject, ...]
+    empty: np.ndarray
 
 
 def _muted(rng: np.random.Generator) -> np.ndarray:
@@ -216,6 +218,5 @@ def render_scene(
             removed=_compose(background, layers, skip=index),
         ))  # fmt: skip
     phrases = " and ".join(f"a {o.phrase}" for o in objects)
-    return ToyScene(
-        seed, _compose(background, layers), f"a photo of {phrases} on {BACKGROUNDS[kind]}", kind, tuple(objects)
-    )
+    caption = f"a photo of {phrases} on {BACKGROUNDS[kind]}"
+    return ToyScene(seed, _compose(background, layers), caption, kind, tuple(objects), _compose(background, []))
