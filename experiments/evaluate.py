@@ -69,6 +69,7 @@ class EvaluationSteps:
             **files,
             "unet_calls": {k: v.calls for k, v in result.calls.items()},
             "unet_backward": {k: v.backward for k, v in result.calls.items()},
+            "unet_forward_equivalents": {k: v.forward_equivalents for k, v in result.calls.items()},
             "seconds": result.seconds.get("total", sum(result.seconds.values())),
             "extras": result.extras,
         }
@@ -146,6 +147,10 @@ def compute_metrics(
     calls = [sum(record["unet_calls"].values()) for record in done.values() if record["status"] == "ok"]
     if calls:
         report["unet_calls_per_sample"] = float(np.mean(calls))
+        equivalents = [
+            sum(r.get("unet_forward_equivalents", {}).values()) for r in done.values() if r["status"] == "ok"
+        ]
+        report["forward_equivalents_per_sample"] = float(np.mean(equivalents))
         report["inversions"] = sum(
             record["unet_calls"].get("inversion", 0) > 0 for record in done.values() if record["status"] == "ok"
         )

@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import functools
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -185,7 +185,7 @@ class Pipeline:
         except NonFiniteError as err:
             raise ConfigError(f"{err}; nothing was written (float16 can overflow: try model.dtype=float32)") from err
         record = {"prompt": prompt, "target": target, "input_size": list(photo.size), "method": self.method_name}
-        calls = locate_calls | {stage: asdict(count) for stage, count in result.calls.items()}
+        calls = locate_calls | {stage: count.record() for stage, count in result.calls.items()}
         record |= {"unet_calls": calls, "seconds": result.seconds}
         record |= {"extras": json.loads(json.dumps(result.extras, default=jsonable))}
         if full_size:
@@ -218,7 +218,7 @@ class Pipeline:
             before = c.calls.totals()
             square = fullsize.model_input(photo, fullsize.whole(photo.size), self.side)
             soft = self.remover.locate(RemovalSample(image=square, prompt=prompt, target=target, sample_id=name))
-            calls = {stage: asdict(n) for stage, n in UNetCalls.delta(c.calls.totals(), before).items()}
+            calls = {stage: n.record() for stage, n in UNetCalls.delta(c.calls.totals(), before).items()}
             found = fullsize.mask_box(soft[0, 0].numpy() > settings.threshold * float(soft.max()))
             scale = (photo.width / self.side, photo.height / self.side)
             region = None if found is None else tuple(round(v * scale[i % 2]) for i, v in enumerate(found))

@@ -54,13 +54,24 @@ def unet_eps(c: SDComponents, latents: torch.Tensor, t: int, embeddings: torch.T
 
 
 def cfg_eps(
-    c: SDComponents, latents: torch.Tensor, t: int, uncond: torch.Tensor, cond: torch.Tensor, scale: float
+    c: SDComponents,
+    latents: torch.Tensor,
+    t: int,
+    uncond: torch.Tensor,
+    cond: torch.Tensor,
+    scale: float,
+    fold: bool = False,
 ) -> torch.Tensor:
     """Classifier-free guidance in one batch-2 UNet call: ε_u + w (ε_c − ε_u).
 
     The paper writes (1+s) ε_c − s ε_u (Eq. 5), i.e. w = 1 + s. Latents ``(1, C, h, w)``, embeddings
-    ``(1, L, D)``; the batch is ordered [unconditional, conditional].
+    ``(1, L, D)``; the batch is ordered [unconditional, conditional]. With ``fold`` and equal embeddings
+    (negative-prompt inversion: the null embedding *is* the prompt's) the two halves are one computation and
+    ε_u + w (ε_c − ε_u) = ε_c, so one batch-1 call gives it; callers whose attention controllers index the batch
+    must handle both sizes.
     """
+    if fold and (uncond is cond or torch.equal(uncond, cond)):
+        return unet_eps(c, latents, t, cond)
     eps_u, eps_c = unet_eps(c, latents.expand(2, -1, -1, -1), t, torch.cat([uncond, cond])).chunk(2)
     return eps_u + scale * (eps_c - eps_u)
 

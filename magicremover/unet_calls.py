@@ -11,6 +11,8 @@ from typing import Iterator
 
 import torch
 
+BACKWARD_COST = 2  # one backward pass ≈ two forward passes (the usual rule; checked by experiments.benchmark)
+
 
 @dataclass
 class StageCount:
@@ -21,12 +23,26 @@ class StageCount:
         samples: sum of the batch sizes of those invocations ("sample-forwards").
         backward: backward passes that reached the UNet's output.
         seconds: wall time spent inside the stage's ``with`` blocks.
+        backward_samples: the batch sizes of the calls a backward pass went through.
+        recomputed_samples: of those, the ones whose forward was recomputed in the backward (gradient checkpointing).
     """
 
     calls: int = 0
     samples: int = 0
     backward: int = 0
     seconds: float = 0.0
+    backward_samples: int = 0
+    recomputed_samples: int = 0
+
+    @property
+    def forward_equivalents(self) -> int:
+        """What the stage cost in single-sample UNet forwards: forward samples + 2 × backward samples (a backward
+        costs about two forwards; ``experiments.benchmark`` measures the ratio) + the recomputed forwards."""
+        return self.samples + BACKWARD_COST * self.backward_samples + self.recomputed_samples
+
+    def record(self) -> dict:
+        """The counts as a record (``result.json``), with the forward-equivalents."""
+        return asdict(self) | {"forward_equivalents": self.forward_equivalents}
 
     def __sub__(self, other: "StageCount") -> "StageCount":
         return StageCount(*(a - b for a, b in zip(asdict(self).values(), asdict(other).values())))
@@ -79,13 +95,18 @@ class UNetCalls:
             slots += [(kwargs, k) for k in ("sample", "encoder_hidden_states") if k in kwargs]
             slots = [(box, key) for box, key in slots if torch.is_tensor(box[key]) and box[key].requires_grad]
             if slots:
-                marked = _CountBackward.apply(partial(self._on_backward, stage), *(box[key] for box, key in slots))
+                recomputed = bool(getattr(module, "is_gradient_checkpointing", False))
+                counted = partial(self._on_backward, stage, sample.shape[0], recomputed)
+                marked = _CountBackward.apply(counted, *(box[key] for box, key in slots))
                 for (box, key), tensor in zip(slots, marked):
                     box[key] = tensor
         return tuple(args), kwargs
 
-    def _on_backward(self, stage: str) -> None:
-        self._counts[stage].backward += 1
+    def _on_backward(self, stage: str, batch: int, recomputed: bool) -> None:
+        count = self._counts[stage]
+        count.backward += 1
+        count.backward_samples += batch
+        count.recomputed_samples += batch if recomputed else 0
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from experiments.app import caption_words, drawn_mask
+from experiments.app import caption_words, drawn_mask, framed
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -28,6 +28,14 @@ def test_word_picker_and_drawn_mask():
     layer.putpixel((2, 3), (255, 255, 255, 255))
     mask = np.asarray(drawn_mask({"background": None, "layers": [layer]}))
     assert mask.shape == (6, 8) and mask[3, 2] == 255 and mask.sum() == 255
+
+
+def test_the_input_panel_draws_each_passes_object_box_and_crop():
+    framing = {"used": "crop", "region": [40, 40, 60, 60], "crop": [20, 20, 80, 80]}
+    passes = [{"framing": framing}, {"framing": {"used": "resize", "region": [100, 10, 120, 30]}}]
+    shown = np.asarray(framed(Image.new("RGB", (200, 100)), {"passes": passes}))
+    assert tuple(shown[20, 50]) == (255, 210, 0) and tuple(shown[40, 50]) == (255, 40, 40)  # crop, object box
+    assert tuple(shown[10, 110]) == (255, 40, 40) and tuple(shown[90, 150]) == (0, 0, 0)  # a located box, no crop
 
 
 def _free_port() -> int:

@@ -52,3 +52,36 @@ def test_benchmark_command_runs_offline(tmp_path):
     report = json.loads(out.read_text())
     assert report["calls_per_preset"]["magicremover"]["edit_calls"] == 110
     assert report["fast_inversion"]["call_ratio"] == 13.0
+
+
+def test_the_fast_preset_folds_its_cfg_halves_to_the_same_image_at_the_hand_counted_cost(toy, example_image):
+    from magicremover.config import build_remover, compose_config
+    from magicremover.types import RemovalSample
+
+    sample = RemovalSample(example_image, "a photo of a red circle on horizontal stripes", "circle")
+    results = {}
+    for fold in (True, False):
+        cfg = compose_config("remove", ["method=magicremover_fast", "cache_dir=null", f"method.fold_cfg={fold}"])
+        results[fold] = build_remover(cfg, components=toy)(sample)
+    assert (results[True].image - results[False].image).abs().max() < 1e-5  # the same output to float noise
+    # By hand, 50 steps, negative-prompt inversion (b1), t_ratio 0.85: replay 8 steps, 42 edited, 41 guided (t > 11),
+    # no classifier optimisation, gradient checkpointing (each backward recomputes its forward).
+    folded = {stage: n.forward_equivalents for stage, n in results[True].calls.items()}
+    assert folded == {"inversion": 50, "attention_mask": 1, "replay": 8, "reconstruction": 42, "edit": 42 + 3 * 41}
+    batched = {stage: n.forward_equivalents for stage, n in results[False].calls.items()}
+    assert batched == {"inversion": 50, "attention_mask": 1, "replay": 16, "reconstruction": 84, "edit": 84 + 6 * 41}
+    assert sum(folded.values()) == 266 and sum(batched.values()) == 481  # 45 % less UNet work
+
+
+def test_the_cost_command_counts_forward_equivalents_and_pairs_wall_time(tiny):
+    from experiments import cost
+
+    factor = cost.backward_factor(tiny, repeats=3)
+    assert factor["forward_backward_s"] > factor["forward_s"] > 0 and factor["assumed"] == 2
+    report = cost.paired_costs(tiny, repeats=1)
+    released, fast, unfolded = (report[name] for name in cost.PRESETS)
+    assert released["fewer_forward_equivalents"] == released["less_wall_time"] == 1.0
+    for row in report.values():  # forward-equivalents by their definition, from the row's own counts
+        assert row["forward_equivalents"] >= row["samples"] + 2 * row["backward_samples"]
+    assert fast["calls"] == unfolded["calls"] and fast["samples"] < unfolded["samples"]  # folding halves, not calls
+    assert "| magicremover_fast |" in cost.table({"presets": report, "backward_factor": factor})

@@ -146,7 +146,8 @@ class MagicRemover(InvertingRemover):
         the last guided step ``(1, 1, h, w)`` (``None`` when no step was guided)."""
         s = self.settings
         kv = SelfAttentionKV()
-        store = CrossAttentionStore(keep_graph=True, batch_index=slice(1, 2), enabled=False)  # conditional half
+        # The conditional half: the last entry of a CFG batch, the only one of a folded call (cfg_eps).
+        store = CrossAttentionStore(keep_graph=True, batch_index=slice(-1, None), enabled=False)
         branches = _Branches(self, inversion.cond_embedding, steps, state, kv, store)
         hooks = []
         if s.trajectory_correction != "none":
@@ -170,7 +171,7 @@ class MagicRemover(InvertingRemover):
         store.reset()
         store.enabled = True  # stays on through the backward pass: checkpointed blocks recompute with the same path
         with torch.enable_grad():
-            eps = cfg_eps(c, z, t, null, cond, self.inversion.guidance_scale)
+            eps = cfg_eps(c, z, t, null, cond, self.inversion.guidance_scale, fold=self.settings.fold_cfg)
             # Each word's map at the latent grid: every layer resized to it, heads and layers summed.
             word_maps = [token_maps(store.maps, store.shapes, word, state.latent_hw).sum(1, keepdim=True)
                          for word in state.target.words]  # fmt: skip
@@ -266,7 +267,7 @@ class _Branches:
             step.z_edit_next = self.region * step.z_edit_next + (1 - self.region) * step.z_rec_next
 
     def _eps(self, z: torch.Tensor, step: Step) -> torch.Tensor:
-        return cfg_eps(self.c, z, step.t, step.null, self.cond, self.w)
+        return cfg_eps(self.c, z, step.t, step.null, self.cond, self.w, fold=self.s.fold_cfg)
 
 
 @torch.no_grad()

@@ -38,6 +38,10 @@ class Settings:
             masked one; ``experiments.remove mask=PATH`` turns it on.
         gradient_checkpointing: recompute UNet activations during the guided backward pass instead of storing them:
             identical results, far less memory (see the README's Performance section), some extra compute.
+        fold_cfg: when the unconditional and conditional embeddings are equal (negative-prompt inversion: the null
+            embedding is the prompt's), run one batch-1 UNet call instead of the CFG batch of two identical halves,
+            since ε_u + w (ε_c − ε_u) = ε_c: the same output to float noise for half the UNet work. No effect when they
+            differ (null-text inversion).
         trajectory_correction: Direct Inversion (Ju et al., 2024), no optimisation: ``reconstruction`` puts the
             reconstruction branch back on the inversion trajectory after every step (exact reconstruction, and the
             replay before the edit start needs no UNet call); ``both`` also adds that step's correction to the edit
@@ -63,6 +67,7 @@ class Settings:
     classifier_optimization: bool = True
     use_mask: bool = False
     gradient_checkpointing: bool = True
+    fold_cfg: bool = True
     trajectory_correction: Literal["none", "reconstruction", "both"] = "none"
 
     def __post_init__(self) -> None:
