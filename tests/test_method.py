@@ -42,21 +42,26 @@ def _circle_mask(size=64):
 def test_default_call_counts_match_the_hand_derivation(remove):
     result = remove(steps=50)
     counts = {stage: (c.calls, c.samples, c.backward) for stage, c in result.calls.items()}
-    # 50 DDIM steps 981…1, t_ratio 0.85 → edit start index 50 − int(42.5) = 8 (t = 821):
-    #   replay: steps 0–7, one CFG (b2) call each                              → 8 calls, 16 samples
-    #   attention_mask: one conditional (b1) pass at t = 1 for M₀              → 1 call
-    #   reconstruction: steps 8–49, one b2 call each                           → 42 calls
-    #   edit: 41 guided b2 calls with backward (821…21) + 1 plain b2 (t = 1)   → 42 calls, 41 backward
-    #   classifier_optimization: t ∈ {821…501}, 17 b2 calls with backward      → 17 calls, 17 backward
+    # 50 DDIM steps 981…1, t_ratio 0.85 → edit start index 50 − int(42.5) = 8 (t = 821). Negative-prompt inversion:
+    # the null embedding is the prompt's, so every CFG pair of halves is folded into one b1 call (method.fold_cfg):
+    #   replay: steps 0–7, one call each                                       → 8 calls
+    #   attention_mask: one conditional pass at t = 1 for M₀                   → 1 call
+    #   reconstruction: steps 8–49, one call each                              → 42 calls
+    #   edit: 41 guided calls with backward (821…21) + 1 plain (t = 1)         → 42 calls, 41 backward
+    #   classifier_optimization: t ∈ {821…501}, 17 calls with backward         → 17 calls, 17 backward
     #   negative-prompt inversion: 50 b1 calls
     assert counts == {
         "inversion": (50, 50, 0),
         "attention_mask": (1, 1, 0),
-        "replay": (8, 16, 0),
-        "reconstruction": (42, 84, 0),
-        "edit": (42, 84, 41),
-        "classifier_optimization": (17, 34, 17),
+        "replay": (8, 8, 0),
+        "reconstruction": (42, 42, 0),
+        "edit": (42, 42, 41),
+        "classifier_optimization": (17, 17, 17),
     }
+    unfolded = remove(steps=50, fold_cfg=False)  # the CFG batch of two: every sample count doubles
+    assert {stage: c.samples for stage, c in unfolded.calls.items() if stage not in ("inversion", "attention_mask")} == {
+        "replay": 16, "reconstruction": 84, "edit": 84, "classifier_optimization": 34
+    }  # fmt: skip
     assert result.extras["edit_start_t"] == 821 and result.extras["guided_steps"] == 41
 
 

@@ -1,0 +1,39 @@
+"""The cost frontier's table: rows merged across the halves of one scene set, paired bootstrap intervals."""
+
+import json
+
+import numpy as np
+import pytest
+
+from experiments.toy_report import frontier, paired_interval
+
+
+def test_the_paired_interval_brackets_the_mean_as_the_normal_approximation_does():
+    assert paired_interval([0.3] * 20) == pytest.approx((0.3, 0.3, 0.3))
+    values = np.random.default_rng(4).normal(0.2, 1.0, 400)
+    mean, low, high = paired_interval(list(values))
+    half = 1.96 * values.std(ddof=1) / np.sqrt(len(values))  # independent: the normal approximation
+    assert mean == pytest.approx(values.mean()) and low < mean < high
+    assert (high - low) / 2 == pytest.approx(half, rel=0.1)
+
+
+def _report(path, seeds, rows):
+    vae = [{"seed": s, "psnr_out_vs_input": 30.0, "psnr_in_vs_gt": 0.0, "psnr_in_input_vs_gt": 0.0} for s in seeds]
+    per_scene = {"vae_reconstruction": vae}
+    for name, (gain, gap, calls, fe) in rows.items():
+        per_scene[name] = [{"seed": s, "psnr_in_vs_gt": 10 + gain(s), "psnr_in_input_vs_gt": 10.0,
+                            "psnr_out_vs_input": 30.0 - gap(s), "unet_calls": calls, "forward_equivalents": fe}
+                           for s in seeds]  # fmt: skip
+    path.write_text(json.dumps({"removal_per_scene": per_scene}))
+    return path
+
+
+def test_the_frontier_merges_halves_and_pairs_each_row_with_the_default_scene_by_scene(tmp_path):
+    rows = {"null_text 50 steps": (lambda s: s % 3, lambda s: 1.0, 742, 2213),
+            "negative_prompt 50 steps w/o Co": (lambda s: s % 3 - 0.5, lambda s: 0.75, 143, 266)}  # fmt: skip
+    halves = [_report(tmp_path / f"{i}.json", seeds, rows) for i, seeds in enumerate((range(0, 10), range(10, 20)))]
+    table = frontier(halves, tmp_path).splitlines()
+    fast = next(line for line in table if line.startswith("| negative_prompt"))
+    assert "| 143 | 5.2 | 266 | 8.3 |" in fast and fast.endswith("| 20 |")  # both halves, one row
+    assert "| -0.50 [-0.50, -0.50] | -0.25 [-0.25, -0.25] |" in fast  # every scene 0.5 dB less inside, 0.25 less gap
+    assert (tmp_path / "frontier.png").is_file()
