@@ -15,7 +15,6 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
 import toy_inversions
 
 from magicremover.config import build_remover, compose_config
@@ -98,6 +97,12 @@ def test_the_committed_inversions_are_what_todays_code_computes(toy, tmp_path):
         image = cached.fit(case.sample)[1]
         stored, computed = cached.invert(case.sample, image), fresh.invert(case.sample, image)
         assert stored.from_cache and not computed.from_cache
-        for name in ("timesteps", "null_embeddings", "cond_embedding"):
-            assert torch.equal(getattr(stored, name), getattr(computed, name)), (case.scene.seed, name)
-        assert torch.equal(stored.z_T, computed.z_T) and torch.equal(stored.trajectory[1], computed.trajectory[1])
+        # Bitwise on the machine that built them; another CPU's kernels differ at float noise (the text encoder by
+        # 5e-7), which 50 chaotic null-text optimisations amplify to 4e-3–2.4e-2 in embeddings of magnitude ~4 (seen
+        # on a second machine). The deterministic parts are held tight: a code change that makes the committed
+        # files stale moves them by far more.
+        limits = {"timesteps": 0, "cond_embedding": 1e-5, "null_embeddings": 0.1, "z_T": 1e-3}
+        for name, limit in limits.items():
+            difference = (getattr(stored, name).float() - getattr(computed, name).float()).abs().max().item()
+            assert difference <= limit, (case.scene.seed, name, difference)
+        assert (stored.trajectory[1] - computed.trajectory[1]).abs().max() <= 1e-4
