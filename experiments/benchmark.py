@@ -38,13 +38,7 @@ from magicremover.models import SDComponents, build_tiny, load_pretrained
 from magicremover.toy.quality import held_out_cases, to_uint8
 from magicremover.types import RemovalSample
 
-PRESETS = (
-    "magicremover",
-    "magicremover_coco",
-    "magicremover_paper",
-    "p2p_reweight",
-    "p2p_refine",
-)  # conf/method/*.yaml
+PRESETS = ("magicremover", "magicremover_coco", "magicremover_paper", "p2p_reweight", "p2p_refine")  # conf/method/*
 SWEEP = {  # Table 1's two MagicRemover rows and the four ablations of Fig. 6, on the COCO preset (config overrides)
     "table1_without_mask": [],
     "table1_with_mask": ["method.use_mask=true"],
@@ -85,8 +79,10 @@ def calls_per_inversion(c: SDComponents, n_images: int) -> dict:
     for name, (preset, overrides) in rows.items():
         cfg = compose_config("remove", [f"method={preset}", "cache_dir=null", "device=cpu", *overrides])
         remover = build_remover(cfg, c)
-        calls = [sum(n.calls for n in remover(sample).calls.values()) for sample in _samples(n_images)]
-        out[name] = {"calls_per_image": float(np.mean(calls)), "steps": cfg.num_inference_steps}
+        counts = [remover(sample).calls.values() for sample in _samples(n_images)]
+        mean = lambda key: float(np.mean([sum(getattr(n, key) for n in c) for c in counts]))  # noqa: E731
+        out[name] = {"calls_per_image": mean("calls"), "forward_equivalents_per_image": mean("forward_equivalents"),
+                     "steps": cfg.num_inference_steps}  # fmt: skip
     released = out["null-text (released code)"]["calls_per_image"]
     out["fast_ratio"] = released / out["magicremover_fast"]["calls_per_image"]
     return out
@@ -371,7 +367,8 @@ def table(report: dict) -> str:
     per_inversion = report.get("calls_per_inversion")  # only with --all
     for name, row in (per_inversion or {}).items():
         if name != "fast_ratio":
-            rows.append(f"| UNet calls per image, {name} ({row['steps']} steps) | {row['calls_per_image']:.0f} | | | |")
+            rows.append(f"| UNet calls (forward-equivalents) per image, {name} ({row['steps']} steps) | "
+                        f"{row['calls_per_image']:.0f} ({row['forward_equivalents_per_image']:.0f}) | | | |")  # fmt: skip
     if per_inversion:
         rows.append(
             f"| UNet calls per image, magicremover_fast vs the released code | "
