@@ -5,6 +5,7 @@
     python -m experiments.benchmark --model toy        # the trained toy model (fast-inversion PSNR is meaningful)
     python -m experiments.benchmark --memory           # adds peak memory of one 512² SD-1.5 guided step (slow)
     python -m experiments.benchmark --threads          # seconds per UNet call at 1 … all cores (run it idle and busy)
+    python -m experiments.benchmark --device cuda      # per preset at SD-1.5 size: seconds, forward-equivalents, memory
 
 Figures are medians over ``--repeats`` with their min–max spread; ratios are measured side by side in one run.
 """
@@ -16,7 +17,6 @@ import json
 import math
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from experiments._cli import THREAD_VARIABLES, apply_thread_default, cpu_threads
+from experiments.device_cost import DTYPES, device_cost, device_table, guided_step_peak_memory, memory_comparison
 from magicremover.authors_cost import authors_cost
 from magicremover.config import build_remover, compose_config
 from magicremover.images import psnr
@@ -196,54 +197,6 @@ def fast_inversion(c: SDComponents, n_images: int, cache: Path) -> dict:
     return out
 
 
-def guided_step_peak_memory(kind: str) -> dict:
-    """Run one 512² guided step of a real-size SD-1.5 UNet (random weights, fp32, CPU) in this process.
-
-    ``ours``: our processors (SDPA self-attention, explicit cross-attention kept for the loss) with gradient
-    checkpointing, as the method runs. ``reference``:
-    diffusers' explicit ``AttnProcessor`` on every layer, which materialises self-attention probabilities as the
-    authors' code does, all kept for backward.
-    """
-    from diffusers import UNet2DConditionModel
-    from diffusers.models.attention_processor import AttnProcessor
-
-    from magicremover.attention import CrossAttentionStore, controlled_attention, token_maps
-
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768, attention_head_dim=8,
-                                sample_size=64).requires_grad_(False)  # fmt: skip
-    z = torch.randn(2, 4, 64, 64, requires_grad=True)
-    emb = torch.randn(2, 77, 768)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    start = time.perf_counter()
-    if kind == "reference":
-        unet.set_attn_processor(AttnProcessor())
-        out = unet(z, 501, encoder_hidden_states=emb).sample
-        loss = out[1:].pow(2).mean()  # stands in for the attention loss: the graph spans the whole UNet either way
-        torch.autograd.grad(loss, z)
-    else:
-        unet.enable_gradient_checkpointing()  # as MagicRemover runs its guided steps (gradient_checkpointing: true)
-        store = CrossAttentionStore(keep_graph=True, batch_index=slice(1, 2))
-        with controlled_attention(unet, store):
-            unet(z, 501, encoder_hidden_states=emb)
-            loss = token_maps(dict(store.maps), dict(store.shapes), [5], (64, 64)).pow(2).mean()
-            torch.autograd.grad(loss, z)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"peak_rss_gb": peak / 2**20, "rss_before_step_gb": base / 2**20, "seconds": time.perf_counter() - start}
-
-
-def memory_comparison() -> dict:
-    """Each variant in its own process, so peaks do not mix."""
-    out = {}
-    for kind in ("ours", "reference"):
-        done = subprocess.run([sys.executable, "-m", "experiments.benchmark", "--guided-step", kind],
-                              capture_output=True, text=True, check=True)  # fmt: skip
-        out[kind] = json.loads(done.stdout.strip().splitlines()[-1])
-    step = {k: v["peak_rss_gb"] - v["rss_before_step_gb"] for k, v in out.items()}
-    out["step_memory_ratio"] = step["ours"] / step["reference"]
-    return out
-
-
 def say(message: str) -> None:
     """What the benchmark is measuring now, on stderr (stdout carries the table)."""
     print(f"[{time.strftime('%H:%M:%S')}] benchmark: {message}", file=sys.stderr, flush=True)
@@ -285,6 +238,9 @@ def main() -> None:
     parser.add_argument("--memory", action="store_true", help="also measure one 512² SD-1.5 guided step (≈ 5 min)")
     parser.add_argument("--out", default="benchmark.json")
     parser.add_argument("--threads", action="store_true", help="only time UNet calls per torch thread count")
+    parser.add_argument("--device", help="only the per-preset cost at --size on this device (experiments.device_cost)")
+    parser.add_argument("--size", choices=["sd15", "tiny"], default="sd15", help="model size for --device")
+    parser.add_argument("--dtypes", nargs="*", choices=list(DTYPES), default=list(DTYPES), help="dtypes for --device")
     parser.add_argument("--guided-step", choices=["ours", "reference"], help=argparse.SUPPRESS)
     parser.add_argument("--unet-seconds", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -294,6 +250,11 @@ def main() -> None:
         return
     if args.threads:
         print(json.dumps(thread_timing(args.model, args.repeats), indent=2))
+        return
+    if args.device:
+        report = device_cost(args.device, args.size, args.dtypes, args.repeats)
+        Path(args.out).write_text(json.dumps(report, indent=2))
+        print(device_table(report))
         return
     from tempfile import TemporaryDirectory
 

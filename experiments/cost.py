@@ -53,6 +53,27 @@ def backward_factor(c: SDComponents, repeats: int) -> dict:
     return {"forward_s": forward, "forward_backward_s": both, "factor": both / forward - 1, "assumed": BACKWARD_COST}
 
 
+def batching_gain(c: SDComponents, repeats: int) -> dict:
+    """Whether batching the reconstruction and edit branches into one call would pay: seconds of one batch-2 UNet
+    forward against two batch-1 forwards (alternated, medians of ``repeats``); ``saving`` is the fraction of the two
+    calls' time one batched call saves (≈ 0 where the device is already saturated by one sample, as a small CPU is)."""
+    z = torch.randn(2, c.unet.config.in_channels, c.resolution // 8, c.resolution // 8)
+    embedding = torch.randn(2, c.tokenizer.model_max_length, c.text_encoder.config.hidden_size)
+    times = {"batched": [], "two_calls": []}
+    with torch.no_grad():
+        c.unet(z, 501, encoder_hidden_states=embedding)  # warm-up
+        for _ in range(repeats):
+            start = time.perf_counter()
+            c.unet(z, 501, encoder_hidden_states=embedding)
+            times["batched"].append(time.perf_counter() - start)
+            start = time.perf_counter()
+            for i in range(2):
+                c.unet(z[i : i + 1], 501, encoder_hidden_states=embedding[i : i + 1])
+            times["two_calls"].append(time.perf_counter() - start)
+    batched, two = (statistics.median(times[k]) for k in times)
+    return {"batched_s": batched, "two_calls_s": two, "saving": 1 - batched / two}
+
+
 def paired_costs(c: SDComponents, repeats: int) -> dict:
     """Each preset on the example scene, ``repeats`` rounds in alternation (no inversion cache): counts per image and
     wall-time medians and ranges."""
@@ -99,6 +120,9 @@ def table(report: dict) -> str:
             f"{row['fewer_forward_equivalents']:.1f} | {row['seconds_median']:.1f} ({low:.1f}–{high:.1f}) | "
             f"{row['less_wall_time']:.1f} |"
         )
+    batching = report["batching"]
+    lines.append(f"\none batch-2 forward {batching['batched_s'] * 1e3:.1f} ms vs two batch-1 forwards "
+                 f"{batching['two_calls_s'] * 1e3:.1f} ms: batching the branches saves {batching['saving']:.0%}")  # fmt: skip
     factor = report["backward_factor"]
     lines.append(f"\nbackward ≈ {factor['factor']:.2f} forwards measured (assumed {factor['assumed']}): forward "
                  f"{factor['forward_s'] * 1e3:.1f} ms, forward + backward {factor['forward_backward_s'] * 1e3:.1f} ms")  # fmt: skip
@@ -118,7 +142,8 @@ def main(argv: list[str] | None = None) -> dict:
         c = load_toy(device="cpu")
     else:
         c = load_pretrained(path=args.model, device="cpu")
-    report = {"backward_factor": backward_factor(c, max(5, args.repeats)), "presets": paired_costs(c, args.repeats)}
+    report = {"backward_factor": backward_factor(c, max(5, args.repeats)), "batching": batching_gain(c, 20),
+              "presets": paired_costs(c, args.repeats)}  # fmt: skip
     args.out.write_text(json.dumps(report, indent=2))
     print(table(report))
     return report

@@ -90,13 +90,20 @@ def waits_for_model(method_cfg: DictConfig) -> bool:
 
 def build_remover(cfg: DictConfig, components=None) -> Remover:
     """The remover ``cfg.method`` describes. A method that waits for a diffusion model (see :func:`waits_for_model`)
-    gets ``components``, or ``cfg.model`` loaded now; one that needs none (LaMa) loads none."""
+    gets ``components``, or ``cfg.model`` loaded now; one that needs none (LaMa) loads none. Its inversion cache,
+    if any, is capped at ``cfg.cache_max_gb``."""
     from hydra.utils import instantiate
 
+    from magicremover.inversion.cache import cap_bytes
+
+    max_bytes = cap_bytes(cfg.get("cache_max_gb"))  # shared by every method's cache, checked before any model loads
     method = instantiate(cfg.method)
     if not waits_for_model(cfg.method):
         return method
-    return method(components=components if components is not None else instantiate(cfg.model))
+    remover = method(components=components if components is not None else instantiate(cfg.model))
+    if getattr(remover, "cache", None) is not None:
+        remover.cache.max_bytes = max_bytes
+    return remover
 
 
 def method_settings(preset: str, *overrides: str) -> dict:

@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from magicremover.authors_cost import authors_cost
 
@@ -84,4 +85,42 @@ def test_the_cost_command_counts_forward_equivalents_and_pairs_wall_time(tiny):
     for row in report.values():  # forward-equivalents by their definition, from the row's own counts
         assert row["forward_equivalents"] >= row["samples"] + 2 * row["backward_samples"]
     assert fast["calls"] == unfolded["calls"] and fast["samples"] < unfolded["samples"]  # folding halves, not calls
-    assert "| magicremover_fast |" in cost.table({"presets": report, "backward_factor": factor})
+    batching = cost.batching_gain(tiny, repeats=3)
+    assert batching["batched_s"] > 0 and batching["saving"] == 1 - batching["batched_s"] / batching["two_calls_s"]
+    table = cost.table({"presets": report, "backward_factor": factor, "batching": batching})
+    assert "| magicremover_fast |" in table and "batching the branches saves" in table
+
+
+def test_the_device_benchmark_runs_each_preset_at_tiny_size_on_the_cpu(tiny, tmp_path):
+    from experiments.device_cost import device_cost, device_table
+    from magicremover.config import build_remover, compose_config
+    from magicremover.toy.quality import held_out_cases
+
+    report = device_cost("cpu", "tiny", ["fp32"], repeats=1, presets=("magicremover_fast",))
+    row = report["rows"]["magicremover_fast fp32"]
+    # The same preset run directly on the same tiny weights costs the same forward-equivalents and calls.
+    direct = build_remover(compose_config("remove", ["method=magicremover_fast", "cache_dir=null"]), tiny)
+    counts = direct(held_out_cases(1)[0].sample).calls.values()
+    assert row["forward_equivalents"] == sum(n.forward_equivalents for n in counts) == 266
+    assert row["calls"] == sum(n.calls for n in counts) and row["seconds"]["n"] == 1 and row["peak_memory_gb"] > 0
+    assert report["resolution"] == 64 and "| magicremover_fast fp32 | " in device_table(report)
+
+
+def test_the_device_benchmark_names_the_fix_without_a_gpu():
+    from experiments.device_cost import device_cost
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible")
+    with pytest.raises(SystemExit, match="no CUDA device is visible to torch here; run it on a GPU machine"):
+        device_cost("cuda", "sd15", ["fp16"], repeats=1)
+
+
+@pytest.mark.slow
+def test_the_sd15_size_model_has_sd15s_parameter_counts():
+    from experiments.device_cost import build_sd15_size
+
+    c = build_sd15_size("cpu", torch.float32)
+    count = {name: sum(p.numel() for p in getattr(c, name).parameters()) for name in ("unet", "vae", "text_encoder")}
+    # runwayml/stable-diffusion-v1-5's published components: 859.52 M, 83.65 M and 123.06 M parameters.
+    assert count == {"unet": 859_520_964, "vae": 83_653_863, "text_encoder": 123_060_480}
+    assert c.resolution == 512 and len(c.tokenizer) == 49408

@@ -5,12 +5,15 @@ An entry is a safetensors file named by a hash of everything that changes the re
 inversion config. Writes go to a temporary file that is renamed into place, so a crash never leaves a partial
 entry under a valid name; an unreadable or inconsistent entry is deleted and recomputed, never trusted.
 
-Entries are lean (format v3): only the trajectory latents the methods read back (z₀, the t = 1 latent and z_T;
+Entries are lean (format v4): only the trajectory latents the methods read back (z₀, the t = 1 latent and z_T;
 every entry for Direct Inversion, which asks for them), and the per-step null embeddings as the first step's
-embedding plus float16 differences from it (none at all when every step shares one embedding, as with
-negative-prompt and plain DDIM inversion). On the toy model the float16 differences move a removal's output by at
-most 6e-5 (in [0, 1]; an 8-bit level is 4e-3). A miss returns the same compacted inversion it stores, so a run's
-results never depend on whether its inversions came from the cache.
+embedding plus int8 differences from it with one float32 scale per (step, token) row (none at all when every step
+shares one embedding, as with negative-prompt and plain DDIM inversion). A miss returns the same compacted inversion
+it stores, so a run's results never depend on whether its inversions came from the cache.
+
+``max_gb`` caps the folder: after a write that takes it over the cap, the least recently used entries (a hit
+refreshes an entry's modification time) are deleted until it fits, with one warning per cache; the entry just
+written is never the one evicted.
 """
 
 from __future__ import annotations
@@ -28,12 +31,12 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from magicremover.errors import NonFiniteError
+from magicremover.errors import ConfigError, NonFiniteError
 from magicremover.inversion.core import Inversion, InversionConfig, invert
 from magicremover.models import SDComponents
 
 log = logging.getLogger(__name__)
-_FORMAT = "magicremover-inversion-v3"  # v2: a content digest; v3: lean entries (older keys are never looked up)
+_FORMAT = "magicremover-inversion-v4"  # v2: a content digest; v3: lean; v4: int8 null rows (older keys never read)
 _TENSORS = ("timesteps", "trajectory", "null_embeddings", "cond_embedding")  # of an Inversion
 _ENDS = (0, 1, -1)  # z₀ (the VAE reconstruction), the t = 1 latent (M₀'s attention) and z_T
 
@@ -52,7 +55,10 @@ def pack(inversion: Inversion, full_trajectory: bool) -> dict[str, torch.Tensor]
     }
     delta = nulls - nulls[:1]
     if delta.any():
-        tensors["null_delta"] = delta.to(torch.float16)
+        # Per-row symmetric int8: a row's error is at most half its largest difference / 127.
+        scale = delta.abs().amax(-1, keepdim=True) / 127
+        tensors["null_delta_scale"] = scale
+        tensors["null_delta"] = torch.round(delta / scale.clamp_min(torch.finfo(scale.dtype).tiny)).to(torch.int8)
     return {name: tensor.contiguous() for name, tensor in tensors.items()}
 
 
@@ -64,7 +70,10 @@ def unpack(tensors: dict[str, torch.Tensor], from_cache: bool) -> Inversion:
     trajectory[tensors["trajectory_index"]] = kept
     base = tensors["null_base"]
     delta = tensors.get("null_delta")
-    nulls = base.expand(n_steps, -1, -1).clone() if delta is None else base + delta.to(base.dtype)
+    if delta is None:
+        nulls = base.expand(n_steps, -1, -1).clone()
+    else:
+        nulls = base + delta.to(base.dtype) * tensors["null_delta_scale"]
     return Inversion(tensors["timesteps"], trajectory, nulls, tensors["cond_embedding"], from_cache=from_cache)
 
 
@@ -74,7 +83,7 @@ def entry_bytes(n_steps: int, latent_shape: tuple[int, ...], text_shape: tuple[i
     ``latent_shape=(4, 64, 64)`` and ``text_shape=(77, 768)``."""
     latent, text = math.prod(latent_shape) * 4, math.prod(text_shape) * 4
     kept = n_steps + 1 if full_trajectory else len(_ENDS)
-    nulls = text + (n_steps * text // 2 if distinct_nulls else 0)
+    nulls = text + (n_steps * (text // 4 + text_shape[0] * 4) if distinct_nulls else 0)
     return n_steps * 8 + text + kept * (latent + 8) + nulls
 
 
@@ -93,21 +102,35 @@ def cache_key(identity: str, image: torch.Tensor, prompt: str, config: Inversion
     return digest.hexdigest()
 
 
+def cap_bytes(max_gb: float | None) -> int | None:
+    """``cache_max_gb`` in bytes, checked (``None``: no cap)."""
+    if max_gb is None:
+        return None
+    if isinstance(max_gb, bool) or not isinstance(max_gb, (int, float)) or not max_gb > 0:
+        raise ConfigError(f"cache_max_gb={max_gb} must be a positive number of GB (or null for no cap)")
+    return int(max_gb * 1e9)
+
+
 class InversionCache:
     """A folder of cached inversions.
 
     Args:
         root: the cache folder (created on first write).
+        max_gb: the folder's cap in gigabytes (10⁹ bytes); ``None``: unbounded.
 
     Attributes:
-        hits / misses: lookups answered from disk / computed, since construction.
+        hits / misses / evicted: lookups answered from disk / computed, and entries deleted for the cap, since
+            construction.
     """
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, max_gb: float | None = None):
         self.root = Path(root).expanduser()
+        self.max_bytes = cap_bytes(max_gb)
         self.hits = 0
         self.misses = 0
+        self.evicted = 0
         self.writable = True
+        self._total: int | None = None  # the folder's entry bytes, scanned at the first capped write
 
     def path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.safetensors"
@@ -131,6 +154,7 @@ class InversionCache:
                 raise ValueError("tensor lengths disagree")
             if full_trajectory and len(tensors["trajectory_index"]) != n_steps + 1:
                 return None
+            inversion = unpack(tensors, from_cache=True)
         except Exception as err:  # noqa: BLE001 - any unreadable entry is recomputed
             log.warning("inversion cache entry %s is unusable (%s); recomputing it", path.name, err)
             try:
@@ -138,7 +162,11 @@ class InversionCache:
             except OSError:
                 pass  # a read-only cache: the entry stays, and is checked (and skipped) again next time
             return None
-        return unpack(tensors, from_cache=True)
+        try:
+            os.utime(path)  # a hit is a use: least recently used entries are the ones max_gb evicts
+        except OSError:
+            pass  # a read-only cache is never written, so never evicted
+        return inversion
 
     def save(self, key: str, tensors: dict[str, torch.Tensor]) -> None:
         """Write atomically: a temporary file in the same folder, then ``os.replace``. The cache is an optimisation:
@@ -153,12 +181,51 @@ class InversionCache:
             os.close(handle)
             save_file(tensors, tmp, metadata={"key": key, "format": _FORMAT, "digest": _digest(tensors)})
             os.replace(tmp, path)
+            if self.max_bytes is not None:
+                self._fit(path)
         except OSError as err:
             self.writable = False
             log.warning("inversion cache %s cannot be written (%s); continuing without caching", self.root, err)
         finally:
             if tmp is not None:
                 Path(tmp).unlink(missing_ok=True)
+
+    def _entries(self) -> list[tuple[float, int, Path]]:
+        """(modification time, bytes, path) of every entry, oldest first."""
+        entries = []
+        for path in self.root.glob("*/*.safetensors"):
+            try:
+                stat = path.stat()
+            except FileNotFoundError:  # another process evicted it
+                continue
+            entries.append((stat.st_mtime, stat.st_size, path))
+        return sorted(entries)
+
+    def _fit(self, newest: Path) -> None:
+        """Delete least recently used entries until the folder is within ``max_bytes``, sparing ``newest``."""
+        if self._total is None:
+            self._total = sum(size for _, size, _ in self._entries())
+        else:
+            self._total += newest.stat().st_size
+        if self._total <= self.max_bytes:
+            return
+        entries = self._entries()  # rescanned: other processes may share the folder
+        self._total = sum(size for _, size, _ in entries)
+        evicted = 0
+        for _, size, path in entries:
+            if self._total <= self.max_bytes:
+                break
+            if path == newest:
+                continue
+            path.unlink(missing_ok=True)
+            self._total -= size
+            evicted += 1
+        if evicted and not self.evicted:
+            log.warning(
+                "inversion cache %s reached cache_max_gb=%g: evicted %d least recently used entries "
+                "(further evictions are not reported)", self.root, self.max_bytes / 1e9, evicted
+            )  # fmt: skip
+        self.evicted += evicted
 
 
 def _digest(tensors: dict[str, torch.Tensor]) -> str:
