@@ -20,6 +20,7 @@ from torch import nn
 from eval.authors import AuthorsScores, Sample
 from eval.clip import ClipLoader, clip_scores
 from eval.distribution import fid, inception_discriminative_scores
+from eval.remove_score import MARGIN, RemoveScore
 from magicremover.errors import ConfigError
 
 PROTOCOLS = ("clean", "authors")
@@ -36,6 +37,7 @@ class SetScores:
         clip_protocol: ``torchmetrics`` (100 · clipped cosine) or ``authors`` (plain cosine, their resize); see
             :mod:`eval.clip`.
         protocol: ``clean``, or ``authors`` to add the authors' files, crops and statistics (``authors_*`` keys).
+        remove_score: a :class:`~eval.remove_score.RemoveScore`, or ``None`` for no ReMOVE score.
     """
 
     def __init__(
@@ -46,11 +48,14 @@ class SetScores:
         fid_backend: str | None = None,
         clip_protocol: str = "torchmetrics",
         protocol: str = "clean",
+        remove_score: RemoveScore | None = None,
     ):
         if protocol not in PROTOCOLS:
             raise ConfigError(f"metrics.protocol={protocol} is not one of {', '.join(PROTOCOLS)}")
         self.features, self.clip_loader, self.batch_size, self.fid_backend = features, clip, batch_size, fid_backend
         self.clip_protocol, self.protocol = clip_protocol, protocol
+        self.remove_score = remove_score
+        self.remove_scores: dict[str, list[float]] = {"output": [], "original": []}
         extra = ["authors"] if protocol == "authors" else []
         metrics = clip_scores(clip, [clip_protocol, clip_protocol, *extra]) if clip is not None else None
         self.clip = metrics[:2] if metrics else None
@@ -94,10 +99,17 @@ class SetScores:
         if self.clip is not None:
             for metric, images in zip(self.clip, (outputs, originals)):
                 metric.update(list(_batch(images)), list(texts))
+        for sample in samples if self.remove_score is not None else ():
+            scores = {key: self.remove_score(getattr(sample, key), sample.mask) if sample.mask is not None else None
+                      for key in self.remove_scores}  # fmt: skip
+            if None not in scores.values():
+                for key, score in scores.items():
+                    self.remove_scores[key].append(score)
 
     def compute(self) -> dict:
         """``fid_original``, ``fid_reconstruction`` (``None`` unless every sample has a reconstruction), ``u_ids``,
-        ``p_ids``, ``clip_similarity`` (outputs) and ``clip_similarity_input``, plus the settings that produced them."""
+        ``p_ids``, ``clip_similarity`` (outputs) and ``clip_similarity_input``, ``remove_score`` (outputs) and
+        ``remove_score_input`` over the samples with a scorable mask, plus the settings that produced them."""
         self._flush()
         report: dict = {}
         if self.features is not None and self.count >= 2:
@@ -118,6 +130,16 @@ class SetScores:
             report["clip_similarity"], report["clip_similarity_input"] = (float(m.compute()) for m in self.clip)
             report["clip_model"] = getattr(self.clip_loader, "description", "custom")
             report["clip_protocol"] = self.clip_protocol
+        if self.remove_score is not None:
+            scored = self.remove_scores
+            report["remove_score"] = float(np.mean(scored["output"])) if scored["output"] else None
+            report["remove_score_input"] = float(np.mean(scored["original"])) if scored["original"] else None
+            report["remove_score_settings"] = {
+                "sam": self.remove_score.description,
+                "crop": f"ReMOVE's: the mask's smallest bounding square + {MARGIN} px where the image allows",
+                "mask": "mapped onto the feature cells the resized crop covers (SAM's padding in neither region)",
+                "n": len(scored["output"]),
+            }
         if self.authors is not None:
             report |= self.authors.compute()
         return report
