@@ -12,6 +12,7 @@ checked, because an offline hub load can return a silently broken tokenizer:
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Sequence
 
 import torch
@@ -45,8 +46,9 @@ def _tensor(features) -> torch.Tensor:
 
 def load_clip(model: str = "openai/clip-vit-base-patch16") -> ClipLoader:
     """A loader of a CLIP model and its processor from a hub id or a local folder (called when the metric set is built,
-    so a missing model fails before any sample runs)."""
+    so a missing model fails before any sample runs). Every metric calling it shares the one model it loads."""
 
+    @functools.cache
     def load() -> tuple[CLIPModel, CLIPProcessor]:
         try:
             clip, processor = CLIPModel.from_pretrained(model), CLIPProcessor.from_pretrained(model)
@@ -70,6 +72,7 @@ def tiny_clip(seed: int = 0) -> ClipLoader:
     from magicremover.clip_tokenizer import build_clip_tokenizer
     from magicremover.models import text_config_for
 
+    @functools.cache
     def load() -> tuple[CLIPModel, CLIPProcessor]:
         tokenizer = build_clip_tokenizer()
         text = text_config_for(

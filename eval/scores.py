@@ -19,6 +19,7 @@ from torch import nn
 
 from eval.authors import AuthorsScores, Sample
 from eval.clip import ClipLoader, clip_scores
+from eval.clip_accuracy import ClipAccuracy
 from eval.distribution import fid, inception_discriminative_scores
 from eval.remove_score import MARGIN, RemoveScore
 from magicremover.errors import ConfigError
@@ -38,6 +39,7 @@ class SetScores:
             :mod:`eval.clip`.
         protocol: ``clean``, or ``authors`` to add the authors' files, crops and statistics (``authors_*`` keys).
         remove_score: a :class:`~eval.remove_score.RemoveScore`, or ``None`` for no ReMOVE score.
+        clip_accuracy: also CLIP@1/3/5 and CLIP distance on the mask's box (:mod:`eval.clip_accuracy`; needs ``clip``).
     """
 
     def __init__(
@@ -49,12 +51,14 @@ class SetScores:
         clip_protocol: str = "torchmetrics",
         protocol: str = "clean",
         remove_score: RemoveScore | None = None,
+        clip_accuracy: bool = False,
     ):
         if protocol not in PROTOCOLS:
             raise ConfigError(f"metrics.protocol={protocol} is not one of {', '.join(PROTOCOLS)}")
         self.features, self.clip_loader, self.batch_size, self.fid_backend = features, clip, batch_size, fid_backend
         self.clip_protocol, self.protocol = clip_protocol, protocol
         self.remove_score = remove_score
+        self.accuracy = ClipAccuracy(*clip()) if clip is not None and clip_accuracy else None
         self.remove_scores: dict[str, list[float]] = {"output": [], "original": []}
         extra = ["authors"] if protocol == "authors" else []
         metrics = clip_scores(clip, [clip_protocol, clip_protocol, *extra]) if clip is not None else None
@@ -99,6 +103,8 @@ class SetScores:
         if self.clip is not None:
             for metric, images in zip(self.clip, (outputs, originals)):
                 metric.update(list(_batch(images)), list(texts))
+        for sample in samples if self.accuracy is not None else ():
+            self.accuracy.add(sample.original, sample.output, sample.mask, sample.text)
         for sample in samples if self.remove_score is not None else ():
             scores = {key: self.remove_score(getattr(sample, key), sample.mask) if sample.mask is not None else None
                       for key in self.remove_scores}  # fmt: skip
@@ -109,7 +115,8 @@ class SetScores:
     def compute(self) -> dict:
         """``fid_original``, ``fid_reconstruction`` (``None`` unless every sample has a reconstruction), ``u_ids``,
         ``p_ids``, ``clip_similarity`` (outputs) and ``clip_similarity_input``, ``remove_score`` (outputs) and
-        ``remove_score_input`` over the samples with a scorable mask, plus the settings that produced them."""
+        ``remove_score_input`` over the samples with a scorable mask, ``clip_acc@1/3/5`` and ``clip_distance``, plus
+        the settings that produced them."""
         self._flush()
         report: dict = {}
         if self.features is not None and self.count >= 2:
@@ -130,6 +137,10 @@ class SetScores:
             report["clip_similarity"], report["clip_similarity_input"] = (float(m.compute()) for m in self.clip)
             report["clip_model"] = getattr(self.clip_loader, "description", "custom")
             report["clip_protocol"] = self.clip_protocol
+        if self.accuracy is not None:
+            report |= self.accuracy.compute()
+            if "clip_accuracy_settings" in report:
+                report["clip_accuracy_settings"]["model"] = getattr(self.clip_loader, "description", "custom")
         if self.remove_score is not None:
             scored = self.remove_scores
             report["remove_score"] = float(np.mean(scored["output"])) if scored["output"] else None
