@@ -21,6 +21,7 @@ from eval.authors import AuthorsScores, Sample
 from eval.clip import ClipLoader, clip_scores
 from eval.clip_accuracy import ClipAccuracy
 from eval.distribution import fid, inception_discriminative_scores
+from eval.local_crop import GROW, MIN_SIDE, local_box, local_crop
 from eval.remove_score import MARGIN, RemoveScore
 from magicremover.errors import ConfigError
 
@@ -67,7 +68,8 @@ class SetScores:
         if protocol == "authors":
             self.authors = AuthorsScores(features, metrics[2] if metrics else None)
         self.pending: list[Sample] = []
-        self.feats: dict[str, list[np.ndarray]] = {"output": [], "original": [], "reconstruction": []}
+        self.feats: dict[str, list[np.ndarray]] = {"output": [], "original": [], "reconstruction": [],
+                                                   "output_local": [], "original_local": []}  # fmt: skip
         self.count = 0
 
     def write_authors_files(self, directory: Path) -> None:
@@ -91,12 +93,15 @@ class SetScores:
         self.count += len(outputs)
         if self.authors is not None:
             self.authors.update(samples)
-        batches = {
-            "output": outputs,
-            "original": originals,
-            "reconstruction": [r for r in reconstructions if r is not None],
-        }
         if self.features is not None:
+            boxes = [(s, local_box(s.mask)) for s in samples if s.mask is not None]
+            batches = {
+                "output": outputs,
+                "original": originals,
+                "reconstruction": [r for r in reconstructions if r is not None],
+                "output_local": [local_crop(s.output, box) for s, box in boxes if box],
+                "original_local": [local_crop(s.original, box) for s, box in boxes if box],
+            }
             for key, images in batches.items():
                 if images:
                     self.feats[key].append(self.features(_batch(images)).double().cpu().numpy())
@@ -113,7 +118,7 @@ class SetScores:
                     self.remove_scores[key].append(score)
 
     def compute(self) -> dict:
-        """``fid_original``, ``fid_reconstruction`` (``None`` unless every sample has a reconstruction), ``u_ids``,
+        """``fid_original``, ``fid_local`` (on crops around the masks, see :mod:`eval.local_crop`), ``fid_reconstruction`` (``None`` unless every sample has a reconstruction), ``u_ids``,
         ``p_ids``, ``clip_similarity`` (outputs) and ``clip_similarity_input``, ``remove_score`` (outputs) and
         ``remove_score_input`` over the samples with a scorable mask, ``clip_acc@1/3/5`` and ``clip_distance``, plus
         the settings that produced them."""
@@ -125,11 +130,17 @@ class SetScores:
             complete = sum(len(f) for f in self.feats["reconstruction"]) == self.count
             report["fid_reconstruction"] = fid(np.concatenate(self.feats["reconstruction"]), out) if complete else None
             report |= inception_discriminative_scores(orig, out)
+            local = [np.concatenate(self.feats[key]) if self.feats[key] else None
+                     for key in ("original_local", "output_local")]  # fmt: skip
+            report["fid_local"] = fid(*local) if local[0] is not None and len(local[0]) >= 2 else None
             report["fid_settings"] = {
                 "backend": self.fid_backend,
                 "protocol": self.protocol,
                 "extractor": getattr(self.features, "description", type(self.features).__name__),
                 "input": "uint8 PNG pixels",
+                "local_crop": f"fid_local: the mask's box as a square × {1 + 2 * GROW:g} (≥ {MIN_SIDE} px), inside "
+                "the image, resized to its side (bicubic); samples without a mask are left out",
+                "n_local": sum(len(f) for f in self.feats["output_local"]),
                 "n": self.count,
                 "torchmetrics": version("torchmetrics"),
             }
