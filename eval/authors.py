@@ -78,7 +78,9 @@ class Sample:
     """One finished sample as the scores see it: uint8 ``(s, s, 3)`` images (``reconstruction`` ``None`` when no run
     made one), the mask ``(s, s)`` or ``(s, s, 3)`` the method was given (or ``None``), the class name, and the
     layout of the file the authors' code would have written for its method (``grid`` when it made its own
-    reconstruction, MagicRemover's rows; ``strip`` for baselines)."""
+    reconstruction, MagicRemover's rows; ``strip`` for baselines), and the dataset's object mask ``(s, s)`` uint8 at
+    the output's size, the same for every method (``None`` when the dataset has none), where the removal metrics
+    look."""
 
     sample_id: str
     output: np.ndarray
@@ -87,6 +89,7 @@ class Sample:
     text: str
     mask: np.ndarray | None = None
     layout: str = "strip"
+    object_mask: np.ndarray | None = None
 
 
 class AuthorsScores:

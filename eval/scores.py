@@ -94,7 +94,7 @@ class SetScores:
         if self.authors is not None:
             self.authors.update(samples)
         if self.features is not None:
-            boxes = [(s, local_box(s.mask)) for s in samples if s.mask is not None]
+            boxes = [(s, local_box(s.object_mask)) for s in samples if s.object_mask is not None]
             batches = {
                 "output": outputs,
                 "original": originals,
@@ -109,9 +109,10 @@ class SetScores:
             for metric, images in zip(self.clip, (outputs, originals)):
                 metric.update(list(_batch(images)), list(texts))
         for sample in samples if self.accuracy is not None else ():
-            self.accuracy.add(sample.original, sample.output, sample.mask, sample.text)
+            self.accuracy.add(sample.original, sample.output, sample.object_mask, sample.text)
         for sample in samples if self.remove_score is not None else ():
-            scores = {key: self.remove_score(getattr(sample, key), sample.mask) if sample.mask is not None else None
+            mask = sample.object_mask
+            scores = {key: self.remove_score(getattr(sample, key), mask) if mask is not None else None
                       for key in self.remove_scores}  # fmt: skip
             if None not in scores.values():
                 for key, score in scores.items():

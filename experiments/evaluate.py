@@ -138,7 +138,13 @@ def compute_metrics(
         mask = _read(out_dir / record["mask"]) if "mask" in record else None
         layout = "grid" if "reconstruction" in record else "strip"  # what the authors' scripts wrote for the method
         text = item.category or item.sample.target
-        scores.add(Sample(item.sample.sample_id, output, original, reconstruction, text, mask, layout))
+        # The dataset's object mask (its ground-truth region, else the mask it gives removers): where the removal
+        # metrics look, the same for every method.
+        region = Image.fromarray((item.region * 255).astype(np.uint8)) if item.region is not None else item.sample.mask
+        if region is not None:
+            region = fit_mask(region, source.size, output.shape[:2], framing)[0, 0].numpy()
+            region = ((region > 0.5) * 255).astype(np.uint8)
+        scores.add(Sample(item.sample.sample_id, output, original, reconstruction, text, mask, layout, region))
         if dataset.has_ground_truth:
             rows.append(sample_metrics(item, output, framing))
     if rows:

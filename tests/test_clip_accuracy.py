@@ -82,7 +82,7 @@ def test_run_scores_carry_the_clip_accuracy_keys_and_skip_unmasked_samples():
 
     scores = SetScores(clip=tiny_clip(seed=5), clip_accuracy=True)
     for i, (original, output, mask, name) in enumerate(_samples()):
-        scores.add(Sample(str(i), output, original, None, name, mask=mask if i else None))
+        scores.add(Sample(str(i), output, original, None, name, object_mask=mask if i else None))
     report = scores.compute()
     assert {"clip_acc@1", "clip_acc@3", "clip_acc@5", "clip_distance"} <= set(report)
     assert (

@@ -48,7 +48,7 @@ def test_fid_local_equals_an_independent_frechet_distance_on_the_crops():
         original = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
         output = np.clip(original.astype(int) + rng.integers(-40, 40, original.shape), 0, 255).astype(np.uint8)
         mask = _mask((5 + i, 10, 25 + i, 30 + i % 7))
-        scores.add(Sample(str(i), output, original, None, "dog", mask=mask))
+        scores.add(Sample(str(i), output, original, None, "dog", object_mask=mask))
         box = local_box(mask)
         for key, image in (("original", original), ("output", output)):
             cut = Image.fromarray(image).crop(box).resize((64, 64), Image.BICUBIC)

@@ -106,8 +106,8 @@ def test_run_scores_report_remove_score_for_outputs_and_inputs(sam_folder):
     filled = image.copy()
     filled[30:60, 35:70] = image[30:60, 75:110]  # the hole filled with its neighbourhood
     scores = SetScores(remove_score=scorer)
-    scores.add(Sample("a", filled, image, None, "dog", mask=mask))
-    scores.add(Sample("b", image, image, None, "dog", mask=None))  # no mask: not scored
+    scores.add(Sample("a", filled, image, None, "dog", object_mask=mask))
+    scores.add(Sample("b", image, image, None, "dog", object_mask=None))  # no mask: not scored
     report = scores.compute()
     assert report["remove_score"] == pytest.approx(scorer(filled, mask))
     assert report["remove_score_input"] == pytest.approx(scorer(image, mask))
