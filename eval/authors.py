@@ -80,7 +80,7 @@ class Sample:
     layout of the file the authors' code would have written for its method (``grid`` when it made its own
     reconstruction, MagicRemover's rows; ``strip`` for baselines), and the dataset's object mask ``(s, s)`` uint8 at
     the output's size, the same for every method (``None`` when the dataset has none), where the removal metrics
-    look."""
+    look; ``truth`` the ground truth at the output's size, on datasets with one."""
 
     sample_id: str
     output: np.ndarray
@@ -90,6 +90,7 @@ class Sample:
     mask: np.ndarray | None = None
     layout: str = "strip"
     object_mask: np.ndarray | None = None
+    truth: np.ndarray | None = None
 
 
 class AuthorsScores:

@@ -22,6 +22,7 @@ from eval.clip import ClipLoader, clip_scores
 from eval.clip_accuracy import ClipAccuracy
 from eval.distribution import fid, inception_discriminative_scores
 from eval.local_crop import GROW, MIN_SIDE, local_box, local_crop
+from eval.lpips import Lpips, outside_only
 from eval.remove_score import MARGIN, RemoveScore
 from magicremover.errors import ConfigError
 
@@ -41,6 +42,7 @@ class SetScores:
         protocol: ``clean``, or ``authors`` to add the authors' files, crops and statistics (``authors_*`` keys).
         remove_score: a :class:`~eval.remove_score.RemoveScore`, or ``None`` for no ReMOVE score.
         clip_accuracy: also CLIP@1/3/5 and CLIP distance on the mask's box (:mod:`eval.clip_accuracy`; needs ``clip``).
+        lpips: an :class:`~eval.lpips.Lpips`, or ``None`` for no LPIPS.
     """
 
     def __init__(
@@ -53,12 +55,15 @@ class SetScores:
         protocol: str = "clean",
         remove_score: RemoveScore | None = None,
         clip_accuracy: bool = False,
+        lpips: Lpips | None = None,
     ):
         if protocol not in PROTOCOLS:
             raise ConfigError(f"metrics.protocol={protocol} is not one of {', '.join(PROTOCOLS)}")
         self.features, self.clip_loader, self.batch_size, self.fid_backend = features, clip, batch_size, fid_backend
         self.clip_protocol, self.protocol = clip_protocol, protocol
         self.remove_score = remove_score
+        self.lpips = lpips
+        self.lpips_scores: dict[str, list[float]] = {"lpips_outside": [], "lpips_gt": []}
         self.accuracy = ClipAccuracy(*clip()) if clip is not None and clip_accuracy else None
         self.remove_scores: dict[str, list[float]] = {"output": [], "original": []}
         extra = ["authors"] if protocol == "authors" else []
@@ -108,6 +113,17 @@ class SetScores:
         if self.clip is not None:
             for metric, images in zip(self.clip, (outputs, originals)):
                 metric.update(list(_batch(images)), list(texts))
+        if self.lpips is not None:
+            masked = [s for s in samples if s.object_mask is not None]
+            if masked:
+                composites = [outside_only(s.output, s.original, s.object_mask) for s in masked]
+                self.lpips_scores["lpips_outside"] += list(self.lpips(np.stack([s.original for s in masked]),
+                                                                      np.stack(composites)))  # fmt: skip
+            truths = [s for s in samples if s.truth is not None]
+            if truths:
+                self.lpips_scores["lpips_gt"] += list(
+                    self.lpips(np.stack([s.truth for s in truths]), np.stack([s.output for s in truths]))
+                )
         for sample in samples if self.accuracy is not None else ():
             self.accuracy.add(sample.original, sample.output, sample.object_mask, sample.text)
         for sample in samples if self.remove_score is not None else ():
@@ -149,6 +165,16 @@ class SetScores:
             report["clip_similarity"], report["clip_similarity_input"] = (float(m.compute()) for m in self.clip)
             report["clip_model"] = getattr(self.clip_loader, "description", "custom")
             report["clip_protocol"] = self.clip_protocol
+        if self.lpips is not None:
+            for key, values in self.lpips_scores.items():
+                report[key] = float(np.mean(values)) if values else None
+            report["lpips_settings"] = {
+                "network": self.lpips.description,
+                "outside": "input vs the output with the object region put back to the input (the mask applied)",
+                "gt": "ground truth vs output, whole image (the mask ignored)",
+                "n_outside": len(self.lpips_scores["lpips_outside"]),
+                "n_gt": len(self.lpips_scores["lpips_gt"]),
+            }
         if self.accuracy is not None:
             report |= self.accuracy.compute()
             if "clip_accuracy_settings" in report:

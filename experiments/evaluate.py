@@ -144,7 +144,8 @@ def compute_metrics(
         if region is not None:
             region = fit_mask(region, source.size, output.shape[:2], framing)[0, 0].numpy()
             region = ((region > 0.5) * 255).astype(np.uint8)
-        scores.add(Sample(item.sample.sample_id, output, original, reconstruction, text, mask, layout, region))
+        truth = fit(load_image(item.ground_truth)) if item.ground_truth is not None else None
+        scores.add(Sample(item.sample.sample_id, output, original, reconstruction, text, mask, layout, region, truth))
         if dataset.has_ground_truth:
             rows.append(sample_metrics(item, output, framing))
     if rows:
