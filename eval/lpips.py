@@ -56,11 +56,11 @@ class Lpips:
                 f"weights.lpips_backbone={backbone} does not exist; give torchvision's {BACKBONE_FILES[net]}"
             )
         self.net = _NoTrainLpips(pretrained=True, net=net, pnet_rand=True).eval()  # random backbone, replaced below
-        state = torch.load(path, map_location="cpu", weights_only=True)
         try:  # torchmetrics keeps torchvision's layer indices: slice<k>.<index>.<param> is features.<index>.<param>
+            state = torch.load(path, map_location="cpu", weights_only=True)
             mapped = {key: state[f"features.{key.split('.', 1)[1]}"] for key in self.net.net.state_dict()}
             self.net.net.load_state_dict(mapped)
-        except (KeyError, RuntimeError) as err:
+        except Exception as err:  # noqa: BLE001 - any unreadable or foreign file is the same one-line error
             raise ModelLoadError(
                 f"weights.lpips_backbone={backbone} is not torchvision's {net} state dict ({err})"
             ) from None

@@ -135,10 +135,11 @@ class SetScores:
                     self.remove_scores[key].append(score)
 
     def compute(self) -> dict:
-        """``fid_original``, ``fid_local`` (on crops around the masks, see :mod:`eval.local_crop`), ``fid_reconstruction`` (``None`` unless every sample has a reconstruction), ``u_ids``,
-        ``p_ids``, ``clip_similarity`` (outputs) and ``clip_similarity_input``, ``remove_score`` (outputs) and
-        ``remove_score_input`` over the samples with a scorable mask, ``clip_acc@1/3/5`` and ``clip_distance``, plus
-        the settings that produced them."""
+        """``fid_original``, ``fid_local`` (on crops around the object masks, :mod:`eval.local_crop`),
+        ``fid_reconstruction`` (``None`` unless every sample has a reconstruction), ``u_ids``, ``p_ids``,
+        ``clip_similarity`` (outputs) and ``clip_similarity_input``, ``lpips_outside`` and ``lpips_gt``,
+        ``clip_acc@1/3/5`` and ``clip_distance``, ``remove_score`` (outputs) and ``remove_score_input`` over the samples
+        with a scorable mask, plus the settings that produced them."""
         self._flush()
         report: dict = {}
         if self.features is not None and self.count >= 2:

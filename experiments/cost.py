@@ -56,7 +56,8 @@ def backward_factor(c: SDComponents, repeats: int) -> dict:
 def batching_gain(c: SDComponents, repeats: int) -> dict:
     """Whether batching the reconstruction and edit branches into one call would pay: seconds of one batch-2 UNet
     forward against two batch-1 forwards (alternated, medians of ``repeats``); ``saving`` is the fraction of the two
-    calls' time one batched call saves (≈ 0 where the device is already saturated by one sample, as a small CPU is)."""
+    calls' time one batched call saves. Forwards only: large where per-call overhead dominates (the toy model), and
+    silent about a guided call, whose backward would then run through both branches' rows."""
     z = torch.randn(2, c.unet.config.in_channels, c.resolution // 8, c.resolution // 8)
     embedding = torch.randn(2, c.tokenizer.model_max_length, c.text_encoder.config.hidden_size)
     times = {"batched": [], "two_calls": []}
