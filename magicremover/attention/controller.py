@@ -53,6 +53,11 @@ class AttentionController:
         """See, store or replace a layer's keys and values before attention is computed."""
         return key, value
 
+    def on_scores(self, ctx: AttnContext, scores: torch.Tensor) -> torch.Tensor:
+        """Edit the logits Q Kᵀ · scale ``(B, heads, L_q, L_k)`` of a call this controller asked probabilities for,
+        before the softmax (masking keys, sharpening or flattening rows); the returned tensor is used."""
+        return scores
+
     def on_probs(self, ctx: AttnContext, probs: torch.Tensor) -> torch.Tensor:
         """See, store or edit the probabilities of a call this controller asked for; the returned tensor is used."""
         return probs
@@ -144,6 +149,12 @@ class ComposedController(AttentionController):
         for c in self.controllers:
             key, value = c.on_kv(ctx, key, value)
         return key, value
+
+    def on_scores(self, ctx, scores):
+        for c in self.controllers:
+            if c.wants_probs(ctx):
+                scores = c.on_scores(ctx, scores)
+        return scores
 
     def on_probs(self, ctx, probs):
         for c in self.controllers:

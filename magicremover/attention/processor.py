@@ -2,8 +2,8 @@
 
 The maths is diffusers' ``AttnProcessor2_0`` (SDPA). Two additions: K/V pass through
 ``controller.on_kv``, and layers whose controller asks for probabilities compute them explicitly
-(softmax of Q Kᵀ · scale) so the maps exist as tensors that keep their autograd graph. Every other call
-stays on fused SDPA.
+(softmax of Q Kᵀ · scale, the logits first through ``controller.on_scores``) so the maps exist as tensors that keep
+their autograd graph. Every other call stays on fused SDPA.
 
 Under gradient checkpointing a block's forward runs again during backward; controllers must then answer
 ``wants_probs`` and ``on_kv`` as they did in the forward pass (keep their mode until the gradient is taken).
@@ -91,7 +91,8 @@ class ControlledAttnProcessor:
         ctx = AttnContext(self.name, self.place, is_cross, *grid_size(q_len, self.state["latent_hw"]))
         key, value = self.controller.on_kv(ctx, key, value)
         if self.controller.wants_probs(ctx):
-            probs = self.controller.on_probs(ctx, _probabilities(attn, query, key, attention_mask))
+            scores = self.controller.on_scores(ctx, _scores(attn, query, key, attention_mask))
+            probs = self.controller.on_probs(ctx, scores.softmax(dim=-1).to(query.dtype))
             hidden_states = probs.to(value.dtype) @ value
         else:
             hidden_states = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask)
@@ -105,13 +106,12 @@ class ControlledAttnProcessor:
         return hidden_states / attn.rescale_output_factor
 
 
-def _probabilities(attn: Attention, query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """softmax(Q Kᵀ · scale) → ``(B, heads, L_q, L_k)``, honouring the layer's upcast settings."""
+def _scores(attn: Attention, query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Q Kᵀ · scale (+ the attention mask) → ``(B, heads, L_q, L_k)``, in the dtype the layer's upcast settings ask
+    the softmax to run in."""
     if attn.upcast_attention:
         query, key = query.float(), key.float()
     scores = (query @ key.transpose(-1, -2)) * attn.scale
     if mask is not None:
         scores = scores + mask
-    if attn.upcast_softmax:
-        scores = scores.float()
-    return scores.softmax(dim=-1).to(query.dtype)
+    return scores.float() if attn.upcast_softmax else scores
