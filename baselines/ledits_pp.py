@@ -56,6 +56,9 @@ class LeditsPP:
         source_prompt: the inversion's prompt (``""``, the pipeline's default); ``source_guidance_scale``: its CFG.
         edit_guidance_scale: strength of the reversed target direction (5); ``edit_threshold``: the implicit mask's
             quantile (0.9); ``edit_warmup_steps``: steps before the edit starts (0).
+        use_intersect_mask: intersect the noise mask with the target's cross-attention mask (needs cross-attention
+            at a quarter of the latent side, as SD has); ``auto``: where the model has it (the toy and tiny models do
+            not), recorded in the result.
         resize: how the image is fitted to the model's square.
         seed: the inversion's noise generator seed.
     """
@@ -72,7 +75,7 @@ class LeditsPP:
         edit_guidance_scale: float = 5.0,
         edit_threshold: float = 0.9,
         edit_warmup_steps: int = 0,
-        use_intersect_mask: bool = True,
+        use_intersect_mask: bool | str = "auto",
         resize: Resize = "stretch",
         seed: int = 0,
     ):
@@ -82,10 +85,14 @@ class LeditsPP:
             raise ConfigError(f"method.edit_threshold={edit_threshold} must be a quantile in [0, 1]")
         grids = attention_grids(components)
         quarter = components.resolution // components.vae_scale_factor // 4
-        if use_intersect_mask and quarter not in grids:
+        if use_intersect_mask not in (True, False, "auto"):
+            raise ConfigError(f"method.use_intersect_mask={use_intersect_mask} is not true, false or auto")
+        if use_intersect_mask == "auto":
+            use_intersect_mask = quarter in grids
+        elif use_intersect_mask and quarter not in grids:
             raise ConfigError(
                 f"LEDITS++ reads cross-attention at a quarter of the latent side ({quarter}²) and this model has it at "
-                f"{', '.join(f'{g}²' for g in sorted(grids))} only; set method.use_intersect_mask=false"
+                f"{', '.join(f'{g}²' for g in sorted(grids))} only; set method.use_intersect_mask=auto or false"
             )
         self.components = components
         self.settings = dict(num_inversion_steps=num_inversion_steps, skip=skip, source_prompt=source_prompt,

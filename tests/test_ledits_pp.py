@@ -15,7 +15,7 @@ from magicremover.images import fit_to_model, load_image, to_pil, to_tensor
 from magicremover.toy.quality import held_out_cases
 from magicremover.types import RemovalSample
 
-TOY = ["method=ledits_pp", "method.use_intersect_mask=false", "device=cpu"]  # no 2² cross-attention grid at 64²
+TOY = ["method=ledits_pp", "device=cpu"]  # use_intersect_mask=auto: off, the toy and tiny models have no 2² grid
 
 
 def test_the_image_equals_diffusers_pipeline_called_directly(tiny):
@@ -50,7 +50,10 @@ def test_the_shared_unets_processors_come_back_and_bad_inputs_fail_before_any_un
         remover(RemovalSample(example_image, "a photo of a red circle", "dog"))
     assert tiny.calls.delta(tiny.calls.totals(), calls) == {}
     with pytest.raises(ConfigError, match=r"^LEDITS\+\+ reads cross-attention at a quarter of the latent side \(2²\)"):
-        build_remover(compose_config("remove", ["method=ledits_pp", "device=cpu"]), tiny)
+        build_remover(
+            compose_config("remove", ["method=ledits_pp", "device=cpu", "method.use_intersect_mask=true"]), tiny
+        )
+    assert remover.edit["use_intersect_mask"] is False  # auto, on a model without the grid
     with pytest.raises(ConfigError, match=r"^method.skip=1.0 must be a fraction"):
         build_remover(compose_config("remove", [*TOY, "method.skip=1.0"]), tiny)
 

@@ -121,3 +121,21 @@ def test_the_report_command_redraws_a_sweep_and_names_what_is_missing(tmp_path):
         missing.returncode == 2
         and missing.stderr.strip() == "error: set sweep_dir=DIR, the folder of a finished sweep (its hydra.sweep.dir)"
     )
+
+
+def test_the_sota_command_compares_every_remover_on_the_same_samples(tmp_path, coco_root, lama_weights, inpaint_dir):
+    sweep = tmp_path / "sota"
+    _sweep(tmp_path, "+artefact=sota", f"hydra.sweep.dir={sweep}", "data=coco", f"data.root={coco_root}", "data.size=2",
+           "metrics=tiny", "resolution=64", f"weights.lama={lama_weights}", "weights.lama_md5=null",
+           f"weights.sd_inpaint={inpaint_dir}")  # fmt: skip
+    lines = (sweep / "sota.md").read_text().splitlines()
+    header = next(line for line in lines if line.startswith("| Method"))
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in lines if line.startswith("| ") and line != header}
+    expected = {"MagicRemover", "MagicRemover (fast)", "Attentive Eraser (SIP)", "Attentive Eraser (DIP)", "LEDITS++",
+                "LaMa", "SD-Inpaint"}  # fmt: skip
+    assert expected <= set(rows) and "local FID" in header and "CLIP@1 ↑" in header
+    for name in ("magicremover", "magicremover_fast", "attentive_eraser", "attentive_eraser_dip", "ledits_pp", "lama",
+                 "sd_inpaint"):  # fmt: skip
+        metrics = json.loads((sweep / name / "metrics.json").read_text())
+        assert metrics["ok"] == 2 and None not in (metrics["fid_local"], metrics["clip_acc@1"]), name
+    assert (sweep / "sota.tex").is_file() and (sweep / "sota_grid.png").is_file()
