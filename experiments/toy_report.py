@@ -11,6 +11,7 @@ The figures go into the model card (``magicremover/assets/toy/README.md``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import time
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from experiments._cli import apply_thread_default
 from magicremover.config import build_remover, compose_config
@@ -62,7 +64,12 @@ FRONTIER = {
     for steps in (50, 35, 25, 20, 15)
     for co in (True, False)
 }
-ALL_VARIANTS = VARIANTS | FRONTIER
+REMOVERS = {  # the removers after MagicRemover (issue 22); mask-based ones get the object's mask with its shadow
+    "attentive_eraser": ("attentive_eraser", []),
+    "attentive_eraser_dip": ("attentive_eraser_dip", []),
+    "ledits_pp": ("ledits_pp", []),
+}
+ALL_VARIANTS = VARIANTS | FRONTIER | REMOVERS
 
 
 def removal_table(components, cases, cache_dir, variants=VARIANTS) -> tuple[dict, dict]:
@@ -81,7 +88,12 @@ def removal_table(components, cases, cache_dir, variants=VARIANTS) -> tuple[dict
         remover = build_remover(cfg, components)
         rows = []
         for case in cases:
-            result = remover(case.sample)
+            sample = case.sample
+            if "mask" in getattr(remover, "requires", ()):
+                sample = dataclasses.replace(
+                    sample, mask=Image.fromarray(np.uint8(np.round(case.obj.shadow_mask * 255)))
+                )
+            result = remover(sample)
             key = (cfg.inversion.method, cfg.num_inference_steps, case.scene.seed)
             calls = {stage: (count.calls, count.forward_equivalents) for stage, count in result.calls.items()}
             fresh = [calls.pop(stage, (0, 0)) for stage in ("inversion", "null_text")]
@@ -230,8 +242,6 @@ def main() -> None:
     if "samples" not in args.skip:
         scores = sample_scores(c, scenes)
         images = scores.pop("images")
-        from PIL import Image
-
         Image.fromarray(
             np.concatenate([np.concatenate(images[i : i + 10], 1) for i in range(0, min(len(images), 50), 10)], 0)
         ).save(out / "samples.png")

@@ -37,3 +37,14 @@ def test_the_frontier_merges_halves_and_pairs_each_row_with_the_default_scene_by
     assert "| 143 | 5.2 | 266 | 8.3 |" in fast and fast.endswith("| 20 |")  # both halves, one row
     assert "| -0.50 [-0.50, -0.50] | -0.25 [-0.25, -0.25] |" in fast  # every scene 0.5 dB less inside, 0.25 less gap
     assert (tmp_path / "frontier.png").is_file()
+
+
+def test_mask_based_removers_get_the_objects_mask_in_the_removal_table(tiny, tmp_path):
+    from experiments.toy_report import removal_table
+    from magicremover.toy.quality import held_out_cases
+
+    variants = {"attentive_eraser": ("attentive_eraser", ["num_inference_steps=4"]),
+                "ledits_pp": ("ledits_pp", ["method.num_inversion_steps=4"])}  # fmt: skip
+    means, per_scene = removal_table(tiny, held_out_cases(1), tmp_path / "cache", variants)
+    assert per_scene["attentive_eraser"][0]["unet_calls"] == 3  # int(4 × 0.8) SIP steps, one two-half call each
+    assert per_scene["ledits_pp"][0]["unet_calls"] > 4 and set(means) == {"vae_reconstruction", *variants}
