@@ -161,7 +161,9 @@ def test_the_dip_loop_equals_the_reference_loop_on_the_tiny_model(tiny128):
     prepared = ours.mask
     reference = _reference_unet(tiny, F.interpolate(prepared, size=(512, 512)), _up_blocks(tiny.unet))
     config = InversionConfig(method="ddim", num_inference_steps=10, guidance_scale=1.0, encode="sample", seed=0)
-    latents_list = list(invert(tiny, to_tensor(picture), "", config).trajectory)  # its invert's list, z0 first
+    # Its invert is plain DDIM inversion under "" (next_step, guidance 1); ours is checked against P2P's elsewhere
+    # (test_parity.py), so its trajectory stands in for their latents_list here (z0 first).
+    latents_list = list(invert(tiny, to_tensor(picture), "", config).trajectory)
     record_list, x0_latents = list(reversed(latents_list)), latents_list[0]
     test_mask = F.max_pool2d(prepared.round(), (8, 8)).round()
     text = encode_text(tiny, [""]).expand(2, -1, -1)
