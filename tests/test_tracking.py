@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import wandb
 from hydra import compose, initialize_config_dir
+from wandb_records import records
 
 from experiments import evaluate as ev
 from experiments._cli import find_user_error
@@ -34,7 +35,9 @@ def test_an_offline_run_logs_config_summary_and_image_table(tmp_path, wandb_home
     (table,) = run.glob("files/media/table/samples_*.table.json")
     content = json.loads(table.read_text())
     assert content["columns"] == ["sample_id", "input", "mask", "attention", "output"] and len(content["data"]) == 1
-    assert b"psnr_in" in next(run.glob("*.wandb")).read_bytes() and "psnr_in" in metrics
+    log = next(run.glob("*.wandb"))
+    records(log)  # waits for wandb-core to finish writing the file
+    assert b"psnr_in" in log.read_bytes() and "psnr_in" in metrics
 
 
 def test_a_failing_wandb_never_loses_results(tmp_path, wandb_home, monkeypatch, caplog):

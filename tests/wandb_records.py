@@ -2,6 +2,7 @@
 
 import json
 import struct
+import time
 from pathlib import Path
 
 from wandb.proto import wandb_internal_pb2 as pb
@@ -10,9 +11,18 @@ _BLOCK, _HEADER = 32768, 7
 _FULL, _LAST = 1, 4
 
 
-def records(path: Path):
-    """Every :class:`wandb_internal_pb2.Record` in the file, in order."""
-    data = Path(path).read_bytes()
+def records(path: Path, timeout: float = 30.0):
+    """Every :class:`wandb_internal_pb2.Record` in the file, in order. wandb-core may still be writing the file after
+    ``run.finish()`` returns, so this waits (up to ``timeout`` s) for the run's exit record."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = list(_parse(Path(path).read_bytes(), path))
+        if any(r.WhichOneof("record_type") == "exit" for r in found) or time.monotonic() > deadline:
+            return iter(found)
+        time.sleep(0.2)
+
+
+def _parse(data: bytes, path: Path):
     assert data[:4] == b":W&B", f"{path} is not a W&B run file"
     position, pending = _HEADER, b""
     while position + _HEADER <= len(data):
