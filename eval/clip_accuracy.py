@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from eval.clip import _tensor
+from magicremover.fullsize import mask_box
 
 EVAL_RESOLUTION = 256
 TOP_N = (1, 3, 5)
@@ -26,11 +27,11 @@ TOP_N = (1, 3, 5)
 def box_crop(image: np.ndarray, mask: np.ndarray) -> Image.Image | None:
     """The mask's bounding box cut from ``image`` (uint8 ``(s, s, 3)``) at 256² and padded to a centred black square;
     ``None`` for an empty mask. Box corners scale as the script's ``int(x · 256 / s)``."""
-    rows, cols = np.nonzero(mask.max(-1) if mask.ndim == 3 else mask)
-    if not len(rows):
+    region = mask_box((mask.max(-1) if mask.ndim == 3 else mask) > 0)
+    if region is None:
         return None
     scale = EVAL_RESOLUTION / image.shape[1]
-    box = [int(v * scale) for v in (cols.min(), rows.min(), cols.max() + 1, rows.max() + 1)]
+    box = [int(v * scale) for v in region]
     resized = Image.fromarray(image).resize((EVAL_RESOLUTION, EVAL_RESOLUTION), Image.BILINEAR)
     crop = resized.crop(box)
     width, height = crop.size

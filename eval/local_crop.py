@@ -12,25 +12,23 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
+from magicremover.fullsize import Box, crop_box, mask_box
+
 GROW = 0.25  # of the box's longer side, on each side
 MIN_SIDE = 32  # px
 
 
-def local_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
-    """``(left, top, right, bottom)`` (exclusive) of the crop around ``mask`` ``(H, W)``; ``None`` if it is empty."""
-    rows, cols = np.nonzero(mask.max(-1) if mask.ndim == 3 else mask)
-    if not len(rows):
+def local_box(mask: np.ndarray) -> Box | None:
+    """``(left, top, right, bottom)`` (exclusive) of the crop around ``mask`` ``(H, W)``; ``None`` if it is empty.
+    The photo path's square around a region (:func:`magicremover.fullsize.crop_box`) with this module's rule."""
+    region = mask_box((mask.max(-1) if mask.ndim == 3 else mask) > 0)
+    if region is None:
         return None
     height, width = mask.shape[:2]
-    box_side = max(cols.max() - cols.min() + 1, rows.max() - rows.min() + 1)
-    side = min(max(round(box_side * (1 + 2 * GROW)), MIN_SIDE), height, width)
-    centre_x, centre_y = (cols.min() + cols.max() + 1) / 2, (rows.min() + rows.max() + 1) / 2
-    left = int(min(max(round(centre_x - side / 2), 0), width - side))
-    top = int(min(max(round(centre_y - side / 2), 0), height - side))
-    return left, top, left + side, top + side
+    return crop_box(region, (width, height), MIN_SIDE, 1 + 2 * GROW)
 
 
-def local_crop(image: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+def local_crop(image: np.ndarray, box: Box) -> np.ndarray:
     """``image`` uint8 ``(H, W, 3)`` cut to ``box`` and resized back to ``(H, W)``."""
     left, top, right, bottom = box
     height, width = image.shape[:2]

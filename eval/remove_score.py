@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 
 from magicremover.errors import ModelLoadError
+from magicremover.fullsize import mask_box
 
 MARGIN = 16  # px around the mask's bounding square (ReMOVE's crop)
 
@@ -29,10 +30,10 @@ def bounding_square(mask: np.ndarray) -> tuple[int, int, int] | None:
     """ReMOVE's crop: ``(x, y, side)`` of the smallest square around the mask's box, grown by :data:`MARGIN` on every
     side when that stays inside the image, else by the largest margin that does (0 at an edge). The square may run
     past the bottom or right edge; the crop is then clipped there. ``None`` for an empty mask."""
-    rows, cols = np.nonzero(mask)
-    if not len(rows):
+    region = mask_box(mask)
+    if region is None:
         return None
-    top, bottom, left, right = rows.min(), rows.max(), cols.min(), cols.max()
+    left, top, right, bottom = region[0], region[1], region[2] - 1, region[3] - 1  # ReMOVE's inclusive corners
     side = max(right - left + 1, bottom - top + 1)
     height, width = mask.shape
     if top >= MARGIN and left >= MARGIN and bottom + MARGIN <= height and right + MARGIN <= width:
