@@ -97,6 +97,23 @@ def test_eps_per_step_equals_the_reference_on_the_tiny_model(tiny):
     assert worst < 1e-5 and effect > 1e-3  # equal to the reference; the edited half differs from plain attention
 
 
+def _reference_step(tiny, reference, latents, t: int, steps: int) -> torch.Tensor:
+    """One step of its pipelines' loops: both halves on the same latent with prompt "", SARG with s = 9, then their
+    own DDIM ``step`` (η = 0; ᾱ of the previous timestep, the final ᾱ below 0)."""
+    text = encode_text(tiny, [""]).expand(2, -1, -1)
+    noise_pred_wo, noise_pred_w = reference(torch.cat([latents] * 2), t, encoder_hidden_states=text).sample.chunk(2)
+    noise_pred = noise_pred_wo + 9.0 * (noise_pred_w - noise_pred_wo)
+    alphas, prev = tiny.scheduler.alphas_cumprod, t - 1000 // steps
+    alpha_prev = alphas[prev] if prev > 0 else tiny.scheduler.final_alpha_cumprod
+    pred_x0 = (latents - (1 - alphas[t]) ** 0.5 * noise_pred) / alphas[t] ** 0.5
+    return alpha_prev**0.5 * pred_x0 + (1 - alpha_prev) ** 0.5 * noise_pred
+
+
+def _decode(tiny, latents) -> torch.Tensor:
+    """Its ``latent2image(..., return_type="pt")``: ``(1, 3, H, W)`` in [0, 1]."""
+    return (tiny.vae.decode(latents / tiny.vae.config.scaling_factor).sample / 2 + 0.5).clamp(0, 1)
+
+
 @pytest.fixture(scope="module")
 def tiny128(tiny):
     """The tiny model at 128² (16² latents), so its query grids (16², 8²) are ones the reference's masks exist for."""
@@ -124,23 +141,14 @@ def test_the_sip_loop_equals_the_reference_loop_on_the_tiny_model(tiny128):
     timesteps = set_timesteps(tiny, 12)[12 - int(12 * 0.75) :]
     init_mask = F.interpolate(prepared, size=(16, 16))
     latents = tiny.scheduler.add_noise(clean, noise, timesteps[:1])
-    text = encode_text(tiny, [""]).expand(2, -1, -1)
-    alphas = tiny.scheduler.alphas_cumprod
     with torch.no_grad():
         for i, t in enumerate(timesteps):
-            noise_pred_wo, noise_pred_w = reference(
-                torch.cat([latents] * 2), t, encoder_hidden_states=text
-            ).sample.chunk(2)
-            noise_pred = noise_pred_wo + 9.0 * (noise_pred_w - noise_pred_wo)
-            prev = t - 1000 // 12
-            alpha_prev = alphas[prev] if prev > 0 else tiny.scheduler.final_alpha_cumprod
-            pred_x0 = (latents - (1 - alphas[t]) ** 0.5 * noise_pred) / alphas[t] ** 0.5
-            latents = alpha_prev**0.5 * pred_x0 + (1 - alpha_prev) ** 0.5 * noise_pred
+            latents = _reference_step(tiny, reference, latents, t, 12)
             proper = (
                 clean if i == len(timesteps) - 1 else tiny.scheduler.add_noise(clean, noise, timesteps[i + 1 : i + 2])
             )
             latents = (1 - init_mask) * proper + init_mask * latents
-        expected = (tiny.vae.decode(latents / tiny.vae.config.scaling_factor).sample / 2 + 0.5).clamp(0, 1)
+        expected = _decode(tiny, latents)
     assert (ours.image - expected).abs().max() < 1e-5
     assert ours.calls["edit"].calls == 9 and ours.calls["edit"].samples == 18
 
@@ -166,22 +174,13 @@ def test_the_dip_loop_equals_the_reference_loop_on_the_tiny_model(tiny128):
     latents_list = list(invert(tiny, to_tensor(picture), "", config).trajectory)
     record_list, x0_latents = list(reversed(latents_list)), latents_list[0]
     test_mask = F.max_pool2d(prepared.round(), (8, 8)).round()
-    text = encode_text(tiny, [""]).expand(2, -1, -1)
-    alphas = tiny.scheduler.alphas_cumprod
     latents = record_list[0]
     with torch.no_grad():
         for i, t in enumerate(set_timesteps(tiny, 10)):
             latents = latents * test_mask + record_list[i] * (1 - test_mask)
-            noise_pred_wo, noise_pred_w = reference(
-                torch.cat([latents] * 2), t, encoder_hidden_states=text
-            ).sample.chunk(2)
-            noise_pred = noise_pred_wo + 9.0 * (noise_pred_w - noise_pred_wo)
-            prev = t - 1000 // 10
-            alpha_prev = alphas[prev] if prev > 0 else tiny.scheduler.final_alpha_cumprod
-            pred_x0 = (latents - (1 - alphas[t]) ** 0.5 * noise_pred) / alphas[t] ** 0.5
-            latents = alpha_prev**0.5 * pred_x0 + (1 - alpha_prev) ** 0.5 * noise_pred
+            latents = _reference_step(tiny, reference, latents, t, 10)
         latents = latents * test_mask + x0_latents * (1 - test_mask)
-        expected = (tiny.vae.decode(latents / tiny.vae.config.scaling_factor).sample / 2 + 0.5).clamp(0, 1)
+        expected = _decode(tiny, latents)
     assert (ours.image - expected).abs().max() < 1e-5
 
 
