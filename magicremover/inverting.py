@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 import torch
 from PIL import Image
@@ -53,10 +53,13 @@ class InvertingRemover:
         source = load_image(sample.image)
         return source, fit_to_model(source, self.resolution, self.resize)
 
-    def invert(self, sample: RemovalSample, image: torch.Tensor) -> Inversion:
-        """The inversion of the fitted ``image`` under the sample's prompt, from the cache when possible."""
+    def invert(
+        self, sample: RemovalSample, image: torch.Tensor, after_call: Callable[[int], None] | None = None
+    ) -> Inversion:
+        """The inversion of the fitted ``image`` under the sample's prompt, from the cache when possible
+        (``after_call``: see :func:`~magicremover.inversion.cache.invert_cached`)."""
         return invert_cached(
-            self.components, image, sample.prompt, self.inversion, self.cache, self.needs_full_trajectory
+            self.components, image, sample.prompt, self.inversion, self.cache, self.needs_full_trajectory, after_call
         )
 
     def provenance(self, inversion: Inversion) -> dict:

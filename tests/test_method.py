@@ -158,6 +158,42 @@ def test_direct_inversion_keeps_the_reconstruction_on_the_trajectory_without_rep
         remove(steps=10, trajectory_correction="all")
 
 
+def test_kv_from_the_inversion_replaces_the_reconstruction_branch(tiny, remove, image_tensor, example_image, cache_dir):
+    from magicremover.attention import SelfAttentionKV, controlled_attention
+    from magicremover.diffusion import encode_text, unet_eps
+
+    entries = {path: path.stat().st_mtime_ns for path in cache_dir.rglob("*.safetensors")}
+    result = remove(steps=10, trajectory_correction="reconstruction", kv_source="inversion")
+    calls = {stage: c.calls for stage, c in result.calls.items()}
+    # A fresh inversion even though the cache may hold this one (its K/V are not cached): 10 inversion calls; 8 edit,
+    # 3 classifier optimisation (t ≥ 500 of 901…1 from the edit start) and no replay or reconstruction call.
+    assert calls == {"inversion": 10, "attention_mask": 1, "edit": 8, "classifier_optimization": 3}
+    assert not result.extras["inversion_from_cache"]
+    # Nor does it write (or rewrite) an entry it would never read.
+    assert {path: path.stat().st_mtime_ns for path in cache_dir.rglob("*.safetensors")} == entries
+    with_reconstruction = remove(steps=10, trajectory_correction="reconstruction")
+    assert torch.allclose(result.reconstruction, with_reconstruction.reconstruction, atol=1e-6)  # both the trajectory
+    assert (result.image - with_reconstruction.image).abs().max() > 1e-4  # other K/V, another edit
+    # What the inversion recorded at timestep t is what a direct conditional UNet call on its latent at t gives.
+    remover = MagicRemover(tiny, InversionConfig(method="negative_prompt", num_inference_steps=10),
+                           trajectory_correction="reconstruction", kv_source="inversion")  # fmt: skip
+    inversion, recorded = remover._invert(RemovalSample(example_image, PROMPT, "circle"), image_tensor)
+    ascending = inversion.timesteps.flip(0).tolist()
+    assert sorted(recorded) == sorted(ascending)
+    direct = SelfAttentionKV()
+    direct.mode = "record"
+    with controlled_attention(tiny.unet, direct), torch.no_grad():
+        unet_eps(tiny, inversion.trajectory[3:4], ascending[3], encode_text(tiny, [PROMPT]))
+    assert direct.kv.keys() == recorded[ascending[3]].keys() and len(direct.kv) > 0
+    for name, (key, value) in direct.kv.items():
+        assert torch.allclose(key, recorded[ascending[3]][name][0], atol=1e-6)
+        assert torch.allclose(value, recorded[ascending[3]][name][1], atol=1e-6)
+    with pytest.raises(ConfigError, match="kv_source=inversion runs no reconstruction branch: set method.trajectory_"):
+        remove(steps=10, kv_source="inversion")
+    with pytest.raises(ConfigError, match="method.kv_source=both is not one of reconstruction, inversion"):
+        remove(steps=10, kv_source="both")
+
+
 def test_the_fast_preset_costs_what_the_hand_derivation_says(tiny, example_image):
     from magicremover.config import build_remover, compose_config
 
@@ -169,6 +205,14 @@ def test_the_fast_preset_costs_what_the_hand_derivation_says(tiny, example_image
     calls = {stage: c.calls for stage, c in result.calls.items()}
     assert calls == {"inversion": 50, "replay": 8, "attention_mask": 1, "reconstruction": 42, "edit": 42}
     assert result.calls["edit"].backward == 41 and 742 / sum(calls.values()) >= 5
+    # K/V from the inversion (method.kv_source=inversion): no replay, no reconstruction branch, the edit's calls
+    # unchanged: 266 − 8 − 42 = 216 forward-equivalents, 10.2× fewer than the released pipeline's 2213.
+    kv_cfg = compose_config("remove", ["method=magicremover_fast", "cache_dir=null", "device=cpu",
+                                       "method.trajectory_correction=reconstruction", "method.kv_source=inversion"])  # fmt: skip
+    kv = build_remover(kv_cfg, tiny)(RemovalSample(example_image, PROMPT, "circle"))
+    assert {stage: c.calls for stage, c in kv.calls.items()} == {"inversion": 50, "attention_mask": 1, "edit": 42}
+    assert sum(c.forward_equivalents for c in kv.calls.values()) == 216
+    assert sum(c.forward_equivalents for c in result.calls.values()) == 266
 
 
 @pytest.mark.parametrize("reweight", [True, False])

@@ -126,6 +126,8 @@ class SelfAttentionKV(AttentionController):
         if ctx.name not in self.kv:
             raise RuntimeError(f"no recorded K/V for {ctx.name}: run the recording branch first in this step")
         stored_key, stored_value = self.kv[ctx.name]
+        if stored_key.shape[0] == 1 < key.shape[0]:  # one recording (the inversion's conditional call) for every half
+            stored_key, stored_value = (x.expand(key.shape[0], *x.shape[1:]) for x in (stored_key, stored_value))
         if stored_key.shape[0] != key.shape[0]:
             raise RuntimeError(f"{ctx.name}: recorded batch {stored_key.shape[0]} != injected batch {key.shape[0]}")
         return stored_key.to(key.dtype), stored_value.to(value.dtype)

@@ -26,6 +26,7 @@ import os
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
+from typing import Callable
 
 import torch
 from safetensors import safe_open
@@ -245,11 +246,14 @@ def invert_cached(
     config: InversionConfig,
     cache: InversionCache | None,
     full_trajectory: bool = False,
+    after_call: Callable[[int], None] | None = None,
 ) -> Inversion:
     """:func:`~magicremover.inversion.core.invert`, answered from ``cache`` when possible (zero UNet calls).
-    ``full_trajectory``: the caller reads every trajectory latent (Direct Inversion), not only z₀, t = 1 and z_T."""
-    if cache is None:
-        return _finite(invert(c, image, prompt, config))
+    ``full_trajectory``: the caller reads every trajectory latent (Direct Inversion), not only z₀, t = 1 and z_T.
+    ``after_call`` (see :func:`~magicremover.inversion.core.ddim_invert`) needs the UNet calls a hit would skip: with
+    it the cache is neither read nor written (an entry its caller never reads would only take disk)."""
+    if cache is None or after_call is not None:
+        return _finite(invert(c, image, prompt, config, after_call))
     key = cache_key(c.identity, image, prompt, config)
     cached = cache.load(key, full_trajectory)
     if cached is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Callable, Literal
 
 import torch
 import torch.nn.functional as F
@@ -101,12 +101,23 @@ def set_timesteps(c: SDComponents, num_inference_steps: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def ddim_invert(c: SDComponents, z0: torch.Tensor, cond: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-    """DDIM inversion with the prompt only (w = 1): z₀ → z_T. Returns the trajectory ``(N+1, C, h, w)``."""
+def ddim_invert(
+    c: SDComponents,
+    z0: torch.Tensor,
+    cond: torch.Tensor,
+    timesteps: torch.Tensor,
+    after_call: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """DDIM inversion with the prompt only (w = 1): z₀ → z_T. Returns the trajectory ``(N+1, C, h, w)``.
+
+    ``after_call(t)`` runs after the UNet call at timestep t (on the latent one step below it), e.g. to keep what an
+    attention controller recorded during that call."""
     latents, z = [z0], z0
     step = step_size(c)
     for t in tqdm(timesteps.flip(0).tolist(), desc="DDIM inversion", leave=False, disable=None):
         eps = unet_eps(c, z, t, cond)
+        if after_call is not None:
+            after_call(t)
         z = ddim_step(z, eps, alpha_bar(c, t - step), alpha_bar(c, t))
         latents.append(z)
     return torch.cat(latents)
@@ -155,8 +166,14 @@ def null_text_optimize(
     return torch.cat(embeddings)
 
 
-def invert(c: SDComponents, image: torch.Tensor, prompt: str, config: InversionConfig) -> Inversion:
-    """Invert ``image`` ``(1, 3, H, W)`` in [0, 1] under ``prompt``.
+def invert(
+    c: SDComponents,
+    image: torch.Tensor,
+    prompt: str,
+    config: InversionConfig,
+    after_call: Callable[[int], None] | None = None,
+) -> Inversion:
+    """Invert ``image`` ``(1, 3, H, W)`` in [0, 1] under ``prompt``; ``after_call`` as in :func:`ddim_invert`.
 
     UNet calls are counted in stages ``inversion`` (DDIM) and ``null_text`` (optimisation and its advancing steps).
     """
@@ -165,7 +182,7 @@ def invert(c: SDComponents, image: torch.Tensor, prompt: str, config: InversionC
     cond, uncond = encode_text(c, [prompt]), encode_text(c, [""])
     z0 = encode_image(c, image, config.encode, config.seed)
     with c.calls.stage("inversion"):
-        trajectory = ddim_invert(c, z0, cond, timesteps)
+        trajectory = ddim_invert(c, z0, cond, timesteps, after_call)
     if config.method == "null_text":
         with c.calls.stage("null_text"):
             null = null_text_optimize(c, trajectory, timesteps, cond, uncond, config)

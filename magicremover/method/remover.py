@@ -95,7 +95,7 @@ class MagicRemover(InvertingRemover):
             else None
         )
         # 2. Inversion (Eq. 6), shared through the cache by every method and ablation.
-        inversion = self.invert(sample, image)
+        inversion, inversion_kv = self._invert(sample, image)
         latent_hw = tuple(inversion.trajectory.shape[-2:])
         # 3. The t = 1 attention of the target: the soft map, and M₀ (or the user's mask, Eq. 13).
         soft, fixed = t1_attention(c, inversion, target, latent_hw, s.mask_threshold)
@@ -105,7 +105,7 @@ class MagicRemover(InvertingRemover):
         # 4. Two branches from the edit start on.
         steps = plan(inversion.timesteps.tolist(), s.t_ratio, s.guidance_window, s.classifier_optimization_window,
                      guidance_on=s.attention_guidance, optimization_on=s.classifier_optimization)  # fmt: skip
-        z_rec, z_edit, region = self._denoise(inversion, steps, state)
+        z_rec, z_edit, region = self._denoise(inversion, steps, state, inversion_kv)
         # 5. Decode and report.
         calls = UNetCalls.delta(c.calls.totals(), before)
         final_mask = region if region is not None else fixed
@@ -139,8 +139,19 @@ class MagicRemover(InvertingRemover):
                                 "locate")  # fmt: skip
         return _to_image(soft, tuple(image.shape[-2:]))
 
+    def _invert(self, sample: RemovalSample, image: torch.Tensor) -> tuple[Inversion, dict | None]:
+        """The inversion, and with ``kv_source=inversion`` every self-attention layer's K/V of its DDIM call at each
+        timestep: ``{t: {layer: (K, V)}}``, each ``(1, heads, L, head_dim)``."""
+        if self.settings.kv_source != "inversion":
+            return self.invert(sample, image), None
+        recorder, by_timestep = SelfAttentionKV(), {}
+        recorder.mode = "record"
+        with controlled_attention(self.components.unet, recorder):
+            inversion = self.invert(sample, image, after_call=lambda t: by_timestep.__setitem__(t, dict(recorder.kv)))
+        return inversion, by_timestep
+
     def _denoise(
-        self, inversion: Inversion, steps: Plan, state: _State
+        self, inversion: Inversion, steps: Plan, state: _State, inversion_kv: dict | None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """The denoising loop. Returns the final reconstruction and edit latents ``(1, C, h, w)`` and the region M of
         the last guided step ``(1, 1, h, w)`` (``None`` when no step was guided)."""
@@ -148,7 +159,7 @@ class MagicRemover(InvertingRemover):
         kv = SelfAttentionKV()
         # The conditional half: the last entry of a CFG batch, the only one of a folded call (cfg_eps).
         store = CrossAttentionStore(keep_graph=True, batch_index=slice(-1, None), enabled=False)
-        branches = _Branches(self, inversion.cond_embedding, steps, state, kv, store)
+        branches = _Branches(self, inversion.cond_embedding, steps, state, kv, store, inversion_kv)
         hooks = []
         if s.trajectory_correction != "none":
             hooks.append(branches.correct_trajectory)
@@ -219,16 +230,18 @@ class MagicRemover(InvertingRemover):
 class _Branches:
     """MagicRemover's two branches and its step hooks for :func:`~magicremover.method.loop.denoise_two_branches`."""
 
-    def __init__(self, remover: MagicRemover, cond, steps: Plan, state: _State, kv: SelfAttentionKV, store):
+    def __init__(self, remover: MagicRemover, cond, steps: Plan, state: _State, kv: SelfAttentionKV, store,
+                 inversion_kv: dict | None = None):  # fmt: skip
         self.remover, self.cond, self.steps, self.state, self.kv, self.store = remover, cond, steps, state, kv, store
+        self.inversion_kv = inversion_kv  # {t: {layer: (K, V)}} with kv_source=inversion
         self.c, self.s, self.w = remover.components, remover.settings, remover.inversion.guidance_scale
         self.region = None  # M of the latest guided call; unguided edit steps blend with it, as the released main.py
 
     def reconstruct(self, step: Step) -> torch.Tensor:
         # Phase A (shared): before the edit start both branches share the reconstruction; with Direct Inversion it is
         # the trajectory itself, no UNet call. Phase B: the reconstruction branch, recording every self-attention
-        # layer's K/V for the edit.
-        if step.shared and self.s.trajectory_correction != "none":
+        # layer's K/V for the edit — unless the inversion recorded them (then it is the trajectory too).
+        if (step.shared and self.s.trajectory_correction != "none") or self.inversion_kv is not None:
             return step.on_trajectory
         stage, self.kv.mode = ("replay", "off") if step.shared else ("reconstruction", "record")
         with self.c.calls.stage(stage), torch.no_grad():
@@ -238,6 +251,8 @@ class _Branches:
         # Phase C: the edit branch; its self-attention uses the reconstruction's K/V (Eq. 10).
         c, s, z = self.c, self.s, step.z_edit
         self.kv.mode = "inject" if s.self_attention_guidance else "off"
+        if self.inversion_kv is not None:
+            self.kv.kv = self.inversion_kv[step.t]
         if not self.steps.guide[step.index]:
             with c.calls.stage("edit"), torch.no_grad():
                 return ddim_step(z, self._eps(z, step), step.alpha_t, step.alpha_prev)

@@ -46,6 +46,11 @@ class Settings:
             reconstruction branch back on the inversion trajectory after every step (exact reconstruction, and the
             replay before the edit start needs no UNet call); ``both`` also adds that step's correction to the edit
             branch. ``none``: the released code (null-text inversion makes the reconstruction close instead).
+        kv_source: where Eq. 10's K/V come from. ``reconstruction``: the reconstruction branch's UNet call at the
+            same step (released code). ``inversion``: the DDIM-inversion call at the same timestep t (conditional,
+            on the inversion latent one step below z_t), recorded while inverting, so the reconstruction branch runs
+            no UNet call; needs ``trajectory_correction=reconstruction`` (the trajectory is the reconstruction) and
+            inverts afresh (K/V are too large to cache: about 90 MB per step at SD-1.5 size in fp32).
     """
 
     t_ratio: float = 0.85
@@ -69,6 +74,7 @@ class Settings:
     gradient_checkpointing: bool = True
     fold_cfg: bool = True
     trajectory_correction: Literal["none", "reconstruction", "both"] = "none"
+    kv_source: Literal["reconstruction", "inversion"] = "reconstruction"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "guidance_window", Window.parse(self.guidance_window, "method.guidance_window"))
@@ -76,13 +82,19 @@ class Settings:
         object.__setattr__(self, "classifier_optimization_window", window)
         choices = {"loss": ("top_quantile_mse", "relaxed_l1"), "reweight": ("mask", "attention"),
                    "multiword": ("product_map", "sum_of_losses"),
-                   "trajectory_correction": ("none", "reconstruction", "both")}  # fmt: skip
+                   "trajectory_correction": ("none", "reconstruction", "both"),
+                   "kv_source": ("reconstruction", "inversion")}  # fmt: skip
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"method.{key}={getattr(self, key)} is not one of {', '.join(allowed)}")
         for key in ("t_ratio", "lambda_", "map_scale", "mask_threshold", "guidance_weight"):
             if not math.isfinite(getattr(self, key)):
                 raise ConfigError(f"method.{key}={getattr(self, key)} must be a finite number")
+        if self.kv_source == "inversion" and self.trajectory_correction != "reconstruction":
+            raise ConfigError(
+                "method.kv_source=inversion runs no reconstruction branch: "
+                "set method.trajectory_correction=reconstruction (the inversion trajectory stands in for it)"
+            )
         if not 0 <= self.lambda_ < 1:
             raise ConfigError(f"method.lambda_={self.lambda_} must be in [0, 1)")
         if not 0 <= self.mask_threshold < 1:
