@@ -64,12 +64,23 @@ FRONTIER = {
     for steps in (50, 35, 25, 20, 15)
     for co in (True, False)
 }
+KV_FROM_INVERSION = {  # issue 25: Eq. 10's K/V from the inversion pass (no reconstruction branch), beside the same
+    # preset whose reconstruction branch is put back on the trajectory (the one change between them is the K/V source)
+    "negative_prompt 50 steps w/o Co, reconstruction on the trajectory": (
+        "magicremover_fast",
+        ["method.trajectory_correction=reconstruction"],
+    ),
+    "negative_prompt 50 steps w/o Co, K/V from inversion": (
+        "magicremover_fast",
+        ["method.trajectory_correction=reconstruction", "method.kv_source=inversion"],
+    ),
+}
 REMOVERS = {  # the removers after MagicRemover (issue 22); mask-based ones get the object's mask with its shadow
     "attentive_eraser": ("attentive_eraser", []),
     "attentive_eraser_dip": ("attentive_eraser_dip", []),
     "ledits_pp": ("ledits_pp", []),
 }
-ALL_VARIANTS = VARIANTS | FRONTIER | REMOVERS
+ALL_VARIANTS = VARIANTS | FRONTIER | KV_FROM_INVERSION | REMOVERS
 
 
 def removal_table(components, cases, cache_dir, variants=VARIANTS) -> tuple[dict, dict]:
@@ -77,17 +88,22 @@ def removal_table(components, cases, cache_dir, variants=VARIANTS) -> tuple[dict
     row: the VAE's own reconstruction of the input, the best any latent method can keep outside the mask.
 
     Returns the mean per variant and metric, and every scene's row per variant (a mean of dB hides whether a figure
-    comes from a few failures or from all scenes).
+    comes from a few failures or from all scenes). A method's row also holds its UNet calls, forward-equivalents and
+    wall seconds per image, an inversion served by the cache charged what it cost when it was computed.
     """
     reference = [removal_metrics(case, vae_reconstruction(components, case.scene.image)) for case in cases]
     per_scene = {"vae_reconstruction": reference}
-    inversion_calls = {}  # (inversion, steps, scene) → (calls, forward-equivalents) of a fresh inversion; a cached one
-    # is charged the same
+    inversion_cost = {}  # (inversion, steps, scene) → (calls, forward-equivalents, seconds) of a fresh inversion; a
+    # cached one is charged the same
+    removers = {}
     for name, (preset, overrides) in variants.items():
         cfg = compose_config("remove", [f"method={preset}", f"cache_dir={cache_dir}", "device=cpu", *overrides])
-        remover = build_remover(cfg, components)
-        rows = []
-        for case in cases:
+        removers[name] = (cfg, build_remover(cfg, components))
+        per_scene[name] = []
+    # Scene by scene, every variant in turn: the rows of one scene run back to back under one machine load, so their
+    # wall times pair (the frontier's time ratio) even when the load drifts over the report.
+    for case in cases:
+        for name, (cfg, remover) in removers.items():
             sample = case.sample
             if "mask" in getattr(remover, "requires", ()):
                 sample = dataclasses.replace(
@@ -96,25 +112,30 @@ def removal_table(components, cases, cache_dir, variants=VARIANTS) -> tuple[dict
             result = remover(sample)
             key = (cfg.inversion.method, cfg.num_inference_steps, case.scene.seed)
             calls = {stage: (count.calls, count.forward_equivalents) for stage, count in result.calls.items()}
-            fresh = [calls.pop(stage, (0, 0)) for stage in ("inversion", "null_text")]
+            fresh = [
+                (*calls.pop(stage, (0, 0)), result.seconds.get(stage, 0.0)) for stage in ("inversion", "null_text")
+            ]
             if not result.extras.get("inversion_from_cache"):
-                inversion_calls[key] = tuple(map(sum, zip(*fresh)))
+                inversion_cost[key] = tuple(map(sum, zip(*fresh)))
             row = removal_metrics(case, to_uint8(result.image))
-            inverted = inversion_calls.get(key, (float("nan"), float("nan")))
+            inverted = inversion_cost.get(key, (float("nan"),) * 3)
             row["unet_calls"] = sum(c for c, _ in calls.values()) + inverted[0]
             row["forward_equivalents"] = sum(f for _, f in calls.values()) + inverted[1]
-            rows.append(row)
-        per_scene[name] = rows
+            row["seconds"] = result.seconds["total"] - (fresh[0][2] + fresh[1][2]) + inverted[2]
+            per_scene[name].append(row)
     means = {name: {key: float(np.mean([r[key] for r in rows])) for key in rows[0]} for name, rows in per_scene.items()}
     seeds = [case.scene.seed for case in cases]
     return means, {name: [{"seed": seed, **row} for seed, row in zip(seeds, rows)] for name, rows in per_scene.items()}
 
 
-def frontier(reports: list[Path], out: Path) -> str:
+def frontier(reports: list[Path], out: Path, reference_row: str | None = None) -> str:
     """Collect removal rows from several ``toy_report.json`` files (same held-out scenes) into the cost frontier:
-    a markdown table (UNet calls per image, inside gain and outside gap to the VAE, means and medians) and a figure
-    ``frontier.png`` of both against the calls. The released code's default (null-text, 50 steps, 742 calls on the
-    toy model) is the reference row. Returns the table."""
+    a markdown table (UNet calls and forward-equivalents per image, wall time, inside gain and outside gap to the
+    VAE, means and medians) and a figure ``frontier.png`` of both against the calls. Each row's paired differences
+    are taken scene by scene against ``reference_row`` (default: the released code's default, null-text at 50
+    steps); the "× fewer" and "× less time" columns are always against that default (742 calls on the toy model
+    where a report has no counts). The time ratio is the median over scenes of the default's seconds over the row's,
+    both measured in the same process (reports before the timing column show "–"). Returns the table."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -133,20 +154,27 @@ def frontier(reports: list[Path], out: Path) -> str:
                 name = "null_text 50 steps (default)"
             if name == "vae_reconstruction":
                 continue
-            row = rows.setdefault(name, {"gain": {}, "gap": {}, "calls": {}, "fe": {}})
+            row = rows.setdefault(name, {"gain": {}, "gap": {}, "calls": {}, "fe": {}, "seconds": {}})
             for r, v in zip(scenes, vae):  # keyed by seed: halves of one set merge, a repeated scene counts once
                 row["gain"][r["seed"]] = r["psnr_in_vs_gt"] - r["psnr_in_input_vs_gt"]
                 row["gap"][r["seed"]] = v["psnr_out_vs_input"] - r["psnr_out_vs_input"]
                 row["calls"][r["seed"]] = r.get("unet_calls", REFERENCE_CALLS)  # measured: 742 by the counters
                 row["fe"][r["seed"]] = r.get("forward_equivalents", float("nan"))  # reports before the cost model
+                if "seconds" in r:
+                    row["seconds"][r["seed"]] = r["seconds"]
     for row in rows.values():
         row["n"] = len(row["gain"])
         row["calls"], row["fe"] = (float(np.mean(list(row[key].values()))) for key in ("calls", "fe"))
-    reference = rows.get("null_text 50 steps") or rows.get("null_text 50 steps (default)")
+    default = rows.get("null_text 50 steps") or rows.get("null_text 50 steps (default)")
+    if reference_row is not None and reference_row not in rows:
+        raise SystemExit(f"--reference {reference_row!r} is not a row of these reports: {', '.join(sorted(rows))}")
+    reference, versus = (rows[reference_row], reference_row) if reference_row else (default, "default")
     lines = ["| configuration | UNet calls / image | × fewer | forward-equivalents / image | × fewer | inside gain (dB), "
-             "mean / median | outside gap to VAE (dB), mean / median | Δ inside vs default [95 % CI] | Δ outside gap "
-             "vs default [95 % CI] | scenes |", "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    reference_fe = reference["fe"] if reference else float("nan")
+             f"mean / median | outside gap to VAE (dB), mean / median | Δ inside vs {versus} [95 % CI] | Δ outside gap "
+             f"vs {versus} [95 % CI] | × less time, paired median (range) | scenes |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    reference_calls = default["calls"] if default else REFERENCE_CALLS
+    reference_fe = default["fe"] if default else float("nan")
     for name, row in sorted(rows.items(), key=lambda item: -item[1]["calls"]):
         gain, gap = list(row["gain"].values()), list(row["gap"].values())
         paired = []
@@ -157,11 +185,15 @@ def frontier(reports: list[Path], out: Path) -> str:
                 continue
             mean, low, high = paired_interval([row[key][s] - reference[key][s] for s in shared])
             paired.append(f"{mean:+.2f} [{low:+.2f}, {high:+.2f}]")
+        fe, fewer_fe = _figure(row["fe"], ".0f"), _figure(reference_fe / row["fe"], ".1f")
+        timed = sorted(set(row["seconds"]) & set(default["seconds"])) if default else []
+        ratios = [default["seconds"][s] / row["seconds"][s] for s in timed]
+        faster = f"{np.median(ratios):.1f} ({min(ratios):.1f}–{max(ratios):.1f})" if ratios else "–"
         lines.append(
-            f"| {name} | {row['calls']:.0f} | {REFERENCE_CALLS / row['calls']:.1f} | {row['fe']:.0f} | "
-            f"{reference_fe / row['fe']:.1f} | {np.mean(gain):.2f} / "
+            f"| {name} | {row['calls']:.0f} | {reference_calls / row['calls']:.1f} | {fe} | {fewer_fe} | "
+            f"{np.mean(gain):.2f} / "
             f"{np.median(gain):.2f} | {np.mean(gap):.2f} / {np.median(gap):.2f} | {paired[0]} | {paired[1]} | "
-            f"{row['n']} |"
+            f"{faster} | {row['n']} |"
         )
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for ax, key, label in ((axes[0], "gain", "inside gain (dB) ↑"), (axes[1], "gap", "outside gap to VAE (dB) ↓")):
@@ -186,6 +218,11 @@ def frontier(reports: list[Path], out: Path) -> str:
     table = "\n".join(lines)
     (out / "frontier.md").write_text(table + "\n")
     return table
+
+
+def _figure(value: float, spec: str) -> str:
+    """``value`` formatted, or "–" where a report before the cost model has no forward-equivalents."""
+    return format(value, spec) if np.isfinite(value) else "–"
 
 
 REFERENCE_CALLS = 742  # the released code's pipeline on the toy model (null-text, 50 steps), counted by the counters
@@ -220,6 +257,8 @@ def main() -> None:
         "--variants", nargs="*", default=list(VARIANTS), choices=list(ALL_VARIANTS), help="removal rows to measure"
     )
     parser.add_argument("--collect", nargs="*", help="toy_report.json files: write the frontier table and figure only")
+    parser.add_argument("--reference", help="with --collect: the row the paired differences are taken against "
+                        "(default: null-text at 50 steps, the released code's default)")  # fmt: skip
     parser.add_argument(
         "--subset-variants", nargs="*", default=["magicremover"], choices=list(ALL_VARIANTS), help="glass/shadow rows"
     )
@@ -229,7 +268,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.collect:
-        print(frontier([Path(p) for p in args.collect], out))
+        print(frontier([Path(p) for p in args.collect], out, args.reference))
         return
     torch.manual_seed(0)
     c = load_pretrained(path=args.model, device="cpu")
