@@ -141,13 +141,21 @@ class MagicRemover(InvertingRemover):
 
     def _invert(self, sample: RemovalSample, image: torch.Tensor) -> tuple[Inversion, dict | None]:
         """The inversion, and with ``kv_source=inversion`` every self-attention layer's K/V of its DDIM call at each
-        timestep: ``{t: {layer: (K, V)}}``, each ``(1, heads, L, head_dim)``."""
+        edited timestep: ``{t: {layer: (K, V)}}``, each ``(1, heads, L, head_dim)``."""
         if self.settings.kv_source != "inversion":
             return self.invert(sample, image), None
+        # Only the edited steps' K/V are kept: the lowest timesteps, the ones inversion visits first.
+        n_steps = self.inversion.num_inference_steps
+        edited = n_steps - edit_start(n_steps, self.settings.t_ratio)
         recorder, by_timestep = SelfAttentionKV(), {}
         recorder.mode = "record"
+
+        def keep(t: int) -> None:
+            if len(by_timestep) < edited:
+                by_timestep[t] = dict(recorder.kv)
+
         with controlled_attention(self.components.unet, recorder):
-            inversion = self.invert(sample, image, after_call=lambda t: by_timestep.__setitem__(t, dict(recorder.kv)))
+            inversion = self.invert(sample, image, after_call=keep)
         return inversion, by_timestep
 
     def _denoise(
