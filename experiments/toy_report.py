@@ -148,12 +148,10 @@ def frontier(reports: list[Path], out: Path, reference_row: str | None = None) -
             continue
         vae = report["removal_per_scene"]["vae_reconstruction"]
         for name, scenes in report["removal_per_scene"].items():
-            if "unet_calls" not in scenes[0]:  # a report without costs (the model card's): only its default row
-                if name != "magicremover":
-                    continue
+            if name == "magicremover":  # the default preset's row (VARIANTS): null-text at 50 steps
                 name = "null_text 50 steps (default)"
-            if name == "vae_reconstruction":
-                continue
+            elif name == "vae_reconstruction" or "unet_calls" not in scenes[0]:  # the model card's report has no
+                continue  # costs: only its default row is read
             row = rows.setdefault(name, {"gain": {}, "gap": {}, "calls": {}, "fe": {}, "seconds": {}})
             for r, v in zip(scenes, vae):  # keyed by seed: halves of one set merge, a repeated scene counts once
                 row["gain"][r["seed"]] = r["psnr_in_vs_gt"] - r["psnr_in_input_vs_gt"]
