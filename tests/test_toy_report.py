@@ -48,6 +48,16 @@ def test_the_frontier_merges_halves_and_pairs_each_row_with_the_default_scene_by
         frontier(halves, tmp_path, reference_row="fast")
 
 
+def test_a_reports_default_preset_row_is_the_frontiers_default(tmp_path):
+    rows = {"magicremover": (lambda s: 1.0, lambda s: 1.0, 730, 2177, lambda s: 30.0),
+            "attentive_eraser": (lambda s: 0.0, lambda s: 1.5, 40, 80, lambda s: 1.5)}  # fmt: skip
+    table = frontier([_report(tmp_path / "report.json", range(4), rows)], tmp_path).splitlines()
+    default = next(line for line in table if line.startswith("| null_text 50 steps (default) |"))
+    eraser = next(line for line in table if line.startswith("| attentive_eraser |"))
+    assert "| 730 | 1.0 | 2177 | 1.0 |" in default and "| 40 | 18.2 | 80 | 27.2 |" in eraser
+    assert "| -1.00 [-1.00, -1.00] | +0.50 [+0.50, +0.50] | 20.0 (20.0–20.0) | 4 |" in eraser
+
+
 def test_mask_based_removers_get_the_objects_mask_in_the_removal_table(tiny, tmp_path):
     from experiments.toy_report import removal_table
     from magicremover.toy.quality import held_out_cases
