@@ -261,6 +261,8 @@ def main() -> None:
         "--subset-variants", nargs="*", default=["magicremover"], choices=list(ALL_VARIANTS), help="glass/shadow rows"
     )
     args = parser.parse_args()
+    if args.reference and not args.collect:
+        parser.error("--reference names a row of the reports --collect reads: add --collect FILE ...")
     apply_thread_default()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     out = Path(args.out)
