@@ -31,6 +31,11 @@ PRESETS = {  # name: conf/remove.yaml overrides
     "released pipeline (magicremover, null-text)": ["method=magicremover"],
     "magicremover_fast": ["method=magicremover_fast"],
     "magicremover_fast, CFG halves not folded": ["method=magicremover_fast", "method.fold_cfg=false"],
+    "magicremover_fast, K/V from the inversion": [
+        "method=magicremover_fast",
+        "method.trajectory_correction=reconstruction",
+        "method.kv_source=inversion",
+    ],
 }
 
 

@@ -80,11 +80,13 @@ def test_the_cost_command_counts_forward_equivalents_and_pairs_wall_time(tiny):
     factor = cost.backward_factor(tiny, repeats=3)
     assert factor["forward_backward_s"] > factor["forward_s"] > 0 and factor["assumed"] == 2
     report = cost.paired_costs(tiny, repeats=1)
-    released, fast, unfolded = (report[name] for name in cost.PRESETS)
+    released, fast, unfolded, kv = (report[name] for name in cost.PRESETS)
     assert released["fewer_forward_equivalents"] == released["less_wall_time"] == 1.0
     for row in report.values():  # forward-equivalents by their definition, from the row's own counts
         assert row["forward_equivalents"] >= row["samples"] + 2 * row["backward_samples"]
     assert fast["calls"] == unfolded["calls"] and fast["samples"] < unfolded["samples"]  # folding halves, not calls
+    assert fast["calls"] - kv["calls"] == 50 and kv["forward_equivalents"] == fast["forward_equivalents"] - 50  # no
+    # replay (8) or reconstruction (42) call, each one batch-1 forward
     batching = cost.batching_gain(tiny, repeats=3)
     assert batching["batched_s"] > 0 and batching["saving"] == 1 - batching["batched_s"] / batching["two_calls_s"]
     table = cost.table({"presets": report, "backward_factor": factor, "batching": batching})
