@@ -85,8 +85,8 @@ def test_the_cost_command_counts_forward_equivalents_and_pairs_wall_time(tiny):
     for row in report.values():  # forward-equivalents by their definition, from the row's own counts
         assert row["forward_equivalents"] >= row["samples"] + 2 * row["backward_samples"]
     assert fast["calls"] == unfolded["calls"] and fast["samples"] < unfolded["samples"]  # folding halves, not calls
-    assert fast["calls"] - kv["calls"] == 50 and kv["forward_equivalents"] == fast["forward_equivalents"] - 50  # no
-    # replay (8) or reconstruction (42) call, each one batch-1 forward
+    # K/V from the inversion: no replay (8) or reconstruction (42) call, each of them one batch-1 forward.
+    assert fast["calls"] - kv["calls"] == 50 and kv["forward_equivalents"] == fast["forward_equivalents"] - 50
     batching = cost.batching_gain(tiny, repeats=3)
     assert batching["batched_s"] > 0 and batching["saving"] == 1 - batching["batched_s"] / batching["two_calls_s"]
     table = cost.table({"presets": report, "backward_factor": factor, "batching": batching})
