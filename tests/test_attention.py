@@ -138,6 +138,24 @@ def test_self_attention_kv_injection(tiny, inputs):
     assert len([k for k in tiny.unet.attn_processors if "attn1" in k]) == 7
 
 
+def test_a_batch_1_recording_serves_a_larger_batch_only_when_asked(tiny, inputs):
+    z, emb = inputs
+    for broadcast in (False, True):
+        kv = SelfAttentionKV(broadcast=broadcast)
+        with controlled_attention(tiny.unet, kv):
+            kv.mode = "record"
+            recorded = _run(tiny.unet, z[:1], emb[:1])
+            kv.mode = "inject"
+            if not broadcast:
+                with pytest.raises(RuntimeError, match="recorded batch 1 != injected batch 2"):
+                    _run(tiny.unet, z[:1].expand(2, -1, -1, -1), emb[:1].expand(2, -1, -1))
+                continue
+            both = _run(tiny.unet, torch.cat([z[:1], z[:1] + 0.5]), emb[:1].expand(2, -1, -1))
+            assert torch.allclose(both[:1], recorded, atol=1e-6)  # each row reads the one recording
+            kv.mode = "off"
+            assert not torch.allclose(both[1:], _run(tiny.unet, z[:1] + 0.5, emb[:1]))
+
+
 def test_grid_size_handles_non_square_latents(tiny):
     assert grid_size(8 * 6, (8, 6)) == (8, 6)
     assert grid_size(4 * 3, (8, 6)) == (4, 3)

@@ -188,6 +188,9 @@ def test_kv_from_the_inversion_replaces_the_reconstruction_branch(tiny, remove, 
     for name, (key, value) in direct.kv.items():
         assert torch.allclose(key, recorded[ascending[3]][name][0], atol=1e-6)
         assert torch.allclose(value, recorded[ascending[3]][name][1], atol=1e-6)
+    # Under null-text inversion the edit runs both CFG halves; the one conditional recording serves both.
+    null_text = remove(steps=10, inversion="null_text", trajectory_correction="reconstruction", kv_source="inversion")
+    assert null_text.calls["edit"].samples == 2 * null_text.calls["edit"].calls and null_text.image.isfinite().all()
     with pytest.raises(ConfigError, match="kv_source=inversion runs no reconstruction branch: set method.trajectory_"):
         remove(steps=10, kv_source="inversion")
     with pytest.raises(ConfigError, match="method.kv_source=both is not one of reconstruction, inversion"):

@@ -110,10 +110,13 @@ class SelfAttentionKV(AttentionController):
 
     Args:
         layers: predicate on the layer name selecting which self-attention layers take part (default: all).
+        broadcast: a recording of batch 1 serves every row of a larger injected batch (the inversion's conditional
+            call for both CFG halves of the edit); otherwise recorded and injected batches must match.
     """
 
-    def __init__(self, layers=None):
+    def __init__(self, layers=None, broadcast: bool = False):
         self.layers = layers or (lambda name: True)
+        self.broadcast = broadcast
         self.mode: Literal["off", "record", "inject"] = "off"
         self.kv: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -126,7 +129,7 @@ class SelfAttentionKV(AttentionController):
         if ctx.name not in self.kv:
             raise RuntimeError(f"no recorded K/V for {ctx.name}: run the recording branch first in this step")
         stored_key, stored_value = self.kv[ctx.name]
-        if stored_key.shape[0] == 1 < key.shape[0]:  # one recording (the inversion's conditional call) for every half
+        if self.broadcast and stored_key.shape[0] == 1 < key.shape[0]:
             stored_key, stored_value = (x.expand(key.shape[0], *x.shape[1:]) for x in (stored_key, stored_value))
         if stored_key.shape[0] != key.shape[0]:
             raise RuntimeError(f"{ctx.name}: recorded batch {stored_key.shape[0]} != injected batch {key.shape[0]}")

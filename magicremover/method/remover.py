@@ -164,7 +164,7 @@ class MagicRemover(InvertingRemover):
         """The denoising loop. Returns the final reconstruction and edit latents ``(1, C, h, w)`` and the region M of
         the last guided step ``(1, 1, h, w)`` (``None`` when no step was guided)."""
         s = self.settings
-        kv = SelfAttentionKV()
+        kv = SelfAttentionKV(broadcast=inversion_kv is not None)  # the inversion recorded its conditional call only
         # The conditional half: the last entry of a CFG batch, the only one of a folded call (cfg_eps).
         store = CrossAttentionStore(keep_graph=True, batch_index=slice(-1, None), enabled=False)
         branches = _Branches(self, inversion.cond_embedding, steps, state, kv, store, inversion_kv)
