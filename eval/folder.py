@@ -16,7 +16,7 @@ import numpy as np
 from eval.data import EvalItem, check_size, shard
 from eval.manifest import check_sample_id, check_unique
 from magicremover.errors import ConfigError
-from magicremover.images import load_image
+from magicremover.images import load_image, load_mask
 from magicremover.types import RemovalSample
 
 
@@ -73,7 +73,7 @@ class FolderDataset:
     def __getitem__(self, index: int) -> EvalItem:
         sample_id, prompt, target = self.records[index]
         image = load_image(self._file("images", sample_id))
-        mask = load_image(self._file("masks", sample_id), min_side=1).convert("L")
+        mask = load_mask(self._file("masks", sample_id))
         sample = RemovalSample(image, prompt, target, mask=mask, sample_id=sample_id)
         region = np.asarray(mask, dtype=np.float32) / 255
         return EvalItem(

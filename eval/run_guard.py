@@ -18,7 +18,7 @@ from magicremover.secrets import redact
 log = logging.getLogger(__name__)
 RUN_FILE = "run.json"
 # Everything that changes a finished sample's files; which samples run (size, shards, the data's location) does not.
-_RESULT_KEYS = ("model", "inversion", "method", "num_inference_steps", "guidance_scale", "resolution", "resize", "seed")
+RESULT_KEYS = ("model", "inversion", "method", "num_inference_steps", "guidance_scale", "resolution", "resize", "seed")
 _DATA_IGNORED = {"size", "seed", "num_shards", "shard_index", "root", "annotations", "images"}
 
 
@@ -43,10 +43,11 @@ def prepare_out_dir(out_dir: Path) -> None:
         log.info("removed %d temporary files left by a killed run in %s", removed, out_dir)
 
 
-def fingerprint(cfg: DictConfig) -> dict:
-    """The settings that determine each sample's result (secrets redacted, so a rotated token is no mismatch)."""
+def fingerprint(cfg: DictConfig, keys: tuple[str, ...] = RESULT_KEYS) -> dict:
+    """The settings among ``keys`` (and the data's) that determine each sample's result (secrets redacted, so a
+    rotated token is no mismatch)."""
     container = OmegaConf.to_container(cfg, resolve=True)
-    result = {key: container.get(key) for key in _RESULT_KEYS}
+    result = {key: container.get(key) for key in keys}
     if isinstance(result.get("method"), dict):
         result["method"] = {k: v for k, v in result["method"].items() if k != "cache_dir"}
     data = container.get("data") or {}

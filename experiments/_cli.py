@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from magicremover.errors import UserError
 
@@ -25,6 +25,42 @@ def find_user_error(err: BaseException) -> UserError | None:
         seen.add(id(err))
         err = err.__cause__ or err.__context__
     return None
+
+
+def run_dir(out_dir: str | None, default: str) -> str:
+    """Hydra's run directory (``conf/shared.yaml``): ``out_dir`` when given and usable, so a run with ``out_dir=``
+    leaves no ``outputs/<job>/<time>/`` folder behind; else ``default``. An ``out_dir`` that is a file or cannot be
+    created gets ``default``, so that the job itself refuses it in one line (Hydra would fail with a traceback)."""
+    if out_dir is None:
+        return default
+    path = Path(out_dir).expanduser().absolute()
+    existing = next(parent for parent in (path, *path.parents) if parent.exists())
+    usable = existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)
+    return str(out_dir) if usable else default
+
+
+OmegaConf.register_new_resolver("run_dir", run_dir, replace=True)
+
+
+def split_path_hint(argv: list[str]) -> str | None:
+    """A hint for a command line whose path was split at a space (``image=my photos/a.png`` unquoted): an argument
+    that is no ``key=value`` override nor a flag, right after an override. ``None`` when the line looks fine."""
+    for previous, argument in zip(argv, argv[1:]):
+        if "=" in previous and not previous.startswith("-") and "=" not in argument and argument[:1] not in "-~":
+            key, value = previous.split("=", 1)
+            return (
+                f"'{argument}' is not a key=value override: a path with spaces must be quoted, e.g. "
+                f'{key}="{value} {argument}"'
+            )
+    return None
+
+
+def check_argv(argv: list[str] = sys.argv) -> None:
+    """Exit 2 with :func:`split_path_hint` before Hydra parses a command line it would reject with a lexer error."""
+    hint = split_path_hint(argv[1:])
+    if hint:
+        print(f"error: {hint}", file=sys.stderr)
+        sys.exit(2)
 
 
 def output_dir(cfg: DictConfig) -> Path:

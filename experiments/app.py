@@ -4,11 +4,13 @@
     python -m experiments.app model=sd15 server.port=8000
 
 The model loads once; each run builds the chosen method on it (cheap) with the knobs on the page. Every run's
-full-size ``output.png`` is also kept, under ``outputs/app/<start time>/<run time>/``.
+full-size ``output.png`` is also kept, in a folder of its own under ``outputs/app/<start time>/`` (named by the
+run's time).
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import time
@@ -22,7 +24,7 @@ from hydra.utils import instantiate  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
-from experiments._cli import run_entry_point  # noqa: E402
+from experiments._cli import check_argv, run_entry_point  # noqa: E402
 from experiments.remove import EXAMPLE_PROMPT, example_image  # noqa: E402
 from magicremover.api import Pipeline  # noqa: E402
 from magicremover.config import CONFIG_DIR, build_remover, compose_config  # noqa: E402
@@ -66,6 +68,20 @@ def framed(image: Image.Image, record: dict) -> Image.Image:
     return shown
 
 
+def new_run_folder(root: Path) -> Path:
+    """A folder of one run's own under ``root``: its start time, then ``-2``, ``-3``, … for runs in the same second
+    (``mkdir`` either creates or fails, so queued or concurrent runs never share a folder)."""
+    root.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%H-%M-%S")
+    for number in itertools.count(1):
+        folder = root / (stamp if number == 1 else f"{stamp}-{number}")
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            continue
+
+
 class Demo:
     """The loaded model and what one click runs.
 
@@ -107,7 +123,7 @@ class Demo:
             removal = pipe(photo, words, caption, mask=[mask] * len(words) if mask else None, name="photo")
         except UserError as err:
             raise gr.Error(str(err)) from None
-        folder = self.out_dir / time.strftime("%H-%M-%S")
+        folder = new_run_folder(self.out_dir)
         save_image(removal.image, folder / "output.png")
         shown = framed(removal.input, removal.record)
         return shown, removal.attention, removal.mask, removal.image, str(folder / "output.png"), removal.record
@@ -179,4 +195,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_argv()
     main()

@@ -32,7 +32,7 @@ from eval.metrics import ground_truth_metrics
 from eval.redact import loggable_config
 from eval.run_guard import check_numbers, check_resume, prepare_out_dir
 from eval.scores import SetScores
-from experiments._cli import log, run_entry_point
+from experiments._cli import check_argv, log, run_entry_point
 from magicremover.config import CONFIG_DIR, build_remover
 from magicremover.errors import ConfigError
 from magicremover.images import fit_mask, fit_to_model, load_image, to_pil
@@ -258,4 +258,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    check_argv()
     main()

@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from eval.redact import loggable_config
 from eval.run_guard import prepare_out_dir
-from experiments._cli import log, run_entry_point
+from experiments._cli import check_argv, log, run_entry_point
 from experiments.folder_mode import find_images, run_folder
 from magicremover.api import Pipeline
 from magicremover.config import CONFIG_DIR
@@ -41,11 +41,12 @@ def example_image() -> Path:
 def remove(cfg: DictConfig, out_dir: Path) -> dict:
     """Run the configured method on the configured photo(s); returns the ``result.json`` contents (one photo) or a
     summary of the folder run."""
-    if cfg.image is not None and not Path(cfg.image).expanduser().is_file():
+    source = Path(cfg.image).expanduser() if cfg.image is not None else None
+    if source is not None and (not source.is_file() or source.suffix.lower() == ".txt"):  # a folder, glob or list
         return run_folder(cfg, out_dir, find_images(str(cfg.image)))
     if cfg.targets:
         log.warning("targets=%s is read in folder mode only; one photo uses target= and prompt=", cfg.targets)
-    image_path = Path(cfg.image).expanduser() if cfg.image else example_image()
+    image_path = source or example_image()
     prompt = cfg.prompt if cfg.prompt or cfg.image else EXAMPLE_PROMPT
     prepare_out_dir(out_dir)  # a file or an unwritable folder fails here, before any weights load
     pipe = Pipeline(cfg)
@@ -74,4 +75,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_argv()
     main()

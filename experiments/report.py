@@ -14,7 +14,7 @@ import hydra
 from omegaconf import DictConfig
 
 from eval.report import render
-from experiments._cli import run_entry_point
+from experiments._cli import check_argv, run_entry_point
 from magicremover.config import CONFIG_DIR
 from magicremover.errors import ConfigError
 
@@ -32,4 +32,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_argv()
     main()

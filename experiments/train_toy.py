@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from experiments._cli import run_entry_point
+from experiments._cli import check_argv, run_entry_point
 from magicremover.attention import CrossAttentionStore, controlled_attention
 from magicremover.config import CONFIG_DIR
 from magicremover.errors import ConfigError
@@ -257,4 +257,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_argv()
     main()

@@ -14,11 +14,13 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import torch
 from omegaconf import DictConfig
 from PIL import Image
 
@@ -26,16 +28,18 @@ from magicremover import fullsize
 from magicremover.config import build_remover, compose_config
 from magicremover.errors import ConfigError, ImageError, NonFiniteError
 from magicremover.fullsize import Box
-from magicremover.images import fit_to_model, load_image, to_pil, to_tensor
+from magicremover.images import fit_to_model, load_image, load_mask, open_image, to_pil, to_tensor
 from magicremover.outputs import heatmap, jsonable
-from magicremover.photo_meta import read_meta
+from magicremover.photo_meta import PhotoMeta, read_meta
 from magicremover.target_tokens import find_target
 from magicremover.types import RemovalResult, RemovalSample, Remover
 from magicremover.unet_calls import UNetCalls
 
-MaskInput = str | Path | Image.Image | np.ndarray
+ImageInput = str | Path | Image.Image | np.ndarray | torch.Tensor
+MaskInput = ImageInput
 PROMPT_TEMPLATE = "a photo of a {target}"  # COCO's caption template, used when no prompt is given
 _PRESETS = ("toy", "tiny", "sd15", "sd21base")
+log = logging.getLogger("magicremover")
 
 
 @dataclass
@@ -53,6 +57,9 @@ class Removal:
         record: what ran: prompt, target, mode, sizes, paste-back figures, UNet calls and seconds per stage.
         result: the method's raw result at the model's resolution.
         passes: with several targets, each one-object pass (its mask, record, …) in order; empty otherwise.
+        alpha: the compositing weight ``(H, W)`` in [0, 1] at the output's size (``None``: the method's output was
+            taken everywhere, as no mask was given or made).
+        edit: the method's output (RGB) over the region it saw, the photo elsewhere: what ``alpha`` blends in.
     """
 
     input: Image.Image
@@ -63,26 +70,62 @@ class Removal:
     record: dict
     result: RemovalResult = field(repr=False)
     passes: list[Removal] = field(default_factory=list, repr=False)
+    alpha: np.ndarray | None = field(default=None, repr=False)
+    edit: Image.Image | None = field(default=None, repr=False)
 
 
-def as_image(source: str | Path | Image.Image | np.ndarray) -> Image.Image:
-    """A path, PIL image or array (``(H, W)`` / ``(H, W, 3|4)``, uint8, or float in [0, 1]) as upright 8-bit RGB.
+def as_pil(source: ImageInput) -> Image.Image:
+    """A path, PIL image, numpy array or torch tensor as a PIL image in its own mode (a file is opened and read).
+
+    Arrays are ``(H, W)``, ``(H, W, 3)`` or ``(H, W, 4)``; tensors ``(H, W)``, ``(C, H, W)`` or ``(1, C, H, W)`` with
+    C = 1, 3 or 4; either uint8, bool, or float in [0, 1].
 
     Raises:
-        ImageError: an array of another shape, dtype or range (one line naming the accepted forms).
+        ImageError: another type, shape, dtype or range (one line naming the accepted forms), or an unreadable file.
     """
+    if isinstance(source, torch.Tensor):
+        tensor = source.detach().cpu()
+        tensor = tensor[0] if tensor.ndim == 4 and tensor.shape[0] == 1 else tensor
+        if tensor.ndim == 3 and tensor.shape[0] in (1, 3, 4):
+            tensor = tensor.permute(1, 2, 0)
+            tensor = tensor[..., 0] if tensor.shape[-1] == 1 else tensor
+        elif tensor.ndim != 2:
+            raise ImageError(f"an image tensor must be (H, W), (C, H, W) or (1, C, H, W); got {tuple(source.shape)}")
+        source = tensor.float().numpy() if tensor.is_floating_point() else tensor.numpy()
     if isinstance(source, np.ndarray):
         array = source
         if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
             raise ImageError(f"an image array must be (H, W), (H, W, 3) or (H, W, 4); got shape {array.shape}")
-        if np.issubdtype(array.dtype, np.floating):
+        if array.dtype == bool:
+            array = array * 255
+        elif np.issubdtype(array.dtype, np.floating):
             if not np.isfinite(array).all() or array.min() < 0 or array.max() > 1:
                 raise ImageError("a float image array must hold values in [0, 1]; scale it or pass uint8")
             array = np.round(array * 255)
         elif array.dtype != np.uint8:
-            raise ImageError(f"an image array must be uint8 or float in [0, 1]; got {array.dtype}")
-        source = Image.fromarray(array.astype(np.uint8))
-    return load_image(source)
+            raise ImageError(f"an image array must be uint8, bool or float in [0, 1]; got {array.dtype}")
+        return Image.fromarray(array.astype(np.uint8))
+    if isinstance(source, (str, Path, Image.Image)):
+        return open_image(source)
+    raise ImageError(
+        f"an image must be a path, a PIL image, a numpy array or a torch tensor; got {type(source).__name__}"
+    )
+
+
+def as_image(source: ImageInput) -> Image.Image:
+    """Any :func:`as_pil` input as upright 8-bit RGB, as a model sees it (:func:`magicremover.images.load_image`)."""
+    return load_image(as_pil(source))
+
+
+def as_mask(source: MaskInput) -> Image.Image:
+    """Any :func:`as_pil` input as an upright grey mask, white = object (:func:`magicremover.images.load_mask`'s
+    rule: grey levels, or the alpha of one colour painted on transparency)."""
+    return load_mask(as_pil(source))
+
+
+def default_prompt(targets: Sequence[str]) -> str:
+    """``"a photo of a {target}"`` (COCO's caption template), the targets joined by "and a"."""
+    return PROMPT_TEMPLATE.format(target=" and a ".join(targets))
 
 
 class Pipeline:
@@ -123,7 +166,7 @@ class Pipeline:
 
     def __call__(
         self,
-        image: str | Path | Image.Image | np.ndarray,
+        image: ImageInput,
         target: str | Sequence[str],
         prompt: str | None = None,
         mask: MaskInput | Sequence[MaskInput] | None = None,
@@ -133,50 +176,50 @@ class Pipeline:
         """Remove ``target`` from ``image``.
 
         Args:
-            image: the photo (any size; EXIF orientation is applied).
+            image: the photo (any size and mode; EXIF orientation is applied); see :func:`as_pil` for arrays.
             target: the word or phrase of the prompt naming the object, or a list of them: each object is removed
                 from the photo in its own pass and the passes are composited through their masks (every target is
                 checked before any UNet call).
             prompt: a caption naming the object(s); ``"a photo of a {target}"`` (joined by "and") when omitted.
-            mask: optional mask of the photo's size (white = object): mask mode (Eq. 13) for the methods that take one;
-                with several targets, one mask per target.
+            mask: optional mask of the photo's size (white = object, or one colour painted on transparency): mask
+                mode (Eq. 13) for the methods that take one; with several targets, one mask per target.
             full_size: paste the result back into the photo at its size (default: ``cfg.full_size``); ``False``
                 returns the model's square, as the paper's evaluation does.
             name: the sample's name in logs and records.
         """
-        photo = as_image(image)
-        targets = [target] if isinstance(target, str) else list(target)
+        opened = as_pil(image)
+        photo = load_image(opened)
+        targets = [target] if isinstance(target, str) else list(target) if isinstance(target, (list, tuple)) else []
         if not targets or not all(isinstance(t, str) and t.strip() for t in targets):
             raise ConfigError(f"target={target!r}: give a word of the prompt, or a list of them (target=[dog,cat])")
-        prompt = prompt if prompt is not None else PROMPT_TEMPLATE.format(target=" and a ".join(targets))
-        masks = _masks_per_target(mask, len(targets))
+        prompt = prompt if prompt is not None else default_prompt(targets)
+        masks = [as_mask(m) if m is not None else None for m in _masks_per_target(mask, len(targets))]
+        for user_mask in filter(None, masks):
+            fullsize.check_mask_size(user_mask, photo.size)
         if self.remover.components is not None:  # every target is checked before the first pass runs
             for word in targets:
                 find_target(self.remover.components.tokenizer, prompt, word)
         full_size = self.cfg.full_size if full_size is None else full_size
+        meta = read_meta(opened, photo) if full_size else None
         # Each object from the photo itself (one inversion, shared through the cache), composited through each
         # pass's mask: a pass on the previous output re-inverts an edited image and lost 5-18 dB on the second object.
-        passes = [self._one(photo, word, prompt, word_mask, full_size, name) for word, word_mask in zip(targets, masks)]
-        removal = passes[0] if len(passes) == 1 else _combined(passes)
-        meta = read_meta(image)
-        removal.record["photo"] = meta.record() | ({} if full_size else {"kept": "not on the model's square"})
-        if full_size:
-            removal.image = meta.apply(removal.image)
+        passes = [self._one(photo, meta, word, prompt, m, name) for word, m in zip(targets, masks)]
+        removal = passes[0] if len(passes) == 1 else _combined(passes, meta or PhotoMeta(passes[0].input))
+        removal.record["photo"] = meta.record() if meta else {"kept": "not on the model's square"}
         return removal
 
-    def _one(self, photo: Image.Image, target: str, prompt: str, mask, full_size: bool, name: str) -> Removal:
-        """One object out of ``photo``: the box the model sees, the method, and the paste back."""
-        user_mask = as_image(mask) if mask is not None else None
-        box, framing, locate_calls = (
-            self._box(photo, target, prompt, user_mask, name) if full_size else (None, None, {})
-        )
+    def _one(self, photo: Image.Image, meta: PhotoMeta | None, target: str, prompt: str, user_mask, name: str):
+        """One object out of ``photo``: the box the model sees, the method, and the paste back (at full size when
+        ``meta`` is given, else on the model's square)."""
+        box, framing, locate_calls = self._box(photo, target, prompt, user_mask, name) if meta else (None, None, {})
+        model_mask = None
+        if user_mask is not None:
+            model_mask = fullsize.model_mask(user_mask, photo.size, box, self.side) if meta else user_mask
         sample = RemovalSample(
-            image=fullsize.model_input(photo, box, self.side) if full_size else photo,
+            image=fullsize.model_input(photo, box, self.side) if meta else photo,
             prompt=prompt,
             target=target,
-            mask=(fullsize.model_mask(user_mask, photo.size, box, self.side) if full_size else user_mask)
-            if user_mask is not None
-            else None,
+            mask=model_mask,
             sample_id=name,
         )
         result = self._remover_for(user_mask is not None)(sample)
@@ -188,18 +231,21 @@ class Pipeline:
         calls = locate_calls | {stage: count.record() for stage, count in result.calls.items()}
         record |= {"unet_calls": calls, "seconds": result.seconds}
         record |= {"extras": json.loads(json.dumps(result.extras, default=jsonable))}
-        if full_size:
-            return self._paste(photo, box, user_mask, result, record | {"framing": framing})
+        if meta:
+            return self._paste(photo, meta, box, user_mask, result, record | {"framing": framing})
         record |= {"mode": "model", "output_size": [result.image.shape[-1], result.image.shape[-2]]}
         seen = fit_to_model(photo, tuple(result.image.shape[-2:]), self.remover.resize)
+        mask = to_pil(result.mask) if result.mask is not None else None
         return Removal(
             input=to_pil(seen),
             image=to_pil(result.image),
             reconstruction=to_pil(result.reconstruction) if result.reconstruction is not None else None,
-            mask=to_pil(result.mask) if result.mask is not None else None,
+            mask=mask,
             attention=to_pil(heatmap(result.attention, seen)) if result.attention is not None else None,
             record=record,
             result=result,
+            alpha=np.asarray(mask.convert("L"), np.float32) / 255 if mask else None,
+            edit=to_pil(result.image),
         )
 
     def _box(self, photo: Image.Image, target: str, prompt: str, user_mask, name: str) -> tuple[Box, dict, dict]:
@@ -243,15 +289,14 @@ class Pipeline:
             self._mask_remover = build_remover(cfg, components=self.remover.components)
         return self._mask_remover
 
-    def _paste(self, photo, box, user_mask, result: RemovalResult, record: dict) -> Removal:
+    def _paste(self, photo, meta: PhotoMeta, box, user_mask, result: RemovalResult, record: dict) -> Removal:
         """Composite the result into the photo through its final mask (or the user's, for methods that make none)."""
         final = result.mask
         if final is None and user_mask is not None:
-            final = to_tensor(
-                user_mask.convert("RGB").crop(box).resize((self.side, self.side), Image.Resampling.BILINEAR)
-            )[:, :1]
-        dilate, feather = self.paste.pixels(photo.size)
+            final = to_tensor(fullsize.model_mask(user_mask, photo.size, box, self.side).convert("RGB"))[:, :1]
+        dilate, feather = self.paste.pixels((box[2] - box[0], box[3] - box[1]))
         record |= {"mode": "full_size", "output_size": list(photo.size), "box": list(box)}
+        edit = fullsize.placed(photo, result.image, box)
         full = {
             "input": photo,
             "reconstruction": fullsize.full_size_map(result.reconstruction, photo.size, box)
@@ -260,11 +305,17 @@ class Pipeline:
             "attention": self._attention(photo, box, result),
             "record": record,
             "result": result,
+            "edit": edit,
         }
         if final is None:
             # Without any mask the whole frame is the method's: resized back, nothing kept byte for byte.
-            record["paste_back"] = {"applied": False, "reason": "the method gives no mask and none was passed"}
-            return Removal(image=fullsize.full_size_map(result.image, photo.size, box), mask=None, **full)
+            warning = (
+                f"{self.method_name} gives no mask and none was passed: the whole {photo.width}x{photo.height} photo "
+                f"is its {self.side}x{self.side} output resized; pass mask= to keep the photo outside the object"
+            )
+            log.warning("%s", warning)
+            record["paste_back"] = {"applied": False, "warning": warning}
+            return Removal(image=meta.composite(edit, None), mask=None, alpha=None, **full)
         alpha = fullsize.paste_alpha(final, photo.size, box, self.paste)
         record["paste_back"] = {
             "applied": True,
@@ -273,8 +324,12 @@ class Pipeline:
             "threshold": self.paste.threshold,
             "replaced_fraction": float((alpha > 0).mean()),
         }
+        if not alpha.any():
+            warning = "the final mask is empty: nothing was changed (the object's region may be too small to mark)"
+            log.warning("%s: %s", record["target"], warning)
+            record["paste_back"]["warning"] = warning
         mask_image = Image.fromarray(np.round(alpha * 255).astype(np.uint8)).convert("RGB")
-        return Removal(image=fullsize.paste_back(photo, result.image, alpha, box), mask=mask_image, **full)
+        return Removal(image=meta.composite(edit, alpha), mask=mask_image, alpha=alpha, **full)
 
     @staticmethod
     def _attention(photo: Image.Image, box, result: RemovalResult) -> Image.Image | None:
@@ -322,21 +377,19 @@ def _masks_per_target(mask, count: int) -> list:
     return masks
 
 
-def _combined(passes: list[Removal]) -> Removal:
+def _combined(passes: list[Removal], meta: PhotoMeta) -> Removal:
     """Several one-object passes over one photo as one removal: each pixel from the pass that claims it most, by its
-    mask α times how much it changed the pixel (where two masks overlap, the pass that removed something there wins
-    over the pass that kept it), blended with the photo by that α; α = 0 everywhere keeps the photo's bytes. Also the
-    union of the masks and every pass's record."""
+    α times how much its edit changed the pixel (where two masks overlap, the pass that removed something there wins
+    over the pass that kept it), blended into the photo once by that pass's α (so a ring claimed by two passes is
+    weighted α, never α²); α = 0 everywhere keeps the photo's bytes. Also the union of the masks and every pass's
+    record."""
     base = np.asarray(passes[0].input.convert("RGB"))
-    outputs = np.stack([np.asarray(p.image.convert("RGB"), np.float64) for p in passes])
-    alphas = np.stack([np.asarray(p.mask.convert("L"), np.float64) / 255 if p.mask else np.ones(base.shape[:2])
-                       for p in passes])  # fmt: skip
-    change = np.abs(outputs - base).mean(axis=-1) / 255
+    edits = np.stack([np.asarray(p.edit.convert("RGB")) for p in passes])
+    alphas = np.stack([p.alpha if p.alpha is not None else np.ones(base.shape[:2], np.float32) for p in passes])
+    change = np.abs(edits.astype(np.float32) - base).mean(axis=-1) / 255
     index = np.argmax(alphas * (change + 1e-6), axis=0)
     rows, cols = np.indices(index.shape)
-    chosen, alpha = outputs[index, rows, cols], alphas[index, rows, cols][..., None]
-    image = np.round(base + alpha * (chosen - base)).clip(0, 255).astype(np.uint8)
-    image[alpha[..., 0] == 0] = base[alpha[..., 0] == 0]
+    edit, alpha = Image.fromarray(edits[index, rows, cols]), alphas[index, rows, cols]
     masks = [np.asarray(p.mask.convert("L")) for p in passes if p.mask is not None]
     calls: dict[str, dict] = {}
     for removal in passes:
@@ -350,11 +403,13 @@ def _combined(passes: list[Removal]) -> Removal:
                "passes": [p.record for p in passes], "output_size": passes[-1].record.get("output_size")}  # fmt: skip
     return Removal(
         input=passes[0].input,
-        image=Image.fromarray(image),
+        image=meta.composite(edit, alpha),
         reconstruction=passes[0].reconstruction,
         mask=Image.fromarray(np.maximum.reduce(masks)).convert("RGB") if masks else None,
         attention=passes[0].attention,
         record=record,
         result=passes[-1].result,
         passes=passes,
+        alpha=alpha,
+        edit=edit,
     )

@@ -35,9 +35,9 @@ class PasteSettings:
     """How a model-resolution result is composited into the full-size photo.
 
     Attributes:
-        dilate: the final mask is grown by this fraction of the photo's longer side (at least one pixel); beyond it
-            the photo is kept byte for byte.
-        feather: width of the linear ramp from the output to the photo, as a fraction of the longer side, ending at
+        dilate: the final mask is grown by this fraction of the longer side of the region the model saw (the whole
+            photo, or the crop; at least one pixel); beyond it the photo is kept byte for byte.
+        feather: width of the linear ramp from the output to the photo, as a fraction of the same side, ending at
             the dilated edge (0 = a hard edge).
         threshold: the final mask, divided by its maximum, is binarised at this level (also the located map's).
         strategy: ``resize`` (the whole photo squeezed to the model's square), ``crop`` (a square around the object)
@@ -64,7 +64,7 @@ class PasteSettings:
             )
 
     def pixels(self, size: tuple[int, int]) -> tuple[int, int]:
-        """``(dilate, feather)`` in pixels for a photo of ``size`` = (width, height)."""
+        """``(dilate, feather)`` in pixels for a region of ``size`` = (width, height) seen by the model."""
         side = max(size)
         return max(1, round(self.dilate * side)), round(self.feather * side)
 
@@ -77,23 +77,39 @@ def model_input(photo: Image.Image, box: Box, side: int) -> Image.Image:
     return region.resize((side, side), Image.Resampling.LANCZOS if shrinking else Image.Resampling.BICUBIC)
 
 
-def model_mask(mask: Image.Image, photo_size: tuple[int, int], box: Box, side: int) -> Image.Image:
-    """A user mask (same size as the photo, white = object) fitted exactly as :func:`model_input` fits the photo.
-
-    Raises:
-        ImageError: the mask's size differs from the photo's.
-    """
+def check_mask_size(mask: Image.Image, photo_size: tuple[int, int]) -> None:
+    """Raises :class:`ImageError` (one line) when a mask's size differs from its photo's."""
     if mask.size != tuple(photo_size):
         raise ImageError(
             f"the mask is {mask.width}x{mask.height} but the image is {photo_size[0]}x{photo_size[1]}; "
             "give a mask of the image's size"
         )
-    return mask.convert("L").crop(box).resize((side, side), Image.Resampling.BILINEAR)
+
+
+def model_mask(mask: Image.Image, photo_size: tuple[int, int], box: Box, side: int) -> Image.Image:
+    """A user mask (grey, the photo's size, white = object) fitted exactly as :func:`model_input` fits the photo.
+
+    Raises:
+        ImageError: the mask's size differs from the photo's, or its marked pixels vanish in the fitting.
+    """
+    check_mask_size(mask, photo_size)
+    fitted = mask.convert("L").crop(box).resize((side, side), Image.Resampling.BILINEAR)
+    if fitted.getbbox() is None and mask.crop(box).getbbox() is not None:
+        marked = int(np.count_nonzero(np.asarray(mask.crop(box))))
+        raise ImageError(
+            f"the mask's {marked} marked pixel(s) vanish when the {box[2] - box[0]}x{box[3] - box[1]} region the model "
+            f"sees is fitted to its {side}x{side} square; mark a larger region, or crop around it (paste.strategy=crop)"
+        )
+    return fitted
 
 
 def paste_alpha(mask: torch.Tensor, photo_size: tuple[int, int], box: Box, settings: PasteSettings) -> np.ndarray:
     """The compositing weight α at the photo's size: 1 on the mask grown by ``dilate − feather``, a linear ramp to 0
     at ``dilate`` pixels (Euclidean distance), and exactly 0 beyond, and outside the box.
+
+    The widths are fractions of the box's longer side (the region the model saw, so a crop's blend is as wide, in
+    the model's pixels, as a resized photo's), and α also ramps from 0 on the box's border over the feather width
+    on every side that is not the photo's own edge: a crop never ends in a seam, whatever the photo's size.
 
     Args:
         mask: the final mask ``(1, 1, h, w)`` in [0, 1] at the model's resolution.
@@ -101,38 +117,44 @@ def paste_alpha(mask: torch.Tensor, photo_size: tuple[int, int], box: Box, setti
         box: where the model's square sits in the photo.
 
     Returns:
-        ``(height, width)`` float64 in [0, 1].
+        ``(height, width)`` float32 in [0, 1].
     """
     left, top, right, bottom = box
     soft = mask.detach().float().cpu()
     soft = soft / soft.max().clamp_min(1e-12)
     soft = F.interpolate(soft, size=(bottom - top, right - left), mode="bilinear", align_corners=False)
-    inside = np.zeros(photo_size[::-1], dtype=bool)
-    inside[top:bottom, left:right] = soft[0, 0].numpy() > settings.threshold
+    inside = soft[0, 0].numpy() > settings.threshold
+    alpha = np.zeros(photo_size[::-1], dtype=np.float32)
     if not inside.any():
-        return np.zeros(inside.shape)
-    dilate, feather = settings.pixels(photo_size)
-    distance = ndimage.distance_transform_edt(~inside)
+        return alpha
+    dilate, feather = settings.pixels((right - left, bottom - top))
+    distance = ndimage.distance_transform_edt(~inside)  # the mask lies in the box: the box alone gives the same
     if feather == 0:
-        alpha = (distance <= dilate).astype(np.float64)
+        region = (distance <= dilate).astype(np.float32)
     else:
-        alpha = np.clip((dilate - distance) / feather, 0.0, 1.0)
-    alpha[:top], alpha[bottom:], alpha[:, :left], alpha[:, right:] = 0, 0, 0, 0
+        region = np.clip((dilate - distance) / feather, 0.0, 1.0)
+    alpha[top:bottom, left:right] = np.minimum(region, _border_ramp(box, photo_size, max(feather, 1)))
     return alpha
 
 
-def paste_back(photo: Image.Image, output: torch.Tensor, alpha: np.ndarray, box: Box) -> Image.Image:
-    """Composite the model's ``output`` ``(1, 3, s, s)`` in [0, 1] into ``photo`` (RGB) over ``box`` with weight
-    ``alpha`` (``(H, W)`` from :func:`paste_alpha`). Where α = 0 the photo's bytes are returned unchanged."""
+def _border_ramp(box: Box, photo_size: tuple[int, int], width: int) -> np.ndarray:
+    """``(box height, box width)``: 0 on the box's border rows and columns that lie inside the photo, rising
+    linearly to 1 at ``width`` pixels from them; 1 throughout next to the photo's own edges."""
     left, top, right, bottom = box
-    resized = to_pil(output).resize((right - left, bottom - top), Image.Resampling.BICUBIC)
-    base = np.asarray(photo.convert("RGB"), dtype=np.float64)
-    edited = base.copy()
-    edited[top:bottom, left:right] = np.asarray(resized, dtype=np.float64)
-    weight = alpha[..., None]
-    blended = np.round(base + weight * (edited - base)).clip(0, 255).astype(np.uint8)
-    blended[alpha == 0] = np.asarray(photo.convert("RGB"))[alpha == 0]
-    return Image.fromarray(blended)
+    far = np.inf
+    rows, cols = np.arange(bottom - top, dtype=np.float64), np.arange(right - left, dtype=np.float64)
+    from_rows = np.minimum(rows if top > 0 else far, rows[::-1] if bottom < photo_size[1] else far)
+    from_cols = np.minimum(cols if left > 0 else far, cols[::-1] if right < photo_size[0] else far)
+    return np.clip(np.minimum.outer(from_rows, from_cols) / width, 0.0, 1.0).astype(np.float32)
+
+
+def placed(photo: Image.Image, output: torch.Tensor, box: Box) -> Image.Image:
+    """The model's ``output`` ``(1, 3, s, s)`` in [0, 1] resized (bicubic) over ``box`` of ``photo`` (RGB): the
+    edit before compositing, the photo's own pixels outside the box."""
+    left, top, right, bottom = box
+    edit = photo.convert("RGB")
+    edit.paste(to_pil(output).resize((right - left, bottom - top), Image.Resampling.BICUBIC), (left, top))
+    return edit
 
 
 def full_size_map(image: torch.Tensor, photo_size: tuple[int, int], box: Box) -> Image.Image:

@@ -3,6 +3,7 @@ comparing images (PSNR)."""
 
 from __future__ import annotations
 
+import io
 import logging
 from pathlib import Path
 from typing import Literal
@@ -10,20 +11,19 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from magicremover.errors import ConfigError, ImageError
 
 Resize = Literal["stretch", "center_crop"]
 MIN_SIDE = 8
+UNIFORM_LEVELS = 8  # a mask colour varying by at most this many grey levels over its visible pixels is one colour
+SRGB = ImageCms.createProfile("sRGB")
 log = logging.getLogger(__name__)
 
 
-def load_image(source: str | Path | Image.Image, min_side: int = MIN_SIDE) -> Image.Image:
-    """Open any PIL-readable image as 8-bit RGB, upright.
-
-    EXIF orientation is applied; alpha is composited over white; palette, grey and 16-bit/32-bit integer
-    images are converted (16-bit values scaled by 1/257, not clipped).
+def open_image(source: str | Path | Image.Image, min_side: int = MIN_SIDE) -> Image.Image:
+    """Open a PIL-readable file fully, in its own mode and orientation (a PIL image is returned as it is).
 
     An animated image gives its first frame (with a warning saying so).
 
@@ -50,19 +50,68 @@ def load_image(source: str | Path | Image.Image, min_side: int = MIN_SIDE) -> Im
             raise ImageError(f"{path} is corrupt or truncated ({err}); re-export the file") from None
         if frames > 1:
             log.warning("%s has %d frames; using the first", path, frames)
-    image = ImageOps.exif_transpose(image)
     if min(image.size) < min_side:
         raise ImageError(f"{name} is {image.width}x{image.height}; images must be at least {min_side} px on each side")
-    return _to_rgb(image)
+    return image
+
+
+def load_image(source: str | Path | Image.Image, min_side: int = MIN_SIDE) -> Image.Image:
+    """Open any PIL-readable image as 8-bit RGB, upright: what a model sees.
+
+    EXIF orientation is applied; alpha is composited over white; a CMYK image with an ICC profile is converted
+    through it to sRGB; palette, grey and 16-bit/32-bit integer images are converted (16-bit values scaled by 1/257,
+    not clipped). Errors as :func:`open_image`.
+    """
+    return _to_rgb(ImageOps.exif_transpose(open_image(source, min_side)))
+
+
+def load_mask(source: str | Path | Image.Image, min_side: int = 1) -> Image.Image:
+    """Open a mask as an upright 8-bit grey image, white (255) = object, by one rule:
+
+    * no alpha channel, or one that is opaque everywhere: the grey level marks the object;
+    * an alpha channel that varies over a colour that does not (strokes of one colour on transparency, as painting
+      tools save a mask): the alpha marks the object, whatever the colour;
+    * both vary: refused, as the two can disagree on what the object is.
+
+    A mask never goes through :func:`load_image`, whose white background would mark every transparent pixel.
+
+    Raises:
+        ImageError: as :func:`open_image`, or a mask whose alpha and grey levels both vary.
+    """
+    image = ImageOps.exif_transpose(open_image(source, min_side))
+    if image.mode == "P" or image.mode == "PA":
+        image = image.convert("RGBA")
+    if image.mode not in {"RGBA", "LA"}:
+        return _to_8bit(image).convert("L")
+    alpha = np.asarray(image.getchannel("A"))
+    if alpha.min() == 255:
+        return image.convert("RGB").convert("L")
+    grey = np.asarray(image.convert("RGB").convert("L"))[alpha > 0]
+    if grey.size == 0 or int(grey.max()) - int(grey.min()) <= UNIFORM_LEVELS:
+        return Image.fromarray(alpha, mode="L")
+    raise ImageError(
+        "the mask has both transparency and grey levels, which can disagree on the object; save it as grey "
+        "(white = object, no alpha) or as one colour painted on transparency"
+    )
+
+
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """Integer and float grey images as 8-bit ``L`` (16-bit values scaled by 1/257); other modes unchanged."""
+    if image.mode not in {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}:
+        return image
+    values = np.asarray(image, dtype=np.float64)
+    scale = 1 / 257 if image.mode.startswith("I;16") or values.max() > 255 else 1.0
+    if image.mode == "I" and values.max() > 65535:
+        scale = 255 / values.max()
+    return Image.fromarray(np.clip(np.round(values * scale), 0, 255).astype(np.uint8), mode="L")
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
-    if image.mode in {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}:
-        values = np.asarray(image, dtype=np.float64)
-        scale = 1 / 257 if image.mode.startswith("I;16") or values.max() > 255 else 1.0
-        if image.mode == "I" and values.max() > 65535:
-            scale = 255 / values.max()
-        image = Image.fromarray(np.clip(np.round(values * scale), 0, 255).astype(np.uint8), mode="L")
+    image = _to_8bit(image)
+    if image.mode == "CMYK" and image.info.get("icc_profile"):
+        converted = cmyk_to_srgb(image)
+        if converted is not None:
+            return converted
     if image.mode == "P":
         image = image.convert("RGBA")
     if image.mode in {"RGBA", "LA", "PA"}:
@@ -70,6 +119,17 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, rgba)
     return image.convert("RGB")
+
+
+def cmyk_to_srgb(image: Image.Image) -> Image.Image | None:
+    """A CMYK image converted through its own ICC profile to sRGB (relative colorimetric), or ``None`` (with a
+    warning) when the profile cannot be used."""
+    try:
+        profile = ImageCms.ImageCmsProfile(io.BytesIO(image.info["icc_profile"]))
+        return ImageCms.profileToProfile(image, profile, SRGB, outputMode="RGB")
+    except (ImageCms.PyCMSError, OSError, ValueError) as err:
+        log.warning("the CMYK image's ICC profile cannot be used (%s); converting without it", err)
+        return None
 
 
 def to_tensor(image: Image.Image) -> torch.Tensor:
@@ -126,7 +186,7 @@ def fit_mask(
     """Fit a user mask exactly as its image was fitted (same stretch or crop).
 
     Args:
-        mask: white (255) = object; grey levels give a soft mask.
+        mask: white (255) = object; grey levels give a soft mask (read by :func:`load_mask`'s rule).
         image_size: ``(width, height)`` of the image the mask belongs to.
         size: ``(height, width)`` of the model input.
 
@@ -134,16 +194,23 @@ def fit_mask(
         ``(1, 1, H, W)`` float32 in [0, 1].
 
     Raises:
-        ImageError: the mask's size differs from the image's, or it is all black.
+        ImageError: the mask's size differs from the image's, it is all black, or its marked pixels vanish in the
+            fitting.
     """
     if mask.size != tuple(image_size):
         raise ImageError(
             f"the mask is {mask.width}x{mask.height} but the image is {image_size[0]}x{image_size[1]}; "
             "give a mask of the image's size"
         )
-    grey = ImageOps.exif_transpose(mask).convert("L").convert("RGB")
+    grey = load_mask(mask).convert("RGB")
     fitted = fit_to_model(grey, size, resize)[:, :1]
     if fitted.max() <= 0:
+        marked = int(np.count_nonzero(np.asarray(grey.convert("L"))))
+        if marked:
+            raise ImageError(
+                f"the mask's {marked} marked pixel(s) vanish when it is fitted to the model's {size[1]}x{size[0]}; "
+                "mark a larger region"
+            )
         raise ImageError("the mask is empty (all black); white marks the object to remove")
     return fitted
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import os
 import socket
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +23,18 @@ def _temp_prefix() -> str:
     return f"{_TEMP}{socket.gethostname()}-{os.getpid()}-"
 
 
+def temp_file(folder: Path, suffix: str = "") -> tuple[int, str]:
+    """A new, uniquely named file in ``folder`` (its name carries host and pid), open for writing: ``(fd, path)``.
+    Created with the permissions the umask gives any new file, as ``open`` would (``tempfile.mkstemp`` gives 0600,
+    which hides results from the others of a shared project folder)."""
+    while True:
+        path = Path(folder) / f"{_temp_prefix()}{os.urandom(6).hex()}{suffix}"
+        try:
+            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), str(path)
+        except FileExistsError:
+            continue
+
+
 def atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a unique temporary file and a rename: readers see the old file or the new one,
     and a failed write (a full disk) leaves no file under the final name.
@@ -34,7 +45,7 @@ def atomic_write(path: Path, data: bytes) -> None:
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(), suffix=path.suffix)
+        handle, tmp = temp_file(path.parent, path.suffix)
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
             stream.flush()

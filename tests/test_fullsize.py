@@ -9,6 +9,7 @@ from scipy import ndimage
 from magicremover import fullsize
 from magicremover.api import as_image
 from magicremover.errors import ConfigError, ImageError
+from magicremover.photo_meta import PhotoMeta
 
 
 def _photo(width=300, height=200, seed=0):
@@ -33,19 +34,21 @@ def test_alpha_is_one_on_the_mask_ramps_to_zero_at_the_dilated_edge_and_zero_bey
     assert (alpha[far] == 0).all()
 
 
-def test_paste_back_keeps_the_photo_bytes_wherever_alpha_is_zero():
+def test_composite_keeps_the_photo_bytes_wherever_alpha_is_zero_and_blends_once_elsewhere():
     photo = _photo()
     output = torch.rand(1, 3, 32, 32)
-    alpha = np.zeros((200, 300))
+    alpha = np.zeros((200, 300), np.float32)
     alpha[50:120, 100:220] = np.linspace(0, 1, 120)[None, :]
-    pasted = np.asarray(fullsize.paste_back(photo, output, alpha, (0, 0, 300, 200)))
+    edit = fullsize.placed(photo, output, (0, 0, 300, 200))
+    pasted = np.asarray(PhotoMeta(photo).composite(edit, alpha))
     original = np.asarray(photo)
     assert pasted.shape == original.shape
     assert np.array_equal(pasted[alpha == 0], original[alpha == 0])
-    full = alpha == 1
     resized = np.asarray(Image.fromarray((output[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
                          .resize((300, 200), Image.Resampling.BICUBIC))  # fmt: skip
-    assert np.abs(pasted[full].astype(int) - resized[full]).max() <= 1
+    assert np.array_equal(np.asarray(edit), resized)
+    blended = np.round(original + alpha[..., None] * (resized.astype(float) - original)).astype(np.uint8)
+    assert np.array_equal(pasted, blended)
 
 
 def test_box_placement_leaves_everything_outside_the_box_untouched():
@@ -76,5 +79,5 @@ def test_paste_settings_and_image_arrays_are_checked():
         as_image(np.full((9, 9, 3), 2.0))
     with pytest.raises(ImageError, match="shape"):
         as_image(np.zeros((9, 9, 2), np.uint8))
-    with pytest.raises(ImageError, match="uint8 or float"):
+    with pytest.raises(ImageError, match="uint8, bool or float"):
         as_image(np.zeros((9, 9), np.int64))

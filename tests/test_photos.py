@@ -63,7 +63,9 @@ def test_a_small_object_in_a_large_photo_is_removed_at_full_resolution_by_auto(t
     framing = removal.record["framing"]
     assert framing["used"] == "crop" and framing["region_from"] == "mask" and removal.record["box"] == framing["crop"]
     assert psnr(out, truth, inside) >= ceiling + 3, (psnr(out, truth, inside), ceiling)
-    grown = ndimage.distance_transform_edt(~inside) > removal.record["paste_back"]["dilate_px"] + 1
+    # The final mask is on the model's 64² grid over the crop: one model pixel of slack around the user's mask.
+    cell = (removal.record["box"][2] - removal.record["box"][0]) / 64
+    grown = ndimage.distance_transform_edt(~inside) > removal.record["paste_back"]["dilate_px"] + cell
     assert np.array_equal(out[grown], np.asarray(photo.image)[grown])
 
 
@@ -121,12 +123,3 @@ def test_exif_orientation_icc_and_alpha_survive_to_the_saved_output(lama_pipe, t
     out = lama_pipe(Image.open(io.BytesIO(buffer.getvalue())), "circle", mask=mask)
     assert out.image.mode == "RGBA" and np.array_equal(np.asarray(out.image.getchannel("A")), np.asarray(alpha))
     assert out.record["photo"]["alpha"] == "kept untouched"
-
-
-def test_a_16_bit_png_says_it_was_converted(lama_pipe, tmp_path, example_image):
-    deep = (np.asarray(example_image.resize((64, 64)).convert("L"), dtype=np.uint16) * 257).astype(np.uint16)
-    path = tmp_path / "deep.png"
-    Image.fromarray(deep).save(path)
-    assert Image.open(path).mode.startswith("I;16")
-    removal = lama_pipe(path, "circle", mask=Image.new("L", (64, 64), 255))
-    assert "16-bit" in removal.record["photo"]["converted"] and removal.image.mode == "RGB"

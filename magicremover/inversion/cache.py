@@ -27,7 +27,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
@@ -39,6 +38,7 @@ from safetensors.torch import save_file
 from magicremover.errors import ConfigError, NonFiniteError
 from magicremover.inversion.core import Inversion, InversionConfig, invert
 from magicremover.models import SDComponents
+from magicremover.outputs import temp_file
 
 log = logging.getLogger(__name__)
 _FORMAT = "magicremover-inversion-v5"  # v2: a digest; v3: lean; v4: int8 null rows; v5: step to step (older: unread)
@@ -121,8 +121,8 @@ def cache_key(identity: str, image: torch.Tensor, prompt: str, config: Inversion
 
 
 def cap_bytes(max_gb: float | None) -> int | None:
-    """``cache_max_gb`` in bytes, checked (``None``: no cap)."""
-    if max_gb is None:
+    """``cache_max_gb`` in bytes, checked (``None`` or infinity: no cap)."""
+    if max_gb is None or (isinstance(max_gb, float) and math.isinf(max_gb) and max_gb > 0):
         return None
     if isinstance(max_gb, bool) or not isinstance(max_gb, (int, float)) or not max_gb > 0:
         raise ConfigError(f"cache_max_gb={max_gb} must be a positive number of GB (or null for no cap)")
@@ -195,7 +195,7 @@ class InversionCache:
         tmp = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            handle, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+            handle, tmp = temp_file(path.parent, ".tmp")
             os.close(handle)
             save_file(tensors, tmp, metadata={"key": key, "format": _FORMAT, "digest": _digest(tensors)})
             os.replace(tmp, path)
