@@ -18,8 +18,9 @@ from eval.redact import loggable_config
 from eval.run_guard import RESULT_KEYS, RUN_FILE, fingerprint, prepare_out_dir
 from eval.runner import is_done, run_samples
 from experiments._cli import log
-from magicremover.api import Pipeline, Removal, as_pil, default_prompt
+from magicremover.api import Pipeline, Removal, default_prompt
 from magicremover.errors import ConfigError, ImageError, UserError
+from magicremover.inputs import as_pil
 from magicremover.outputs import atomic_write, save_image
 from magicremover.target_tokens import find_target
 

@@ -19,11 +19,13 @@ Resize = Literal["stretch", "center_crop"]
 MIN_SIDE = 8
 UNIFORM_LEVELS = 8  # a mask colour varying by at most this many grey levels over its visible pixels is one colour
 SRGB = ImageCms.createProfile("sRGB")
+READ_AS_8_BIT = "magicremover.read_as_8_bit"  # info key of a 16-bit colour file PIL read as 8 bits: what was lost
 log = logging.getLogger(__name__)
 
 
 def open_image(source: str | Path | Image.Image, min_side: int = MIN_SIDE) -> Image.Image:
-    """Open a PIL-readable file fully, in its own mode and orientation (a PIL image is returned as it is).
+    """Open a PIL-readable file fully, in its own mode and orientation (a PIL image is returned as it is). A 16-bit
+    colour file, which PIL reads as 8 bits, says so in ``info[READ_AS_8_BIT]``.
 
     An animated image gives its first frame (with a warning saying so).
 
@@ -41,6 +43,7 @@ def open_image(source: str | Path | Image.Image, min_side: int = MIN_SIDE) -> Im
         try:
             image = Image.open(path)
             frames = getattr(image, "n_frames", 1)
+            depth = str(image.tile[0][3]) if image.tile else ""  # the file's own sample format, gone after load
             image.load()
         except UnidentifiedImageError:
             raise ImageError(f"{path} is not an image PIL can read; convert it to PNG or JPEG") from None
@@ -50,6 +53,8 @@ def open_image(source: str | Path | Image.Image, min_side: int = MIN_SIDE) -> Im
             raise ImageError(f"{path} is corrupt or truncated ({err}); re-export the file") from None
         if frames > 1:
             log.warning("%s has %d frames; using the first", path, frames)
+        if "16" in depth and not image.mode.startswith("I;16"):
+            image.info[READ_AS_8_BIT] = f"a 16-bit {image.format} was read as 8-bit; the output is 8-bit"
     if min(image.size) < min_side:
         raise ImageError(f"{name} is {image.width}x{image.height}; images must be at least {min_side} px on each side")
     return image

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageCms, ImageOps
 
-from magicremover.images import SRGB
+from magicremover.images import READ_AS_8_BIT, SRGB
 
 log = logging.getLogger("magicremover")
 ORIENTATION = 0x0112
@@ -112,12 +112,10 @@ def read_meta(image: Image.Image, seen: Image.Image) -> PhotoMeta:
 def _kept(upright: Image.Image, seen: Image.Image, opened: Image.Image) -> tuple[Image.Image, str | None]:
     """The photo's pixels in the mode the output keeps, and why they differ from the file's (``None``: they do not)."""
     mode, kind = upright.mode, opened.format or "image"
-    rawmode = str(opened.tile[0][3]) if getattr(opened, "tile", None) else ""
     if mode in _SIXTEEN:
-        values = np.asarray(upright).astype(np.uint16)
-        return Image.fromarray(values), None
-    if "16" in rawmode:  # a 16-bit colour PNG: PIL reads it as 8 bits
-        return upright.convert(mode), f"a 16-bit {kind} was read as 8-bit; the output is 8-bit"
+        return Image.fromarray(np.asarray(upright).astype(np.uint16)), None
+    if opened.info.get(READ_AS_8_BIT):
+        return upright, opened.info[READ_AS_8_BIT]
     if mode in COLOUR_CHANNELS:
         return upright, None
     if mode in ("P", "PA"):

@@ -25,6 +25,10 @@ from magicremover.images import to_tensor
 from magicremover.inversion import set_timesteps
 from magicremover.toy.quality import held_out_cases, removal_metrics
 
+# Images in [0, 1] after 10 steps in float32: the two loops order their float operations differently, and CPUs differ
+# in the kernels they pick (DIP: 1.8e-5 on an AMD EPYC, under 1e-5 where it was first run); one 8-bit level is 3.9e-3.
+FINAL_IMAGE_TOLERANCE = 5e-5
+
 
 def _mask512(seed=0):
     """An object mask at the 512² the reference hard-codes (its grids are max-pools by 512 // side)."""
@@ -149,7 +153,7 @@ def test_the_sip_loop_equals_the_reference_loop_on_the_tiny_model(tiny128):
             )
             latents = (1 - init_mask) * proper + init_mask * latents
         expected = _decode(tiny, latents)
-    assert (ours.image - expected).abs().max() < 1e-5
+    assert (ours.image - expected).abs().max() < FINAL_IMAGE_TOLERANCE
     assert ours.calls["edit"].calls == 9 and ours.calls["edit"].samples == 18
 
 
@@ -181,7 +185,7 @@ def test_the_dip_loop_equals_the_reference_loop_on_the_tiny_model(tiny128):
             latents = _reference_step(tiny, reference, latents, t, 10)
         latents = latents * test_mask + x0_latents * (1 - test_mask)
         expected = _decode(tiny, latents)
-    assert (ours.image - expected).abs().max() < 1e-5
+    assert (ours.image - expected).abs().max() < FINAL_IMAGE_TOLERANCE
 
 
 def test_bad_inputs_are_one_line_errors_before_any_unet_call(tiny, example_image):

@@ -7,8 +7,8 @@ from PIL import Image
 from scipy import ndimage
 
 from magicremover import fullsize
-from magicremover.api import as_image
 from magicremover.errors import ConfigError, ImageError
+from magicremover.inputs import as_image
 from magicremover.photo_meta import PhotoMeta
 
 
