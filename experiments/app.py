@@ -54,13 +54,15 @@ def drawn_mask(editor: dict | None) -> Image.Image | None:
 
 
 def framed(image: Image.Image, record: dict) -> Image.Image:
-    """The input with each pass's located (or masked) object region in red and, where one was used, its crop in
-    yellow."""
+    """The input with each pass's coarser locate boxes in blue, its located (or masked) object region in red and,
+    where one was used, its crop in yellow."""
     shown = image.convert("RGB")
     draw = ImageDraw.Draw(shown)
     width = max(1, round(max(shown.size) / 200))
     for single in record.get("passes") or [record]:
         framing = single.get("framing") or {}
+        for coarser in (framing.get("locate") or [])[:-1]:
+            draw.rectangle(coarser["region"], outline=(40, 120, 255), width=width)
         if framing.get("crop"):
             draw.rectangle(framing["crop"], outline=(255, 210, 0), width=width)
         if framing.get("region"):
@@ -158,7 +160,7 @@ def build(demo: Demo):
                 run = gr.Button("Remove", variant="primary", elem_id="run")
         with gr.Row():
             shown = [gr.Image(type="pil", format="png", label=label, elem_id=key, interactive=False)
-                     for key, label in (("input", "Input (object box red, crop yellow)"), ("attention", "Attention of the word"),
+                     for key, label in (("input", "Input (coarse locate blue, object red, crop yellow)"), ("attention", "Attention of the word"),
                                         ("mask", "Mask"), ("output", "Output"))]  # fmt: skip
         download = gr.File(label="Output at full size (PNG)", elem_id="download")
         record = gr.JSON(label="What ran", elem_id="record")

@@ -30,6 +30,7 @@ from magicremover.errors import ConfigError, NonFiniteError
 from magicremover.fullsize import Box
 from magicremover.images import fit_to_model, load_image, to_pil, to_tensor
 from magicremover.inputs import ImageInput, as_mask, as_pil
+from magicremover.locate import locate
 from magicremover.outputs import heatmap, jsonable
 from magicremover.photo_meta import PhotoMeta, read_meta
 from magicremover.target_tokens import find_target
@@ -40,6 +41,7 @@ MaskInput = ImageInput
 PROMPT_TEMPLATE = "a photo of a {target}"  # COCO's caption template, used when no prompt is given
 _PRESETS = ("toy", "tiny", "sd15", "sd21base")
 log = logging.getLogger("magicremover")
+Frame = tuple[Box, dict, dict]  # the box the model sees, what decided it (``framing``), the locate passes' UNet calls
 
 
 @dataclass
@@ -154,15 +156,28 @@ class Pipeline:
         meta = read_meta(opened, photo) if full_size else None
         # Each object from the photo itself (one inversion, shared through the cache), composited through each
         # pass's mask: a pass on the previous output re-inverts an edited image and lost 5-18 dB on the second object.
-        passes = [self._one(photo, meta, word, prompt, m, name) for word, m in zip(targets, masks)]
+        passes = [
+            self._one(photo, meta, word, prompt, m, name, frame)
+            for word, m in zip(targets, masks)
+            for frame in (self._frames(photo, word, prompt, m, name) if meta else [None])
+        ]
         removal = passes[0] if len(passes) == 1 else _combined(passes, meta or PhotoMeta(passes[0].input))
         removal.record["photo"] = meta.record() if meta else {"kept": "not on the model's square"}
         return removal
 
-    def _one(self, photo: Image.Image, meta: PhotoMeta | None, target: str, prompt: str, user_mask, name: str):
-        """One object out of ``photo``: the box the model sees, the method, and the paste back (at full size when
+    def _one(
+        self,
+        photo: Image.Image,
+        meta: PhotoMeta | None,
+        target: str,
+        prompt: str,
+        user_mask,
+        name: str,
+        frame: Frame | None,
+    ):
+        """One object out of ``photo``: the method on the ``frame`` it sees, and the paste back (at full size when
         ``meta`` is given, else on the model's square)."""
-        box, framing, locate_calls = self._box(photo, target, prompt, user_mask, name) if meta else (None, None, {})
+        box, framing, locate_calls = frame if meta else (None, None, {})
         model_mask = None
         if user_mask is not None:
             model_mask = fullsize.model_mask(user_mask, photo.size, box, self.side) if meta else user_mask
@@ -199,31 +214,48 @@ class Pipeline:
             edit=to_pil(result.image),
         )
 
-    def _box(self, photo: Image.Image, target: str, prompt: str, user_mask, name: str) -> tuple[Box, dict, dict]:
-        """The part of the photo the model sees (``paste.strategy``), what decided it, and the locate pass's UNet
-        calls. The object's region comes from the mask, else from the method's locate pass (one UNet call)."""
-        settings, calls = self.paste, {}
+    def _frames(self, photo: Image.Image, target: str, prompt: str, user_mask, name: str) -> list[Frame]:
+        """The parts of the photo the model sees for ``target`` (``paste.strategy``): one per located instance, or
+        one from the mask, or the whole photo; each with what decided it and, on the first, the locate passes' UNet
+        calls. Located without a mask: :func:`magicremover.locate.locate` (one UNet call per pass)."""
+        settings = self.paste
         if settings.strategy == "auto" and fullsize.AUTO_CROP_FRACTION * max(photo.size) < self.side:
             reason = "the photo is under twice the model's side: a crop cannot enlarge the object 2x"
-            return fullsize.whole(photo.size), {"strategy": "auto", "used": "resize", "reason": reason}, calls
+            return [(fullsize.whole(photo.size), {"strategy": "auto", "used": "resize", "reason": reason}, {})]
         if settings.strategy == "resize":
-            return (*fullsize.choose_box(None, photo.size, self.side, settings, "none"), calls)
+            return [(*fullsize.choose_box(None, photo.size, self.side, settings, "none"), {})]
         if user_mask is not None:
-            region, source = fullsize.mask_box(np.asarray(user_mask.convert("L")) > 127), "mask"
-        elif hasattr(self.remover, "locate"):
-            c = self.remover.components
-            before = c.calls.totals()
-            square = fullsize.model_input(photo, fullsize.whole(photo.size), self.side)
-            soft = self.remover.locate(RemovalSample(image=square, prompt=prompt, target=target, sample_id=name))
-            calls = {stage: n.record() for stage, n in UNetCalls.delta(c.calls.totals(), before).items()}
-            found = fullsize.mask_box(soft[0, 0].numpy() > settings.threshold * float(soft.max()))
-            scale = (photo.width / self.side, photo.height / self.side)
-            region = None if found is None else tuple(round(v * scale[i % 2]) for i, v in enumerate(found))
-            source = "located"
-        else:
-            region, source = None, f"{self.method_name} has no locate pass; give a mask to crop"
-        box, framing = fullsize.choose_box(region, photo.size, self.side, settings, source)
-        return box, framing, calls
+            region = fullsize.mask_box(np.asarray(user_mask.convert("L")) > 127)
+            return [(*fullsize.choose_box(region, photo.size, self.side, settings, "mask"), {})]
+        if not hasattr(self.remover, "locate"):
+            source = f"{self.method_name} has no locate pass; give a mask to crop"
+            return [(*fullsize.choose_box(None, photo.size, self.side, settings, source), {})]
+        c = self.remover.components
+        before = c.calls.totals()
+
+        def attend(square: Image.Image):
+            return self.remover.locate(RemovalSample(image=square, prompt=prompt, target=target, sample_id=name))
+
+        found = locate(
+            photo,
+            self.side,
+            attend,
+            settings.threshold,
+            settings.crop_margin,
+            settings.locate_passes,
+            settings.instances,
+        )
+        calls = {stage: n.record() for stage, n in UNetCalls.delta(c.calls.totals(), before).items()}
+        if not found:
+            return [(*fullsize.choose_box(None, photo.size, self.side, settings, "located"), calls)]
+        frames = []
+        for index, chain in enumerate(found):
+            box, framing = fullsize.choose_box(chain[-1].region, photo.size, self.side, settings, "located")
+            framing |= {"locate": [step.record() for step in chain], "instance": index, "instances": len(found)}
+            frames.append((box, framing, calls if index == 0 else {}))
+        if len(found) > 1:
+            log.info("%s: %d separate instances located; each is removed in its own pass", target, len(found))
+        return frames
 
     @property
     def method_name(self) -> str:

@@ -43,7 +43,12 @@ class PasteSettings:
         strategy: ``resize`` (the whole photo squeezed to the model's square), ``crop`` (a square around the object)
             or ``auto`` (crop when it enlarges the object at least 2×).
         crop_margin: the crop's side as a multiple of the object box's longer side (at least the model's side where
-            the photo allows).
+            the photo allows): the object spans 1 / ``crop_margin`` of the square the model sees.
+        locate_passes: without a mask, the target is located in at most this many passes, each one UNet call: the
+            whole photo, then crops around what the previous pass found while they zoom in at least 2×
+            (:mod:`magicremover.locate`); 1 locates on the whole photo only.
+        instances: without a mask, at most this many separate regions of the target's map are removed, each in its
+            own framed pass.
     """
 
     dilate: float = 0.03
@@ -51,10 +56,22 @@ class PasteSettings:
     threshold: float = 0.5
     strategy: str = "auto"
     crop_margin: float = 2.5
+    locate_passes: int = 3
+    instances: int = 4
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
             raise ConfigError(f"paste.strategy={self.strategy} is not one of {', '.join(STRATEGIES)}")
+        if not (
+            isinstance(self.locate_passes, int)
+            and self.locate_passes >= 1
+            and isinstance(self.instances, int)
+            and self.instances >= 1
+        ):
+            raise ConfigError(
+                f"paste.locate_passes={self.locate_passes} and paste.instances={self.instances} must be positive "
+                "integers"
+            )
         if not self.crop_margin >= 1:
             raise ConfigError(f"paste.crop_margin={self.crop_margin} must be at least 1 (the crop holds the object)")
         if not (0 <= self.feather <= self.dilate < 1) or not 0 < self.threshold < 1:

@@ -31,11 +31,16 @@ def test_word_picker_and_drawn_mask():
 
 
 def test_the_input_panel_draws_each_passes_object_box_and_crop():
-    framing = {"used": "crop", "region": [40, 40, 60, 60], "crop": [20, 20, 80, 80]}
+    locate = [
+        {"window": [0, 0, 200, 100], "region": [30, 30, 70, 70]},
+        {"window": [0, 0, 99, 99], "region": [40, 40, 60, 60]},
+    ]
+    framing = {"used": "crop", "region": [40, 40, 60, 60], "crop": [20, 20, 80, 80], "locate": locate}
     passes = [{"framing": framing}, {"framing": {"used": "resize", "region": [100, 10, 120, 30]}}]
     shown = np.asarray(framed(Image.new("RGB", (200, 100)), {"passes": passes}))
     assert tuple(shown[20, 50]) == (255, 210, 0) and tuple(shown[40, 50]) == (255, 40, 40)  # crop, object box
     assert tuple(shown[10, 110]) == (255, 40, 40) and tuple(shown[90, 150]) == (0, 0, 0)  # a located box, no crop
+    assert tuple(shown[30, 50]) == (40, 120, 255)  # the coarse pass's box
 
 
 def _free_port() -> int:

@@ -1,0 +1,104 @@
+"""Text is enough in a large photo: coarse-to-fine locate frames a small object as tightly as its mask would."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from magicremover import Pipeline
+from magicremover.config import build_remover, compose_config
+from magicremover.errors import ConfigError
+from magicremover.fullsize import PasteSettings, crop_box, mask_box
+from magicremover.images import psnr
+from magicremover.locate import locate
+from magicremover.toy.photos import toy_photo
+
+
+def _redness(square: Image.Image) -> torch.Tensor:
+    """A stand-in attention: how red each pixel of the square is, ``(1, 1, s, s)`` in [0, 1]."""
+    rgb = np.asarray(square, dtype=np.float32) / 255
+    return torch.from_numpy(np.clip(rgb[..., 0] - rgb[..., 1:].mean(-1), 0, 1))[None, None]
+
+
+def _discs(size, *boxes) -> Image.Image:
+    photo = Image.new("RGB", size, (120, 120, 120))
+    for box in boxes:
+        ImageDraw.Draw(photo).ellipse(box, fill=(230, 20, 20))
+    return photo
+
+
+def test_refining_zooms_in_while_each_window_halves_and_finds_the_box_to_a_pixel():
+    photo = _discs((6000, 4500), (3610, 900, 3650, 940))  # a 41-px disc: under half a pixel of a 64² squeeze
+    calls = []
+    (chain,) = locate(photo, 64, lambda sq: calls.append(sq.size) or _redness(sq), 0.5, 2.5, passes=5, instances=4)
+    windows = [_side(p.window) for p in chain]
+    assert len(chain) == len(calls) >= 3 and windows[0] == 6000 and all(size == (64, 64) for size in calls)
+    assert all(after <= 0.5 * before for before, after in zip(windows, windows[1:]))
+    assert _side(crop_box(chain[-1].region, photo.size, 64, 2.5)) > 0.5 * windows[-1]  # why it stopped
+    coarse, fine = np.array(chain[0].region), np.array(chain[-1].region)
+    true = np.array([3610, 900, 3651, 941])
+    assert np.abs(coarse - true).max() > 30 and np.abs(fine - true).max() <= 2
+    (one,) = locate(photo, 64, _redness, 0.5, 2.5, passes=1, instances=4)
+    assert len(one) == 1 and one[0].region == chain[0].region
+
+
+def _side(box) -> int:
+    return max(box[2] - box[0], box[3] - box[1])
+
+
+def test_separate_regions_are_instances_most_attention_first_and_capped():
+    photo = _discs((1600, 1200), (100, 100, 160, 160), (1300, 900, 1420, 1020), (700, 100, 740, 140))
+    found = locate(photo, 64, _redness, 0.5, 2.5, passes=3, instances=4)
+    finest = [chain[-1].region for chain in found]
+    assert len(found) == 3 and finest[0][0] >= 1290 and finest[1][0] <= 110 and 690 <= finest[2][0] <= 710
+    assert len(locate(photo, 64, _redness, 0.5, 2.5, passes=3, instances=2)) == 2
+    assert locate(Image.new("RGB", (300, 200), "grey"), 64, _redness, 0.5, 2.5, 3, 4) == []
+
+
+def test_locate_settings_are_checked():
+    for key in ("locate_passes", "instances"):
+        with pytest.raises(ConfigError, match="must be positive integers"):
+            PasteSettings(**{key: 0})
+
+
+def _pipe(components, *overrides):
+    cfg = compose_config("remove", ["method=magicremover_fast", "cache_dir=null", "device=cpu", *overrides])
+    return Pipeline(cfg, build_remover(cfg, components=components))
+
+
+def test_text_alone_frames_the_toy_object_as_its_mask_would_and_counts_every_locate_call(toy):
+    photo = toy_photo(10000011)  # the issue's second photo: a 72-px red circle, coarse box 2x too large
+    true = np.array(mask_box(np.asarray(photo.mask) > 127))
+    removal = _pipe(toy, "num_inference_steps=4")(photo.image, photo.phrase, photo.caption)
+    framing = removal.record["framing"]
+    passes = framing["locate"]
+    assert np.abs(np.array(passes[0]["region"]) - true).max() > 15  # the coarse pass alone: a loose box
+    assert np.abs(np.array(framing["region"]) - true).max() <= 8 and framing["region"] == passes[-1]["region"]
+    crop, region = framing["crop"], framing["region"]
+    assert crop[2] - crop[0] == round(2.5 * max(region[2] - region[0], region[3] - region[1]))  # the object's share
+    assert removal.record["unet_calls"]["locate"]["calls"] == len(passes) >= 2
+
+
+def test_an_object_at_the_photos_corner_is_refined_and_its_crop_stays_in_the_photo(toy):
+    photo = toy_photo(10000011, size=(1600, 1200), at=(0, 0))
+    true = np.array(mask_box(np.asarray(photo.mask) > 127))
+    removal = _pipe(toy, "num_inference_steps=4")(photo.image, photo.phrase, photo.caption)
+    framing = removal.record["framing"]
+    assert np.abs(np.array(framing["region"]) - true).max() <= 8
+    assert framing["used"] == "crop" and min(framing["crop"]) >= 0
+
+
+def test_two_separated_instances_of_one_word_are_each_removed_in_their_own_pass(toy):
+    photo = toy_photo(10000011)  # the scene's tile at (400, 400); a second copy at (800, 400), unmirrored too
+    image, mask = photo.image.copy(), photo.mask.copy()
+    image.paste(photo.image.crop(photo.box), (800, 400))
+    mask.paste(photo.mask.crop(photo.box), (800, 400))
+    removal = _pipe(toy)(image, photo.phrase, photo.caption)
+    framings = [p["framing"] for p in removal.record["passes"]]
+    assert [f["instances"] for f in framings] == [2, 2] and sorted(f["instance"] for f in framings) == [0, 1]
+    assert sorted(f["crop"][0] < 800 for f in framings) == [False, True]  # one crop around each copy
+    out, truth, before = np.asarray(removal.image), np.asarray(photo.truth), np.asarray(image)
+    for left in (400, 800):
+        inside = np.zeros(truth.shape[:2], bool)
+        inside[400:600, left : left + 200] = np.asarray(mask)[400:600, left : left + 200] > 127
+        assert psnr(out, truth, inside) > psnr(before, truth, inside) + 3, left
