@@ -1,5 +1,11 @@
 """Text is enough in a large photo: coarse-to-fine locate frames a small object as tightly as its mask would."""
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -11,7 +17,9 @@ from magicremover.errors import ConfigError
 from magicremover.fullsize import PasteSettings, crop_box, mask_box
 from magicremover.images import psnr
 from magicremover.locate import locate
-from magicremover.toy.photos import toy_photo
+from magicremover.toy.photos import held_out_photos, toy_photo
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _redness(square: Image.Image) -> torch.Tensor:
@@ -102,3 +110,45 @@ def test_two_separated_instances_of_one_word_are_each_removed_in_their_own_pass(
         inside = np.zeros(truth.shape[:2], bool)
         inside[400:600, left : left + 200] = np.asarray(mask)[400:600, left : left + 200] > 127
         assert psnr(out, truth, inside) > psnr(before, truth, inside) + 3, left
+
+
+def test_the_held_out_photos_span_the_sizes_radii_and_edges_the_issue_asks_for():
+    photos = held_out_photos(30)
+    assert len({p.image.size for p in photos}) > 20 and held_out_photos(2)[1].box == photos[1].box  # seeded
+    for photo in photos:
+        assert 1024 <= max(photo.image.size) <= 4000 and photo.image.size == photo.truth.size == photo.mask.size
+        left, top, right, bottom = photo.box
+        assert right <= photo.image.width and bottom <= photo.image.height
+        changed = np.abs(np.asarray(photo.image, int) - np.asarray(photo.truth, int)).max(-1) > 0
+        assert changed.any() and not changed[:top].any() and not changed[bottom:].any()  # only the object's tile
+        assert not changed[:, :left].any() and not changed[:, right:].any()
+        assert (np.asarray(photo.mask) > 127)[changed].mean() > 0.5  # most of the change in its mask
+    radii = [np.sqrt((np.asarray(p.mask) > 127).sum() / np.pi) for p in photos]
+    assert min(radii) < 30 and max(radii) > 100  # object and shadow: radius 20-120 px
+    assert sum(min(p.box[:2]) == 0 for p in photos) >= 5  # at the photo's edge
+    assert any("glass" in p.phrase for p in photos)
+
+
+@pytest.mark.slow
+def test_the_photo_report_writes_a_row_per_photo_and_variant_resumes_and_sums_up(tmp_path):
+    from experiments.photo_report import VARIANTS, summary
+
+    command = [
+        sys.executable,
+        "-m",
+        "experiments.photo_report",
+        "--photos",
+        "1",
+        "--steps",
+        "2",
+        "--out",
+        str(tmp_path),
+    ]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    subprocess.run(command, env=env, check=True, capture_output=True, timeout=600)
+    rows = (tmp_path / "rows-0.jsonl").read_text().splitlines()
+    assert [json.loads(r)["variant"] for r in rows] == list(VARIANTS)
+    subprocess.run(command, env=env, check=True, capture_output=True, timeout=600)  # resumed: nothing to do
+    assert (tmp_path / "rows-0.jsonl").read_text().splitlines() == rows
+    table = summary(tmp_path)
+    assert table.startswith("1 held-out photos") and all(f"| {name} |" in table for name in VARIANTS)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from magicremover.toy.scenes import SIZE, render_scene
+from magicremover.toy.scenes import SIZE, ToyScene, render_scene
 
 
 @dataclass(frozen=True)
@@ -42,11 +42,39 @@ def _tiled(tile: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return out[: size[1], : size[0]]
 
 
+PHOTO_SEED = 30_000_000  # the held-out photos' range: never used to choose a setting
+ASPECTS = (4 / 3, 3 / 2, 1.0)
+
+
+def one_object_scene(seed: int) -> ToyScene:
+    """The first one-object scene at or after ``seed``."""
+    while len((scene := render_scene(seed)).objects) != 1:
+        seed += 1
+    return scene
+
+
+def held_out_photos(n: int, first_seed: int = PHOTO_SEED) -> list[ToyPhoto]:
+    """``n`` large photos nobody tuned on: each from its own seed, the longer side 1024–4000 px (aspect 4:3, 3:2 or
+    1:1, either orientation), the object's equivalent radius 20–120 px, its tile at a random even place of the tile
+    grid (the photo's edges and corners included). Objects are the toy scenes' own mix (glass, shadows)."""
+    photos = []
+    for index in range(n):
+        rng = np.random.default_rng(first_seed + index)
+        scene = one_object_scene(first_seed + 1000 * index)
+        longer, aspect = int(rng.integers(1024, 4001)), ASPECTS[rng.integers(len(ASPECTS))]
+        size = (longer, round(longer / aspect)) if rng.random() < 0.7 else (round(longer / aspect), longer)
+        radius = np.sqrt(scene.objects[0].mask.sum() / np.pi)  # at 64²
+        scale = min(rng.uniform(20, 120) / radius, min(size) / SIZE)
+        side = round(SIZE * scale)
+        at = tuple(int(rng.choice(np.arange(0, extent // side, 2))) for extent in size)
+        photos.append(toy_photo(scene.seed, size, scale, at))
+    return photos
+
+
 def toy_photo(seed: int, size: tuple[int, int] = (1280, 960), scale: float = 3.125, at: tuple[int, int] = (2, 2)):
     """The photo of the first one-object scene at or after ``seed``, its scaled scene at tile ``at`` (column, row;
     both even, so the tile is not mirrored)."""
-    while len((scene := render_scene(seed)).objects) != 1:
-        seed += 1
+    scene = one_object_scene(seed)
     (obj,) = scene.objects
     side = round(SIZE * scale)
     big = lambda a: np.asarray(Image.fromarray(a).resize((side, side), Image.Resampling.BICUBIC))  # noqa: E731

@@ -1,0 +1,150 @@
+"""Text alone against a mask in large photos: the held-out toy photos (``magicremover.toy.photos.held_out_photos``,
+never used to choose a setting) removed text-only and with the object's mask, per framing strategy, scored inside and
+outside the object against the ground truth, with paired bootstrap intervals.
+
+    python -m experiments.photo_report --photos 30 --out runs/photos --part 0 --parts 2 &   # resumable, row by row
+    python -m experiments.photo_report --photos 30 --out runs/photos --part 1 --parts 2
+    python -m experiments.photo_report --photos 30 --out runs/photos --summary             # the markdown table
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from experiments._cli import apply_thread_default
+from experiments.toy_report import paired_interval
+from magicremover import Pipeline
+from magicremover.fullsize import mask_box, model_input, whole
+from magicremover.images import psnr
+from magicremover.toy.photos import held_out_photos
+
+# name: (give the mask, overrides of conf/remove.yaml)
+VARIANTS = {
+    "mask, auto": (True, []),
+    "text, auto": (False, []),
+    "text, auto, coarse locate only": (False, ["paste.locate_passes=1"]),
+    "mask, resize": (True, ["paste.strategy=resize"]),
+    "text, resize": (False, ["paste.strategy=resize"]),
+}
+REFERENCE = "mask, auto"
+
+
+def score(photo, output: Image.Image) -> dict:
+    """Inside (the object and its shadow) and outside PSNR against the ground truth, and the squeeze ceiling inside
+    (the ground truth through the model's 64² square and back: the best a ``resize`` output can be)."""
+    inside, truth = np.asarray(photo.mask) > 127, np.asarray(photo.truth)
+    squeezed = model_input(photo.truth, whole(photo.truth.size), 64).resize(photo.truth.size, Image.Resampling.BICUBIC)
+    out = np.asarray(output.convert("RGB"))
+    return {
+        "inside": psnr(out, truth, inside),
+        "outside": psnr(out, truth, ~inside),
+        "input_inside": psnr(np.asarray(photo.image), truth, inside),
+        "ceiling_inside": psnr(np.asarray(squeezed), truth, inside),
+    }
+
+
+def run(args) -> None:
+    """Every (photo, variant) of this part not yet in its rows file, one JSON line each as it finishes."""
+    apply_thread_default()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows_file = out / f"rows-{args.part}.jsonl"
+    done = {(r["photo"], r["variant"]) for r in _rows(out)}
+    photos = held_out_photos(args.photos)
+    pipes = {
+        name: Pipeline.from_pretrained(
+            "toy", args.method, [f"num_inference_steps={args.steps}", "cache_dir=null", *overrides], "cpu"
+        )
+        for name, (_, overrides) in VARIANTS.items()
+    }
+    for index, photo in enumerate(photos):
+        if index % args.parts != args.part:
+            continue
+        true = mask_box(np.asarray(photo.mask) > 127)
+        for name, (with_mask, _) in VARIANTS.items():
+            if (index, name) in done:
+                continue
+            start = time.perf_counter()
+            removal = pipes[name](photo.image, photo.phrase, photo.caption, mask=photo.mask if with_mask else None)
+            seconds = time.perf_counter() - start
+            framings = [p["framing"] for p in removal.record.get("passes", [removal.record])]
+            region = framings[0].get("region")
+            row = {
+                "photo": index,
+                "variant": name,
+                "size": list(photo.image.size),
+                "phrase": photo.phrase,
+                "true_box": list(true),
+                "region": region,
+                "used": [f["used"] for f in framings],
+                "box_error": max(abs(a - b) for a, b in zip(region, true)) if region else None,
+                "locate_calls": removal.record["unet_calls"].get("locate", {}).get("calls", 0),
+                "seconds": seconds,
+                **score(photo, removal.image),
+            }
+            with open(rows_file, "a") as stream:
+                stream.write(json.dumps(row) + "\n")
+            print(f"photo {index} {name}: inside {row['inside']:.2f} dB, box error {row['box_error']}", flush=True)
+
+
+def summary(out: Path) -> str:
+    """The table: per variant, mean inside / outside PSNR and the paired difference to ``REFERENCE`` inside."""
+    rows = _rows(out)
+    by = {(r["photo"], r["variant"]): r for r in rows}
+    photos = sorted({r["photo"] for r in rows if all((r["photo"], v) in by for v in VARIANTS)})
+    lines = [
+        f"{len(photos)} held-out photos; inside/outside PSNR (dB) against the ground truth, mean; paired "
+        f"difference to '{REFERENCE}' inside with its 95 % bootstrap interval",
+        "",
+        "| variant | inside | outside | inside − mask, auto [95 % CI] | box error (px), median | crop used | "
+        "locate calls | seconds |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name in VARIANTS:
+        picked = [by[(p, name)] for p in photos]
+        diff = paired_interval([r["inside"] - by[(r["photo"], REFERENCE)]["inside"] for r in picked])
+        errors = [r["box_error"] for r in picked if r["box_error"] is not None]
+        crops = sum("crop" in r["used"] for r in picked)
+        lines.append(
+            f"| {name} | {np.mean([r['inside'] for r in picked]):.2f} | {np.mean([r['outside'] for r in picked]):.2f} "
+            f"| {diff[0]:+.2f} [{diff[1]:+.2f}, {diff[2]:+.2f}] | {np.median(errors) if errors else '–'} "
+            f"| {crops}/{len(picked)} | {np.mean([r['locate_calls'] for r in picked]):.1f} "
+            f"| {np.mean([r['seconds'] for r in picked]):.1f} |"
+        )
+    first = [by[(p, REFERENCE)] for p in photos]
+    lines += [
+        "",
+        f"input inside {np.mean([r['input_inside'] for r in first]):.2f} dB; squeeze ceiling inside "
+        f"{np.mean([r['ceiling_inside'] for r in first]):.2f} dB",
+    ]
+    return "\n".join(lines)
+
+
+def _rows(out: Path) -> list[dict]:
+    return [json.loads(line) for file in sorted(Path(out).glob("rows-*.jsonl")) for line in file.open() if line.strip()]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--photos", type=int, default=30)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--method", default="magicremover_fast")
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--part", type=int, default=0)
+    parser.add_argument("--parts", type=int, default=1)
+    parser.add_argument("--summary", action="store_true")
+    args = parser.parse_args()
+    if args.summary:
+        print(summary(Path(args.out)))
+    else:
+        run(args)
+
+
+if __name__ == "__main__":
+    main()
