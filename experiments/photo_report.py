@@ -19,14 +19,16 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from experiments._cli import apply_thread_default
 from experiments.toy_report import paired_interval
 from magicremover import Pipeline
 from magicremover.fullsize import mask_box, model_input, whole
 from magicremover.images import psnr
+from magicremover.locate import locate
 from magicremover.toy.photos import PHOTO_SEED, held_out_photos
+from magicremover.types import RemovalSample
 
 # name: (give the mask, overrides of conf/remove.yaml)
 VARIANTS = {
@@ -168,6 +170,42 @@ def _where_it_fails(by: dict, photos: list[int], text: str = "text, auto") -> li
     return lines
 
 
+def figure(photos: list[int], path: Path, width: int = 360) -> None:
+    """The chosen held-out photos side by side, each with the object's true box (green) and every locate pass's box
+    (the coarse pass blue, the finest red), as the default settings locate it (3 UNet calls at most each)."""
+    pipe = Pipeline.from_pretrained("toy", "magicremover_fast", ["cache_dir=null"], "cpu")
+    settings, panels = pipe.paste, []
+    for index in photos:
+        photo = held_out_photos(index + 1)[index]
+
+        def attend(square, photo=photo):
+            return pipe.remover.locate(RemovalSample(image=square, prompt=photo.caption, target=photo.phrase))
+
+        chains = locate(
+            photo.image,
+            pipe.side,
+            attend,
+            settings.threshold,
+            settings.crop_margin,
+            settings.locate_passes,
+            settings.instances,
+        )
+        scale = width / photo.image.width
+        panel = photo.image.resize((width, round(photo.image.height * scale)), Image.Resampling.LANCZOS)
+        draw = ImageDraw.Draw(panel)
+        boxes = [(mask_box(np.asarray(photo.mask) > 127), (40, 220, 40))]
+        boxes += [(p.region, (255, 40, 40) if p is chain[-1] else (40, 120, 255)) for chain in chains for p in chain]
+        for box, colour in boxes:
+            draw.rectangle([round(v * scale) for v in box], outline=colour, width=2)
+        draw.text((4, 4), f"photo {index}", fill=(255, 255, 255))
+        panels.append(panel)
+    height = max(p.height for p in panels)
+    sheet = Image.new("RGB", (width * len(panels) + 4 * (len(panels) - 1), height), "white")
+    for number, panel in enumerate(panels):
+        sheet.paste(panel, (number * (width + 4), 0))
+    sheet.save(path)
+
+
 def _rows(out: Path) -> list[dict]:
     return [json.loads(line) for file in sorted(Path(out).glob("rows-*.jsonl")) for line in file.open() if line.strip()]
 
@@ -175,7 +213,7 @@ def _rows(out: Path) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--photos", type=int, default=30)
-    parser.add_argument("--out", required=True)
+    parser.add_argument("--out")
     parser.add_argument("--method", default="magicremover_fast")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--part", type=int, default=0)
@@ -183,8 +221,14 @@ def main() -> None:
     parser.add_argument("--summary", action="store_true")
     parser.add_argument("--first-seed", type=int, default=PHOTO_SEED)
     parser.add_argument("--margins", help="comma-separated crop margins: a tuning run of mask and text at each")
+    parser.add_argument("--figure", help="PNG path: the --figure-photos with their true and located boxes")
+    parser.add_argument("--figure-photos", default="2,7,0,13", help="comma-separated held-out photo indices")
     args = parser.parse_args()
-    if args.summary:
+    if not args.figure and not args.out:
+        parser.error("--out DIR is needed to run or to sum up (only --figure needs none)")
+    if args.figure:
+        figure([int(i) for i in args.figure_photos.split(",")], Path(args.figure))
+    elif args.summary:
         print(summary(Path(args.out)))
     else:
         run(args)

@@ -209,7 +209,8 @@ def inst_inpaint_weights(tmp_path_factory):
 # The longest modules first: with ``-n 2 --dist loadscope`` (the README's command) a module runs on one worker, so
 # one started last would run alone at the end while the other worker idles.
 LONG_MODULES = ("test_toy_behaviour.py", "test_notebooks.py", "test_research_loop.py", "test_report.py",
-                "test_shards.py", "test_storage.py", "test_api.py", "test_cli_remove.py", "test_app.py")  # fmt: skip
+                "test_shards.py", "test_storage.py", "test_api.py", "test_cli_remove.py", "test_locate.py",
+                "test_photo_runs.py", "test_app.py")  # fmt: skip
 
 
 def pytest_collection_modifyitems(items):
