@@ -129,7 +129,8 @@ class Pipeline:
         """Remove ``target`` from ``image``.
 
         Args:
-            image: the photo (any size and mode; EXIF orientation is applied); see :func:`as_pil` for arrays.
+            image: the photo (any size and mode; EXIF orientation is applied); arrays and tensors as
+                :func:`magicremover.inputs.as_pil` takes them.
             target: the word or phrase of the prompt naming the object, or a list of them: each object is removed
                 from the photo in its own pass and the passes are composited through their masks (every target is
                 checked before any UNet call).

@@ -151,4 +151,4 @@ def test_the_photo_report_writes_a_row_per_photo_and_variant_resumes_and_sums_up
     subprocess.run(command, env=env, check=True, capture_output=True, timeout=600)  # resumed: nothing to do
     assert (tmp_path / "rows-0.jsonl").read_text().splitlines() == rows
     table = summary(tmp_path)
-    assert table.startswith("1 held-out photos") and all(f"| {name} |" in table for name in VARIANTS)
+    assert table.startswith("1 photos;") and all(f"| {name} |" in table for name in VARIANTS)
