@@ -31,7 +31,7 @@ def run_dir(out_dir: str | None, default: str) -> str:
     """Hydra's run directory (``conf/shared.yaml``): ``out_dir`` when given and usable, so a run with ``out_dir=``
     leaves no ``outputs/<job>/<time>/`` folder behind; else ``default``. An ``out_dir`` that is a file or cannot be
     created gets ``default``, so that the job itself refuses it in one line (Hydra would fail with a traceback)."""
-    if out_dir is None:
+    if not out_dir:
         return default
     path = Path(out_dir).expanduser().absolute()
     existing = next(parent for parent in (path, *path.parents) if parent.exists())

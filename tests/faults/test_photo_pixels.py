@@ -144,7 +144,7 @@ def _photo_file(tmp_path, mode: str):
         "P": lambda: Image.fromarray(rgb).quantize(64),
         "P+transparency": lambda: Image.fromarray(np.dstack([rgb, band // 255 * 255])).quantize(64),
         "1": lambda: Image.fromarray(grey > 127),
-        "I;16": lambda: Image.fromarray(grey.astype(np.uint16) * 257 + np.arange(grey.shape[1], dtype=np.uint16)),
+        "I;16": lambda: Image.fromarray(grey.astype(np.uint16) * 250 + np.arange(grey.shape[1], dtype=np.uint16)),
         "I": lambda: Image.fromarray(grey.astype(np.int32) * 1000),
         "F": lambda: Image.fromarray(grey.astype(np.float32)),
     }[mode]()
