@@ -76,8 +76,9 @@ def _s15(value: float) -> bytes:
 def cmyk_profile() -> bytes:
     """A CMYK ICC profile (v2, lut16) whose conversion is known in closed form: linear sRGB = 1 − (C + K) / 2 (and M,
     Y for green, blue). Linear in every ink, so lcms' interpolation is exact; no CMYK profile ships with Pillow."""
-    d50_from_srgb = np.array([[0.4360747, 0.3850649, 0.1430804], [0.2225045, 0.7168786, 0.0606169],
-                              [0.0139322, 0.0971045, 0.7141733]])  # fmt: skip
+    d50_from_srgb = np.array(
+        [[0.4360747, 0.3850649, 0.1430804], [0.2225045, 0.7168786, 0.0606169], [0.0139322, 0.0971045, 0.7141733]]
+    )
     grid = [d50_from_srgb @ (1 - (np.array(cmy) + k) / 2) for *cmy, k in np.ndindex(2, 2, 2, 2)]
     clut = [round(v * 32768) for xyz in grid for v in xyz]  # lut16's XYZ: 1.0 is 0x8000
     lut = b"mft2" + bytes(4) + bytes([4, 3, 2, 0]) + b"".join(_s15(v) for v in np.eye(3).ravel())
@@ -180,8 +181,9 @@ def test_pixels_beyond_the_mask_are_the_inputs_bytes_colour_and_alpha_in_every_m
         assert np.array_equal(written[..., -1], expected[..., -1])  # alpha untouched under the mask too
     changed = written[removal.alpha == 1] != expected[removal.alpha == 1]
     assert changed.any()  # the object's pixels did change
-    assert (removal.record["photo"]["converted"] is None) == (mode in ("RGB", "RGBA", "L", "LA", "P", "1", "I;16",
-                                                                       "P+transparency"))  # fmt: skip
+    assert (removal.record["photo"]["converted"] is None) == (
+        mode in ("RGB", "RGBA", "L", "LA", "P", "1", "I;16", "P+transparency")
+    )
 
 
 def test_an_rgba_array_and_a_tensor_come_back_in_their_own_mode_untouched_beyond_the_mask(lama):

@@ -26,8 +26,9 @@ CHEAP = ["device=cpu", "num_inference_steps=2", "inversion=negative_prompt", "me
 
 
 def _config(tmp_path, *overrides):
-    return compose_config("remove", [f"out_dir={tmp_path / 'run'}", f"cache_dir={tmp_path / 'cache'}", *CHEAP,
-                                     *overrides])  # fmt: skip
+    return compose_config(
+        "remove", [f"out_dir={tmp_path / 'run'}", f"cache_dir={tmp_path / 'cache'}", *CHEAP, *overrides]
+    )
 
 
 @pytest.fixture
@@ -54,8 +55,14 @@ def test_folder_mode_removes_several_targets_per_photo_from_the_command_line_and
 
     table = tmp_path / "targets.jsonl"
     table.write_text(json.dumps({"image": "a.png", "target": words, "prompt": scene.caption}) + "\n")
-    cfg = _config(tmp_path, f"image={photos}", f"targets={table}", f"out_dir={tmp_path / 'jsonl'}",
-                  f"target='{words[0]}'", f'prompt="{scene.caption}"')  # fmt: skip
+    cfg = _config(
+        tmp_path,
+        f"image={photos}",
+        f"targets={table}",
+        f"out_dir={tmp_path / 'jsonl'}",
+        f"target='{words[0]}'",
+        f'prompt="{scene.caption}"',
+    )
     assert remove(cfg, Path(cfg.out_dir)) == {"photos": 2, "done": 2, "failed": 0}
     by_photo = {r["sample_id"]: r for r in map(json.loads, (tmp_path / "jsonl" / "results.jsonl").open())}
     assert by_photo["a"]["targets"] == words and by_photo["b"]["target"] == words[0]
@@ -71,8 +78,11 @@ def test_a_folder_rerun_with_another_target_or_method_is_refused_and_leaves_the_
     run = Path(cfg.out_dir)
     assert remove(cfg, run)["done"] == 1
     before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.suffix != ".log"}
-    for change, named in (("target=stripes", "target or prompt of x"), ("method=magicremover_fast", "method"),
-                          ("paste.strategy=crop", "paste")):  # fmt: skip
+    for change, named in (
+        ("target=stripes", "target or prompt of x"),
+        ("method=magicremover_fast", "method"),
+        ("paste.strategy=crop", "paste"),
+    ):
         with pytest.raises(ConfigError, match=f"holds 1 finished photo\\(s\\) made with other settings \\({named}"):
             remove(_config(tmp_path, f"image={photos}", change), run)
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.suffix != ".log"} == before
@@ -161,8 +171,12 @@ def test_queued_demo_runs_each_keep_their_own_output(tmp_path, example_image):
 
     cfg = compose_config("app", ["device=cpu", "cache_dir=null", "num_inference_steps=2"])
     demo = Demo(cfg, tmp_path / "app")
-    files = [demo.run(example_image, "a photo of a red circle", ["circle"], "magicremover_fast", 2, 0.9, 0.5, "auto",
-                      None)[4] for _ in range(3)]  # fmt: skip
+    files = [
+        demo.run(example_image, "a photo of a red circle", ["circle"], "magicremover_fast", 2, 0.9, 0.5, "auto", None)[
+            4
+        ]
+        for _ in range(3)
+    ]
     assert len(set(files)) == 3 and all(Path(f).is_file() for f in files)
     assert len(list((tmp_path / "app").iterdir())) == 3
 
@@ -171,8 +185,14 @@ def test_the_api_takes_tensors_and_refuses_none_in_one_line(example_image):
     from magicremover import remove as api_remove
 
     tensor = torch.from_numpy(np.asarray(example_image)).permute(2, 0, 1)  # (3, H, W) uint8
-    removal = api_remove(tensor, "circle", "a photo of a red circle", method="magicremover_fast",
-                         overrides=["num_inference_steps=2", "cache_dir=null"], device="cpu")  # fmt: skip
+    removal = api_remove(
+        tensor,
+        "circle",
+        "a photo of a red circle",
+        method="magicremover_fast",
+        overrides=["num_inference_steps=2", "cache_dir=null"],
+        device="cpu",
+    )
     assert removal.image.size == example_image.size
     with pytest.raises(ConfigError, match="^target=None: give a word"):
         api_remove(tensor, None, method="magicremover_fast", overrides=["cache_dir=null"], device="cpu")
