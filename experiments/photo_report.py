@@ -115,6 +115,8 @@ def summary(out: Path) -> str:
     """The table: per variant, mean inside / outside PSNR and the paired difference to ``REFERENCE`` (else the first
     variant) inside."""
     rows = _rows(out)
+    if not rows:
+        raise SystemExit(f"error: no rows-*.jsonl rows in {out}; run the report into it first")
     by = {(r["photo"], r["variant"]): r for r in rows}
     names = list(dict.fromkeys(r["variant"] for r in rows))
     reference = REFERENCE if REFERENCE in names else names[0]
