@@ -27,7 +27,7 @@ from magicremover import Pipeline
 from magicremover.fullsize import mask_box, model_input, whole
 from magicremover.images import psnr
 from magicremover.locate import locate
-from magicremover.toy.photos import PHOTO_SEED, held_out_photos
+from magicremover.toy.photos import PHOTO_SEED, held_out_photo
 from magicremover.types import RemovalSample
 
 # name: (give the mask, overrides of conf/remove.yaml)
@@ -74,16 +74,17 @@ def run(args) -> None:
     out.mkdir(parents=True, exist_ok=True)
     rows_file = out / f"rows-{args.part}.jsonl"
     done = {(r["photo"], r["variant"]) for r in _rows(out)}
-    photos, chosen = held_out_photos(args.photos, args.first_seed), variants(args.margins)
+    chosen = variants(args.margins)
     pipes = {
         name: Pipeline.from_pretrained(
             "toy", args.method, [f"num_inference_steps={args.steps}", "cache_dir=null", *overrides], "cpu"
         )
         for name, (_, overrides) in chosen.items()
     }
-    for index, photo in enumerate(photos):
-        if index % args.parts != args.part:
+    for index in range(args.part, args.photos, args.parts):
+        if all((index, name) in done for name in chosen):
             continue
+        photo = held_out_photo(index, args.first_seed)
         true = mask_box(np.asarray(photo.mask) > 127)
         for name, (with_mask, _) in chosen.items():
             if (index, name) in done:
@@ -178,7 +179,7 @@ def figure(photos: list[int], path: Path, width: int = 360) -> None:
     pipe = Pipeline.from_pretrained("toy", "magicremover_fast", ["cache_dir=null"], "cpu")
     settings, panels = pipe.paste, []
     for index in photos:
-        photo = held_out_photos(index + 1)[index]
+        photo = held_out_photo(index)
 
         def attend(square, photo=photo):
             return pipe.remover.locate(RemovalSample(image=square, prompt=photo.caption, target=photo.phrase))

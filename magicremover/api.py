@@ -199,7 +199,7 @@ class Pipeline:
         record |= {"unet_calls": calls, "seconds": result.seconds}
         record |= {"extras": json.loads(json.dumps(result.extras, default=jsonable))}
         if meta:
-            return self._paste(photo, meta, box, user_mask, result, record | {"framing": framing})
+            return self._paste(photo, meta, box, model_mask, result, record | {"framing": framing})
         record |= {"mode": "model", "output_size": [result.image.shape[-1], result.image.shape[-2]]}
         seen = fit_to_model(photo, tuple(result.image.shape[-2:]), self.remover.resize)
         mask = to_pil(result.mask) if result.mask is not None else None
@@ -273,11 +273,12 @@ class Pipeline:
             self._mask_remover = build_remover(cfg, components=self.remover.components)
         return self._mask_remover
 
-    def _paste(self, photo, meta: PhotoMeta, box, user_mask, result: RemovalResult, record: dict) -> Removal:
-        """Composite the result into the photo through its final mask (or the user's, for methods that make none)."""
+    def _paste(self, photo, meta: PhotoMeta, box, model_mask, result: RemovalResult, record: dict) -> Removal:
+        """Composite the result into the photo through its final mask (or the user's ``model_mask``, fitted to the
+        model's square, for methods that make none)."""
         final = result.mask
-        if final is None and user_mask is not None:
-            final = to_tensor(fullsize.model_mask(user_mask, photo.size, box, self.side).convert("RGB"))[:, :1]
+        if final is None and model_mask is not None:
+            final = to_tensor(model_mask.convert("RGB"))[:, :1]
         dilate, feather = self.paste.pixels((box[2] - box[0], box[3] - box[1]))
         record |= {"mode": "full_size", "output_size": list(photo.size), "box": list(box)}
         edit = fullsize.placed(photo, result.image, box)

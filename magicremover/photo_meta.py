@@ -97,7 +97,8 @@ def read_meta(image: Image.Image, seen: Image.Image) -> PhotoMeta:
     """The metadata and kept pixels of a photo as opened (its own mode, EXIF not yet applied); ``seen`` is the upright
     RGB the model sees (:func:`magicremover.images.load_image` of it), kept where the photo's mode cannot be."""
     upright = ImageOps.exif_transpose(image)
-    original, converted = _kept(upright, seen, image)
+    space = _space(image.info.get("icc_profile"))
+    original, converted = _kept(upright, seen, image, space)
     if converted:
         log.warning("%s", converted)
     exif = image.getexif()
@@ -105,12 +106,15 @@ def read_meta(image: Image.Image, seen: Image.Image) -> PhotoMeta:
     if len(exif):
         exif[ORIENTATION] = 1
         exif_bytes = exif.tobytes()
-    profile, icc = _profile(image.info.get("icc_profile"), image.mode, original.mode)
+    profile, icc = _profile(image.info.get("icc_profile"), space, image.mode, original.mode)
     return PhotoMeta(original, profile, exif_bytes, converted, icc)
 
 
-def _kept(upright: Image.Image, seen: Image.Image, opened: Image.Image) -> tuple[Image.Image, str | None]:
-    """The photo's pixels in the mode the output keeps, and why they differ from the file's (``None``: they do not)."""
+def _kept(
+    upright: Image.Image, seen: Image.Image, opened: Image.Image, space: str | None
+) -> tuple[Image.Image, str | None]:
+    """The photo's pixels in the mode the output keeps, and why they differ from the file's (``None``: they do not);
+    ``space`` is the colour space of the photo's ICC profile."""
     mode, kind = upright.mode, opened.format or "image"
     if mode in _SIXTEEN:
         return Image.fromarray(np.asarray(upright).astype(np.uint16)), None
@@ -124,18 +128,18 @@ def _kept(upright: Image.Image, seen: Image.Image, opened: Image.Image) -> tuple
     if mode == "1":
         return upright.convert("L"), None
     if mode == "CMYK":
-        how = "through its ICC profile to sRGB" if _space(opened.info.get("icc_profile")) == "CMYK" else "to RGB"
+        how = "through its ICC profile to sRGB" if space == "CMYK" else "to RGB"
         return seen, f"a CMYK {kind} was converted {how}; the output is RGB"
     if mode in ("I", "F"):
         return seen.convert("L"), f"a {mode}-mode {kind} was scaled to 8-bit grey; the output is 8-bit"
     return seen, f"a {mode} {kind} was converted to RGB; the output is RGB"
 
 
-def _profile(icc: bytes | None, mode: str, kept_mode: str) -> tuple[bytes | None, str | None]:
-    """The profile the output carries and what happened to the photo's."""
+def _profile(icc: bytes | None, space: str | None, mode: str, kept_mode: str) -> tuple[bytes | None, str | None]:
+    """The profile the output carries and what happened to the photo's ``icc`` (of colour space ``space``)."""
     if not icc:
         return None, None
-    space, wanted = _space(icc), "GRAY" if kept_mode in _GREY else "RGB"
+    wanted = "GRAY" if kept_mode in _GREY else "RGB"
     if mode == "CMYK" and space == "CMYK":
         return ImageCms.ImageCmsProfile(SRGB).tobytes(), "the photo's CMYK profile converted its pixels to sRGB"
     if space == wanted:

@@ -54,21 +54,23 @@ def one_object_scene(seed: int) -> ToyScene:
 
 
 def held_out_photos(n: int, first_seed: int = PHOTO_SEED) -> list[ToyPhoto]:
-    """``n`` large photos nobody tuned on: each from its own seed, the longer side 1024–4000 px (aspect 4:3, 3:2 or
-    1:1, either orientation), the object's equivalent radius 20–120 px, its tile at a random even place of the tile
-    grid (the photo's edges and corners included). Objects are the toy scenes' own mix (glass, shadows)."""
-    photos = []
-    for index in range(n):
-        rng = np.random.default_rng(first_seed + index)
-        scene = one_object_scene(first_seed + 1000 * index)
-        longer, aspect = int(rng.integers(1024, 4001)), ASPECTS[rng.integers(len(ASPECTS))]
-        size = (longer, round(longer / aspect)) if rng.random() < 0.7 else (round(longer / aspect), longer)
-        radius = np.sqrt(scene.objects[0].mask.sum() / np.pi)  # at 64²
-        scale = min(rng.uniform(20, 120) / radius, min(size) / SIZE)
-        side = round(SIZE * scale)
-        at = tuple(int(rng.choice(np.arange(0, extent // side, 2))) for extent in size)
-        photos.append(toy_photo(scene.seed, size, scale, at))
-    return photos
+    """The first ``n`` photos of the held-out set (:func:`held_out_photo`)."""
+    return [held_out_photo(index, first_seed) for index in range(n)]
+
+
+def held_out_photo(index: int, first_seed: int = PHOTO_SEED) -> ToyPhoto:
+    """Photo ``index`` of a set nobody tuned on, made from its own seeds alone: the longer side 1024–4000 px (aspect
+    4:3, 3:2 or 1:1, either orientation), the object's equivalent radius 20–120 px, its tile at a random even place of
+    the tile grid (the photo's edges and corners included). Objects are the toy scenes' own mix (glass, shadows)."""
+    rng = np.random.default_rng(first_seed + index)
+    scene = one_object_scene(first_seed + 1000 * index)
+    longer, aspect = int(rng.integers(1024, 4001)), ASPECTS[rng.integers(len(ASPECTS))]
+    size = (longer, round(longer / aspect)) if rng.random() < 0.7 else (round(longer / aspect), longer)
+    radius = np.sqrt(scene.objects[0].mask.sum() / np.pi)  # at 64²
+    scale = min(rng.uniform(20, 120) / radius, min(size) / SIZE)
+    side = round(SIZE * scale)
+    at = tuple(int(rng.choice(np.arange(0, extent // side, 2))) for extent in size)
+    return toy_photo(scene.seed, size, scale, at)
 
 
 def toy_photo(seed: int, size: tuple[int, int] = (1280, 960), scale: float = 3.125, at: tuple[int, int] = (2, 2)):
