@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageDraw
+from pipelines import pipeline
 
-from magicremover import Pipeline
-from magicremover.config import build_remover, compose_config
 from magicremover.errors import ConfigError
 from magicremover.fullsize import PasteSettings, crop_box, mask_box
 from magicremover.images import psnr
@@ -69,15 +68,10 @@ def test_locate_settings_are_checked():
             PasteSettings(**{key: 0})
 
 
-def _pipe(components, *overrides):
-    cfg = compose_config("remove", ["method=magicremover_fast", "cache_dir=null", "device=cpu", *overrides])
-    return Pipeline(cfg, build_remover(cfg, components=components))
-
-
 def test_text_alone_frames_the_toy_object_as_its_mask_would_and_counts_every_locate_call(toy):
     photo = toy_photo(10000011)  # the second photo: a 72-px red circle, coarse box 2x too large
     true = np.array(mask_box(np.asarray(photo.mask) > 127))
-    removal = _pipe(toy, "num_inference_steps=4")(photo.image, photo.phrase, photo.caption)
+    removal = pipeline(toy, "num_inference_steps=4")(photo.image, photo.phrase, photo.caption)
     framing = removal.record["framing"]
     passes = framing["locate"]
     assert np.abs(np.array(passes[0]["region"]) - true).max() > 15  # the coarse pass alone: a loose box
@@ -90,7 +84,7 @@ def test_text_alone_frames_the_toy_object_as_its_mask_would_and_counts_every_loc
 def test_an_object_at_the_photos_corner_is_refined_and_its_crop_stays_in_the_photo(toy):
     photo = toy_photo(10000011, size=(1600, 1200), at=(0, 0))
     true = np.array(mask_box(np.asarray(photo.mask) > 127))
-    removal = _pipe(toy, "num_inference_steps=4")(photo.image, photo.phrase, photo.caption)
+    removal = pipeline(toy, "num_inference_steps=4")(photo.image, photo.phrase, photo.caption)
     framing = removal.record["framing"]
     assert np.abs(np.array(framing["region"]) - true).max() <= 8
     assert framing["used"] == "crop" and min(framing["crop"]) >= 0
@@ -101,7 +95,7 @@ def test_two_separated_instances_of_one_word_are_each_removed_in_their_own_pass(
     image, mask = photo.image.copy(), photo.mask.copy()
     image.paste(photo.image.crop(photo.box), (800, 400))
     mask.paste(photo.mask.crop(photo.box), (800, 400))
-    removal = _pipe(toy)(image, photo.phrase, photo.caption)
+    removal = pipeline(toy)(image, photo.phrase, photo.caption)
     framings = [p["framing"] for p in removal.record["passes"]]
     assert [f["instances"] for f in framings] == [2, 2] and sorted(f["instance"] for f in framings) == [0, 1]
     assert sorted(f["crop"][0] < 800 for f in framings) == [False, True]  # one crop around each copy

@@ -5,20 +5,14 @@ import io
 import numpy as np
 import pytest
 from PIL import Image, ImageCms
+from pipelines import pipeline
 from scipy import ndimage
 
-from magicremover import Pipeline
-from magicremover.config import build_remover, compose_config
 from magicremover.errors import ConfigError, PromptError
 from magicremover.fullsize import PasteSettings, choose_box, crop_box, mask_box, model_input, whole
 from magicremover.images import psnr
 from magicremover.toy.photos import toy_photo
 from magicremover.toy.scenes import render_scene
-
-
-def _pipe(components, *overrides, method: str = "magicremover_fast") -> Pipeline:
-    cfg = compose_config("remove", [f"method={method}", "cache_dir=null", "device=cpu", *overrides])
-    return Pipeline(cfg, build_remover(cfg, components=components))
 
 
 def test_the_crop_box_is_a_grown_square_shifted_into_the_photo():
@@ -58,7 +52,7 @@ def test_a_small_object_in_a_large_photo_is_removed_at_full_resolution_by_auto(t
     inside, truth = np.asarray(photo.mask) > 127, np.asarray(photo.truth)
     squeezed = model_input(photo.truth, whole(photo.truth.size), 64).resize(photo.truth.size, Image.Resampling.BICUBIC)
     ceiling = psnr(np.asarray(squeezed), truth, inside)  # the best any resize output can be inside
-    removal = _pipe(toy, method="magicremover")(photo.image, photo.phrase, photo.caption, mask=photo.mask)
+    removal = pipeline(toy, method="magicremover")(photo.image, photo.phrase, photo.caption, mask=photo.mask)
     out = np.asarray(removal.image)
     framing = removal.record["framing"]
     assert framing["used"] == "crop" and framing["region_from"] == "mask" and removal.record["box"] == framing["crop"]
@@ -70,7 +64,7 @@ def test_a_small_object_in_a_large_photo_is_removed_at_full_resolution_by_auto(t
 
 
 def test_two_objects_go_in_one_call_and_every_target_is_checked_first(toy):
-    pipe = _pipe(toy)
+    pipe = pipeline(toy)
     scene = next(s for s in map(render_scene, range(10000000, 10000100)) if len(s.objects) == 2)
     a, b = scene.objects
     before = toy.calls.totals()
@@ -95,7 +89,7 @@ def _icc() -> bytes:
 
 @pytest.fixture(scope="module")
 def lama_pipe(lama_weights, toy):
-    return _pipe(toy, f"weights.lama={lama_weights}", "weights.lama_md5=null", method="lama")
+    return pipeline(toy, f"weights.lama={lama_weights}", "weights.lama_md5=null", method="lama")
 
 
 def test_exif_orientation_icc_and_alpha_survive_to_the_saved_output(lama_pipe, tmp_path, example_image):

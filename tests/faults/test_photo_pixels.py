@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageCms, ImageDraw
+from pipelines import pipeline
 
-from magicremover import Pipeline
-from magicremover.config import build_remover, compose_config
 from magicremover.errors import ConfigError, ImageError
 from magicremover.images import load_mask
 from magicremover.outputs import save_image
@@ -20,16 +19,11 @@ from magicremover.toy.photos import toy_photo
 SIZE = (96, 72)
 
 
-def _pipe(components, *overrides, method="magicremover_fast"):
-    cfg = compose_config("remove", [f"method={method}", "cache_dir=null", "device=cpu", *overrides])
-    return Pipeline(cfg, build_remover(cfg, components=components))
-
-
 @pytest.fixture(scope="module")
 def lama(lama_weights, toy):
     """LaMa (random weights) at the toy model's 64²: it changes every pixel under the mask and nothing else."""
     overrides = [f"weights.lama={lama_weights}", "weights.lama_md5=null", "resolution=64", "method.mask_dilation=3"]
-    return _pipe(toy, *overrides, method="lama")
+    return pipeline(toy, *overrides, method="lama")
 
 
 def _disc_mask(size=SIZE, box=(30, 20, 62, 50)) -> Image.Image:
@@ -235,7 +229,7 @@ def test_a_cmyk_jpeg_is_converted_through_its_profile_and_no_output_carries_a_fo
 @pytest.mark.parametrize("size", [(4000, 3000), (6000, 4000)])
 def test_a_crop_on_a_large_photo_blends_to_zero_inside_the_crop_and_leaves_no_seam(toy, size):
     photo = toy_photo(10000000, size=size, scale=3.125)
-    removal = _pipe(toy, "num_inference_steps=10")(photo.image, photo.phrase, photo.caption, mask=photo.mask)
+    removal = pipeline(toy, "num_inference_steps=10")(photo.image, photo.phrase, photo.caption, mask=photo.mask)
     assert removal.record["framing"]["used"] == "crop"
     left, top, right, bottom = removal.record["box"]
     feather = removal.record["paste_back"]["feather_px"]
@@ -253,7 +247,7 @@ def test_a_crop_on_a_large_photo_blends_to_zero_inside_the_crop_and_leaves_no_se
 
 
 def test_two_passes_over_one_object_equal_one_pass_so_the_feather_is_weighted_once(toy, example_image):
-    pipe = _pipe(toy, "num_inference_steps=6", "paste.strategy=resize")
+    pipe = pipeline(toy, "num_inference_steps=6", "paste.strategy=resize")
     photo = example_image.resize((160, 120))
     once = pipe(photo, "circle", "a photo of a red circle")
     twice = pipe(photo, ["circle", "circle"], "a photo of a red circle")
@@ -266,15 +260,15 @@ def test_a_tiny_mask_says_what_happened(toy, caplog):
     speck = Image.new("L", photo.image.size)
     speck.putpixel((900, 420), 255)
     with caplog.at_level("WARNING", logger="magicremover"):
-        removal = _pipe(toy, "num_inference_steps=6", "paste.strategy=crop")(photo.image, photo.phrase, mask=speck)
+        removal = pipeline(toy, "num_inference_steps=6", "paste.strategy=crop")(photo.image, photo.phrase, mask=speck)
     assert np.array_equal(np.asarray(removal.image), np.asarray(photo.image))
     assert "nothing was changed" in removal.record["paste_back"]["warning"] and "nothing was changed" in caplog.text
     with pytest.raises(ImageError, match=r"^the mask's 1 marked pixel\(s\) vanish .*\(paste.strategy=crop\)$"):
-        _pipe(toy, "paste.strategy=resize")(photo.image, photo.phrase, mask=speck)
+        pipeline(toy, "paste.strategy=resize")(photo.image, photo.phrase, mask=speck)
 
 
 def test_a_method_without_a_mask_warns_that_it_replaced_the_whole_photo(toy, example_image, caplog):
-    pipe = _pipe(toy, "num_inference_steps=2", "inversion=negative_prompt", method="reconstruction")
+    pipe = pipeline(toy, "num_inference_steps=2", "inversion=negative_prompt", method="reconstruction")
     with caplog.at_level("WARNING", logger="magicremover"):
         removal = pipe(example_image.resize((128, 96)), "circle")
     assert removal.record["paste_back"]["applied"] is False and "pass mask=" in removal.record["paste_back"]["warning"]
