@@ -7,7 +7,7 @@ attention, as P2P's null-text notebook (``AttentionControlEdit``) does:
 * ``p2p_reweight``: the same prompt; the target words' cross-attention is the source's multiplied by ``factor``
   (0 removes, 1 changes nothing) — P2P's ``AttentionReweight`` with an equaliser.
 * ``p2p_refine``: the target words are deleted from the prompt; each target token takes the source's attention of
-  the token P2P's global alignment maps it to (:func:`~baselines.alignment.refinement_mapper`) — ``AttentionRefine``.
+  the token P2P's global alignment maps it to (:func:`~magicremover.baselines.alignment.refinement_mapper`) — ``AttentionRefine``.
 
 Cross-attention is edited in the conditional half for the first ``int(cross_replace_steps · (steps + 1))`` steps.
 Self-attention (``self_attention=maps``, P2P's own): for the first ``int(self_replace_steps · steps)`` steps the
@@ -25,7 +25,6 @@ from typing import Literal
 
 import torch
 
-from baselines.alignment import refinement_mapper
 from magicremover.attention import (
     AttentionController,
     AttnContext,
@@ -33,6 +32,7 @@ from magicremover.attention import (
     SelfAttentionKV,
     controlled_attention,
 )
+from magicremover.baselines.alignment import refinement_mapper
 from magicremover.diffusion import cfg_eps, ddim_step, decode_latents, encode_text
 from magicremover.errors import ConfigError, PromptError
 from magicremover.images import Resize

@@ -1,1 +1,1 @@
-"""Evaluation harness: datasets, metrics, logging. Import qualified (``from eval.x import y``)."""
+"""Evaluation harness: datasets, metrics, logging. Import qualified (``from magicremover.eval.x import y``)."""

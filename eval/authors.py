@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from eval.distribution import inception_discriminative_scores
+from magicremover.eval.distribution import inception_discriminative_scores
 from magicremover.outputs import atomic_write
 
 PAD = 2  # torchvision.utils.make_grid's default padding (pad_value 0)
@@ -102,7 +102,7 @@ class AuthorsScores:
 
     Args:
         features: the FID extractor (uint8 ``(N, 3, H, W)`` → ``(N, D)``); theirs is ``metrics.fid_backend=pytorch_fid``.
-        clip: a metric with ``update(images, texts)`` / ``compute()`` (their protocol: :class:`eval.clip.AuthorsClipSimilarity`),
+        clip: a metric with ``update(images, texts)`` / ``compute()`` (their protocol: :class:`magicremover.eval.clip.AuthorsClipSimilarity`),
             or ``None``.
         directory: where each sample's file is written as ``<sample_id>.png`` (so their scripts can be run on it).
     """

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from eval.clip import _tensor
+from magicremover.eval.clip import _tensor
 from magicremover.fullsize import mask_box
 
 EVAL_RESOLUTION = 256
@@ -52,7 +52,7 @@ class ClipAccuracy:
     """Accumulates the box crops' CLIP image embeddings; ``compute()`` scores them against every class seen.
 
     Args:
-        clip, processor: a transformers CLIP model and its processor (see :mod:`eval.clip`).
+        clip, processor: a transformers CLIP model and its processor (see :mod:`magicremover.eval.clip`).
     """
 
     def __init__(self, clip, processor):

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from eval.data import EvalItem, check_size, shard
 from magicremover.errors import ConfigError
+from magicremover.eval.data import EvalItem, check_size, shard
 from magicremover.images import dilate, load_image
 from magicremover.types import RemovalSample
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from eval.data import EvalItem, check_size, shard
-from eval.manifest import check_sample_id, check_unique
 from magicremover.errors import ConfigError
+from magicremover.eval.data import EvalItem, check_size, shard
+from magicremover.eval.manifest import check_sample_id, check_unique
 from magicremover.images import load_image, load_mask
 from magicremover.types import RemovalSample
 

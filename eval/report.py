@@ -4,7 +4,7 @@ A sweep folder holds one run folder per configuration (``<sweep>/<run>/metrics.j
 ``report:`` node of ``conf/artefact/*.yaml``) names the rows, the metric columns, the paper's numbers and the figure;
 :func:`render` writes ``<name>.md``, ``<name>.tex``, ``<name>.png``, ``<name>.json`` and the comparison grid
 ``<name>_grid.png`` (samples × input | attention | each run's output) into the sweep folder.
-:class:`ReportCallback` does so when a Hydra multirun ends; ``python -m experiments.report`` redraws any time.
+:class:`ReportCallback` does so when a Hydra multirun ends; ``python -m magicremover.experiments.report`` redraws any time.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
-from eval.manifest import read_manifests
 from magicremover.errors import ConfigError
+from magicremover.eval.manifest import read_manifests
 
 log = logging.getLogger(__name__)
 

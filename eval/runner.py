@@ -1,4 +1,4 @@
-"""The one resumable sample runner behind ``experiments.evaluate`` and folder mode of ``experiments.remove``.
+"""The one resumable sample runner behind ``magicremover.experiments.evaluate`` and folder mode of ``magicremover.experiments.remove``.
 
 A run is a list of sample ids; each sample goes through three stages, ``load`` (read its image, mask, caption),
 ``run`` (the remover) and ``save`` (its files, then its manifest line). What happens when a stage fails is decided
@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
-from eval.manifest import ManifestWriter, read_manifests
 from magicremover.errors import ConfigError, ModelLoadError, StorageError
+from magicremover.eval.manifest import ManifestWriter, read_manifests
 from magicremover.progress import Progress
 
 log = logging.getLogger("magicremover")

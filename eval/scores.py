@@ -5,7 +5,7 @@ code measured for MagicRemover) — U-IDS / P-IDS against the originals, and CLI
 the class name. Every image is uint8 ``(H, W, 3)``; outputs and references share one resolution.
 
 ``protocol="clean"`` scores those images as they are. ``protocol="authors"`` adds the same scores on the files and
-crops the authors' scripts used (``authors_*`` keys, see :mod:`eval.authors`), so both protocols sit side by side.
+crops the authors' scripts used (``authors_*`` keys, see :mod:`magicremover.eval.authors`), so both protocols sit side by side.
 """
 
 from __future__ import annotations
@@ -17,14 +17,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from eval.authors import AuthorsScores, Sample
-from eval.clip import ClipLoader, clip_scores
-from eval.clip_accuracy import ClipAccuracy
-from eval.distribution import fid, inception_discriminative_scores
-from eval.local_crop import GROW, MIN_SIDE, local_box, local_crop
-from eval.lpips import Lpips, outside_only
-from eval.remove_score import MARGIN, RemoveScore
 from magicremover.errors import ConfigError
+from magicremover.eval.authors import AuthorsScores, Sample
+from magicremover.eval.clip import ClipLoader, clip_scores
+from magicremover.eval.clip_accuracy import ClipAccuracy
+from magicremover.eval.distribution import fid, inception_discriminative_scores
+from magicremover.eval.local_crop import GROW, MIN_SIDE, local_box, local_crop
+from magicremover.eval.lpips import Lpips, outside_only
+from magicremover.eval.remove_score import MARGIN, RemoveScore
 
 PROTOCOLS = ("clean", "authors")
 
@@ -34,15 +34,15 @@ class SetScores:
 
     Args:
         features: the FID / IDS extractor (uint8 ``(N, 3, H, W)`` → ``(N, D)``), or ``None`` for no FID / IDS.
-        clip: a CLIP loader (see :mod:`eval.clip`), or ``None`` for no CLIP similarity.
+        clip: a CLIP loader (see :mod:`magicremover.eval.clip`), or ``None`` for no CLIP similarity.
         batch_size: images per extractor call.
         fid_backend: the Inception port the extractor is (recorded in ``fid_settings``), if it is one.
         clip_protocol: ``torchmetrics`` (100 · clipped cosine) or ``authors`` (plain cosine, their resize); see
-            :mod:`eval.clip`.
+            :mod:`magicremover.eval.clip`.
         protocol: ``clean``, or ``authors`` to add the authors' files, crops and statistics (``authors_*`` keys).
-        remove_score: a :class:`~eval.remove_score.RemoveScore`, or ``None`` for no ReMOVE score.
-        clip_accuracy: also CLIP@1/3/5 and CLIP distance on the mask's box (:mod:`eval.clip_accuracy`; needs ``clip``).
-        lpips: an :class:`~eval.lpips.Lpips`, or ``None`` for no LPIPS.
+        remove_score: a :class:`~magicremover.eval.remove_score.RemoveScore`, or ``None`` for no ReMOVE score.
+        clip_accuracy: also CLIP@1/3/5 and CLIP distance on the mask's box (:mod:`magicremover.eval.clip_accuracy`; needs ``clip``).
+        lpips: an :class:`~magicremover.eval.lpips.Lpips`, or ``None`` for no LPIPS.
     """
 
     def __init__(
@@ -54,7 +54,7 @@ class SetScores:
         clip_protocol: str = "torchmetrics",
         protocol: str = "clean",
         remove_score: RemoveScore | None = None,
-        clip_accuracy: bool = False,
+        clip_accuracy: bool = True,
         lpips: Lpips | None = None,
     ):
         if protocol not in PROTOCOLS:
@@ -83,7 +83,7 @@ class SetScores:
             self.authors.directory = directory
 
     def add(self, sample: Sample) -> None:
-        """One finished sample (see :class:`eval.authors.Sample`)."""
+        """One finished sample (see :class:`magicremover.eval.authors.Sample`)."""
         self.pending.append(sample)
         if len(self.pending) == self.batch_size:
             self._flush()
@@ -135,7 +135,7 @@ class SetScores:
                     self.remove_scores[key].append(score)
 
     def compute(self) -> dict:
-        """``fid_original``, ``fid_local`` (on crops around the object masks, :mod:`eval.local_crop`),
+        """``fid_original``, ``fid_local`` (on crops around the object masks, :mod:`magicremover.eval.local_crop`),
         ``fid_reconstruction`` (``None`` unless every sample has a reconstruction), ``u_ids``, ``p_ids``,
         ``clip_similarity`` (outputs) and ``clip_similarity_input``, ``lpips_outside`` and ``lpips_gt``,
         ``clip_acc@1/3/5`` and ``clip_distance``, ``remove_score`` (outputs) and ``remove_score_input`` over the samples

@@ -63,6 +63,32 @@ def check_argv(argv: list[str] = sys.argv) -> None:
         sys.exit(2)
 
 
+class OneSacctWarning(logging.Filter):
+    """submitit polls ``sacct`` for job states; on a cluster without accounting every poll fails and it warns again
+    (24 times in a two-shard toy run). The first warning stays, saying the rest are not shown; repeats are dropped.
+    Job states then come from submitit's own files, which is how the launcher still finishes."""
+
+    def __init__(self):
+        super().__init__()
+        self.said = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "Bypassing sacct error" not in record.getMessage():
+            return True
+        if self.said:
+            return False
+        self.said = True
+        record.msg, record.args = f"{record.getMessage()} (SLURM accounting off? Later sacct errors are not shown.)", ()
+        return True
+
+
+def quiet_sacct() -> None:
+    """Install :class:`OneSacctWarning` on submitit's logger (the launcher's process; harmless without SLURM)."""
+    logger = logging.getLogger("submitit")
+    if not any(isinstance(f, OneSacctWarning) for f in logger.filters):
+        logger.addFilter(OneSacctWarning())
+
+
 def output_dir(cfg: DictConfig) -> Path:
     """``out_dir=`` when given, else the Hydra run directory."""
     return Path(cfg.out_dir) if cfg.get("out_dir") else Path(HydraConfig.get().runtime.output_dir)
@@ -74,7 +100,7 @@ THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "TORCH_NUM_THREADS")
 def cpu_threads(environ=os.environ, cores: int | None = None) -> int | None:
     """The torch thread count the entry points use when the user set none: one fewer than the cores this process may
     run on (SLURM's cpuset included), at least one. Torch's default, every core, collapses ~40× as soon as another
-    process takes one of them (measured: ``python -m experiments.benchmark --threads``). ``None`` when the user chose.
+    process takes one of them (measured: ``python -m magicremover.experiments.benchmark --threads``). ``None`` when the user chose.
     """
     if any(environ.get(name) for name in THREAD_VARIABLES):
         return None

@@ -1,7 +1,7 @@
 """A web demo: upload a photo, type its caption, tick the word(s) to remove, and see input | attention | mask | output.
 
-    python -m experiments.app                          # the embedded toy model, http://127.0.0.1:7860
-    python -m experiments.app model=sd15 server.port=8000
+    python -m magicremover.experiments.app                          # the embedded toy model, http://127.0.0.1:7860
+    python -m magicremover.experiments.app model=sd15 server.port=8000
 
 The model loads once; each run builds the chosen method on it (cheap) with the knobs on the page. Every run's
 full-size ``output.png`` is also kept, in a folder of its own under ``outputs/app/<start time>/`` (named by the
@@ -20,22 +20,22 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home: the
 
 import hydra  # noqa: E402
 import numpy as np  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
-from experiments._cli import check_argv, run_entry_point  # noqa: E402
-from experiments.remove import EXAMPLE_PROMPT, example_image  # noqa: E402
 from magicremover.api import Pipeline  # noqa: E402
 from magicremover.config import CONFIG_DIR, build_remover, compose_config  # noqa: E402
 from magicremover.errors import UserError  # noqa: E402
+from magicremover.experiments._cli import check_argv, run_entry_point  # noqa: E402
+from magicremover.experiments.remove import EXAMPLE_PROMPT, example_image  # noqa: E402
 from magicremover.fullsize import STRATEGIES  # noqa: E402
 from magicremover.method.settings import Settings  # noqa: E402
 from magicremover.outputs import save_image  # noqa: E402
 
 METHODS = ("magicremover", "magicremover_fast", "magicremover_paper", "magicremover_coco", "p2p_reweight")
 DEFAULTS = Settings()  # the sliders start at the method's defaults (one source: the dataclass)
-OWN_INVERSION = {"magicremover_fast"}  # presets that choose their inversion themselves
 _WORD = re.compile(r"[A-Za-z][A-Za-z'-]*")
 
 
@@ -90,10 +90,12 @@ class Demo:
     Args:
         cfg: the composed ``conf/app.yaml``.
         out_dir: where every run's files are written.
+        inversion: the app's own ``inversion=``/``inversion.*`` command-line overrides, passed on to every method;
+            without them each preset inverts as it chooses (``magicremover_fast``: negative-prompt inversion).
     """
 
-    def __init__(self, cfg: DictConfig, out_dir: Path):
-        self.cfg, self.out_dir = cfg, out_dir
+    def __init__(self, cfg: DictConfig, out_dir: Path, inversion: list[str] | tuple[str, ...] = ()):
+        self.cfg, self.out_dir, self.inversion = cfg, out_dir, list(inversion)
         self.components = instantiate(cfg.model)
 
     def pipeline(self, method: str, steps: int, lambda_: float, threshold: float, strategy: str = "auto") -> Pipeline:
@@ -101,12 +103,11 @@ class Demo:
         overrides = [f"method={method}", f"num_inference_steps={int(steps)}", f"device={self.cfg.device}"]
         overrides += [f"paste.strategy={strategy}"]
         overrides += [f"cache_dir={self.cfg.cache_dir}" if self.cfg.cache_dir else "cache_dir=null"]
-        if method.startswith("magicremover"):
-            overrides += [f"method.lambda_={lambda_}", f"method.mask_threshold={threshold}"]
-        cfg = compose_config("remove", overrides)
+        cfg = compose_config("remove", overrides + self.inversion)
+        for key, value in (("lambda_", lambda_), ("mask_threshold", threshold)):  # the page's sliders, where they apply
+            if key in cfg.method:
+                cfg.method[key] = value
         cfg.model = self.cfg.model
-        if method not in OWN_INVERSION:
-            cfg.inversion = self.cfg.inversion  # re-rooted: ${num_inference_steps} is the page's
         return Pipeline(cfg, build_remover(cfg, components=self.components))
 
     def run(self, photo, caption, words, method, steps, lambda_, threshold, strategy, editor):
@@ -181,7 +182,8 @@ def build(demo: Demo):
 
 def serve(cfg: DictConfig, out_dir: Path) -> None:
     """Load the model and serve the page until interrupted."""
-    page = build(Demo(cfg, out_dir))
+    inversion = [o for o in HydraConfig.get().overrides.task if o.lstrip("+~").startswith(("inversion=", "inversion."))]
+    page = build(Demo(cfg, out_dir, inversion))
     page.queue().launch(
         server_name=cfg.server.host,
         server_port=cfg.server.port,
@@ -196,6 +198,11 @@ def main(cfg: DictConfig) -> None:
     run_entry_point(serve, cfg)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """``magicremover-app``, the same command as ``python -m magicremover.experiments.app``."""
     check_argv()
     main()
+
+
+if __name__ == "__main__":
+    cli()

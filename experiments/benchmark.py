@@ -1,11 +1,11 @@
 """Cost benchmark: UNet calls per image and per sweep, controller overhead, fast inversion, guided-step memory.
 
-    python -m experiments.benchmark                    # tiny model, ~3 min on 2 idle cores, writes benchmark.json
-    python -m experiments.benchmark --all              # adds the calls-per-inversion rows (2 more minutes)
-    python -m experiments.benchmark --model toy        # the trained toy model (fast-inversion PSNR is meaningful)
-    python -m experiments.benchmark --memory           # adds peak memory of one 512² SD-1.5 guided step (slow)
-    python -m experiments.benchmark --threads          # seconds per UNet call at 1 … all cores (run it idle and busy)
-    python -m experiments.benchmark --device cuda      # per preset at SD-1.5 size: seconds, forward-equivalents, memory
+    python -m magicremover.experiments.benchmark                    # tiny model, ~3 min on 2 idle cores, writes benchmark.json
+    python -m magicremover.experiments.benchmark --all              # adds the calls-per-inversion rows (2 more minutes)
+    python -m magicremover.experiments.benchmark --model toy        # the trained toy model (fast-inversion PSNR is meaningful)
+    python -m magicremover.experiments.benchmark --memory           # adds peak memory of one 512² SD-1.5 guided step (slow)
+    python -m magicremover.experiments.benchmark --threads          # seconds per UNet call at 1 … all cores (run it idle and busy)
+    python -m magicremover.experiments.benchmark --device cuda      # per preset at SD-1.5 size: seconds, forward-equivalents, memory
 
 Figures are medians over ``--repeats`` with their min–max spread; ratios are measured side by side in one run.
 """
@@ -28,10 +28,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from experiments._cli import THREAD_VARIABLES, apply_thread_default, cpu_threads
-from experiments.device_cost import DTYPES, device_cost, device_table, guided_step_peak_memory, memory_comparison
 from magicremover.authors_cost import authors_cost
 from magicremover.config import build_remover, compose_config
+from magicremover.experiments._cli import THREAD_VARIABLES, apply_thread_default, cpu_threads
+from magicremover.experiments.device_cost import (
+    DTYPES,
+    device_cost,
+    device_table,
+    guided_step_peak_memory,
+    memory_comparison,
+)
 from magicremover.images import psnr
 from magicremover.inversion import InversionConfig, invert, reconstruct
 from magicremover.inversion.cache import entry_bytes
@@ -210,7 +216,7 @@ def thread_timing(model: str, repeats: int) -> dict:
     for threads in range(1, cores + 1):
         say(f"seconds per UNet call with {threads} thread(s)")
         env = os.environ | {name: str(threads) for name in THREAD_VARIABLES}
-        done = subprocess.run([sys.executable, "-m", "experiments.benchmark", "--model", model, "--repeats",
+        done = subprocess.run([sys.executable, "-m", "magicremover.experiments.benchmark", "--model", model, "--repeats",
                                str(repeats), "--unet-seconds"], env=env, capture_output=True, text=True, check=True)  # fmt: skip
         timings[threads] = json.loads(done.stdout.strip().splitlines()[-1])
     return {"cores": cores, "default_threads": cpu_threads(environ={}, cores=cores), "seconds_per_call": timings}
@@ -238,7 +244,9 @@ def main() -> None:
     parser.add_argument("--memory", action="store_true", help="also measure one 512² SD-1.5 guided step (≈ 5 min)")
     parser.add_argument("--out", default="benchmark.json")
     parser.add_argument("--threads", action="store_true", help="only time UNet calls per torch thread count")
-    parser.add_argument("--device", help="only the per-preset cost at --size on this device (experiments.device_cost)")
+    parser.add_argument(
+        "--device", help="only the per-preset cost at --size on this device (magicremover.experiments.device_cost)"
+    )
     parser.add_argument("--size", choices=["sd15", "tiny"], default="sd15", help="model size for --device")
     parser.add_argument("--dtypes", nargs="*", choices=list(DTYPES), default=list(DTYPES), help="dtypes for --device")
     parser.add_argument("--guided-step", choices=["ours", "reference"], help=argparse.SUPPRESS)

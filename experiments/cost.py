@@ -1,7 +1,7 @@
 """What a removal costs, by an honest count: forward-equivalents and paired wall time, beside the UNet calls.
 
-    python -m experiments.cost                  # the toy model, the example scene, 3 alternating rounds (~5 min)
-    python -m experiments.cost --repeats 5 --out cost.json
+    python -m magicremover.experiments.cost                  # the toy model, the example scene, 3 alternating rounds (~5 min)
+    python -m magicremover.experiments.cost --repeats 5 --out cost.json
 
 A call can be batch 1 or 2, with or without a backward pass, so calls are a poor proxy for what a GPU pays.
 Forward-equivalents = forward samples + 2 × backward samples + the forwards gradient checkpointing recomputes
@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 
-from experiments._cli import apply_thread_default
-from experiments.remove import EXAMPLE_PROMPT, example_image
 from magicremover.config import build_remover, compose_config
+from magicremover.experiments._cli import apply_thread_default
+from magicremover.experiments.remove import EXAMPLE_PROMPT, example_image
 from magicremover.models import SDComponents, load_pretrained
 from magicremover.types import RemovalSample
 from magicremover.unet_calls import BACKWARD_COST

@@ -1,7 +1,7 @@
 """Cost of each preset at SD-1.5 size on a device: seconds, forward-equivalents and peak memory per 512² image.
 
-    python -m experiments.benchmark --device cuda                  # SD-1.5-size model, random weights, fp16 and fp32
-    python -m experiments.benchmark --device cpu --size tiny       # the same measurement at tiny size (the test suite)
+    python -m magicremover.experiments.benchmark --device cuda                  # SD-1.5-size model, random weights, fp16 and fp32
+    python -m magicremover.experiments.benchmark --device cpu --size tiny       # the same measurement at tiny size (the test suite)
 
 The model is built from SD-1.5's architecture configs with random weights (nothing is downloaded), so the figures
 are cost, not quality: every preset runs its full pipeline (inversion included, no cache) on one image, once to warm
@@ -168,7 +168,7 @@ def memory_comparison() -> dict:
     """Each variant of :func:`guided_step_peak_memory` in its own process, so peaks do not mix."""
     out = {}
     for kind in ("ours", "reference"):
-        done = subprocess.run([sys.executable, "-m", "experiments.benchmark", "--guided-step", kind],
+        done = subprocess.run([sys.executable, "-m", "magicremover.experiments.benchmark", "--guided-step", kind],
                               capture_output=True, text=True, check=True)  # fmt: skip
         out[kind] = json.loads(done.stdout.strip().splitlines()[-1])
     step = {k: v["peak_rss_gb"] - v["rss_before_step_gb"] for k, v in out.items()}

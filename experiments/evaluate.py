@@ -1,7 +1,7 @@
 """Run a remover over a dataset, resumably, and compute metrics.
 
-    python -m experiments.evaluate method=magicremover data=toy out_dir=runs/toy_magic
-    python -m experiments.evaluate method=lama weights.lama=big-lama.pt data=toy out_dir=runs/toy_lama
+    python -m magicremover.experiments.evaluate method=magicremover data=toy out_dir=runs/toy_magic
+    python -m magicremover.experiments.evaluate method=lama weights.lama=big-lama.pt data=toy out_dir=runs/toy_lama
 
 Writes ``outputs/<sample_id>.png`` (unpadded, atomic), one ``manifest*.jsonl`` line per finished sample (status, UNet
 calls, seconds, or the error) and ``metrics.json``. Rerunning the same command skips finished samples. With
@@ -25,23 +25,23 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from tqdm.auto import tqdm
 
-from eval import runner
-from eval.authors import Sample
-from eval.manifest import check_sample_id, check_unique, read_manifests
-from eval.metrics import ground_truth_metrics
-from eval.redact import loggable_config
-from eval.run_guard import check_numbers, check_resume, prepare_out_dir
-from eval.scores import SetScores
-from experiments._cli import check_argv, log, run_entry_point
 from magicremover.config import CONFIG_DIR, build_remover
 from magicremover.errors import ConfigError
+from magicremover.eval import runner
+from magicremover.eval.authors import Sample
+from magicremover.eval.manifest import check_sample_id, check_unique, read_manifests
+from magicremover.eval.metrics import ground_truth_metrics
+from magicremover.eval.redact import loggable_config
+from magicremover.eval.run_guard import check_numbers, check_resume, prepare_out_dir
+from magicremover.eval.scores import SetScores
+from magicremover.experiments._cli import check_argv, log, quiet_sacct, run_entry_point
 from magicremover.images import fit_mask, fit_to_model, load_image, to_pil
 from magicremover.outputs import atomic_write, save_image
 from magicremover.types import RemovalResult
 
 
 class EvaluationSteps:
-    """One dataset sample through the runner's stages (:mod:`eval.runner`): ``dataset[index]``, the remover, its
+    """One dataset sample through the runner's stages (:mod:`magicremover.eval.runner`): ``dataset[index]``, the remover, its
     images under ``out_dir`` (and, for the first ``grid_samples``, its fitted input) and its record."""
 
     def __init__(self, cfg: DictConfig, out_dir: Path, dataset, remover=None):
@@ -80,7 +80,7 @@ class EvaluationSteps:
 
 
 def run_samples(cfg: DictConfig, out_dir: Path, dataset, build, tracker) -> None:
-    """Remove the object of every sample not yet finished in a manifest of ``out_dir`` (policy: :mod:`eval.runner`);
+    """Remove the object of every sample not yet finished in a manifest of ``out_dir`` (policy: :mod:`magicremover.eval.runner`);
     ``build()`` makes the remover, only when there is work. Each finished sample is also logged to the tracker (its
     step = its index), so a crashed run still shows how far it got."""
     shards = (cfg.data.num_shards, cfg.data.shard_index)
@@ -257,6 +257,12 @@ def main(cfg: DictConfig) -> float | None:
     return objective(cfg, run_entry_point(evaluate, cfg))
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """``magicremover-evaluate``, the same command as ``python -m magicremover.experiments.evaluate``."""
     check_argv()
+    quiet_sacct()
     main()
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,5 +1,5 @@
-"""Folder mode of ``experiments.remove``: every photo of a folder, glob or list file, resumable, one record each
-(through the same sample runner as ``experiments.evaluate``)."""
+"""Folder mode of ``magicremover.experiments.remove``: every photo of a folder, glob or list file, resumable, one record each
+(through the same sample runner as ``magicremover.experiments.evaluate``)."""
 
 from __future__ import annotations
 
@@ -13,13 +13,13 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
-from eval.manifest import read_manifests
-from eval.redact import loggable_config
-from eval.run_guard import RESULT_KEYS, RUN_FILE, fingerprint, prepare_out_dir
-from eval.runner import is_done, run_samples
-from experiments._cli import log
 from magicremover.api import Pipeline, Removal, default_prompt
 from magicremover.errors import ConfigError, ImageError, UserError
+from magicremover.eval.manifest import read_manifests
+from magicremover.eval.redact import loggable_config
+from magicremover.eval.run_guard import RESULT_KEYS, RUN_FILE, fingerprint, prepare_out_dir
+from magicremover.eval.runner import is_done, run_samples
+from magicremover.experiments._cli import log
 from magicremover.inputs import as_pil
 from magicremover.outputs import atomic_write, save_image
 from magicremover.target_tokens import find_target
@@ -174,7 +174,7 @@ def grid(*images: Image.Image) -> Image.Image:
 
 
 class FolderSteps:
-    """One photo through the runner's stages (:mod:`eval.runner`): read it, remove its target at full size, write
+    """One photo through the runner's stages (:mod:`magicremover.eval.runner`): read it, remove its target at full size, write
     ``<name>.png`` (and ``<name>_grid.png``) and its record."""
 
     def __init__(self, cfg: DictConfig, out_dir: Path, jobs: list[Job], pipe: Pipeline | None = None):
@@ -200,7 +200,7 @@ class FolderSteps:
 
 
 def run_folder(cfg: DictConfig, out_dir: Path, images: list[Path]) -> dict:
-    """Run every photo not finished in ``out_dir/results.jsonl`` (error policy: :mod:`eval.runner`; a photo that
+    """Run every photo not finished in ``out_dir/results.jsonl`` (error policy: :mod:`magicremover.eval.runner`; a photo that
     failed before is tried again); the model loads, and every caption is checked, only when there is work."""
     if cfg.mask:
         raise ConfigError(f"mask={cfg.mask} is for one photo; leave it out in folder mode (image={cfg.image})")

@@ -2,9 +2,9 @@
 never used to choose a setting) removed text-only and with the object's mask, per framing strategy, scored inside and
 outside the object against the ground truth, with paired bootstrap intervals.
 
-    python -m experiments.photo_report --photos 30 --out runs/photos --part 0 --parts 2 &   # resumable, row by row
-    python -m experiments.photo_report --photos 30 --out runs/photos --part 1 --parts 2
-    python -m experiments.photo_report --photos 30 --out runs/photos --summary             # the markdown table
+    python -m magicremover.experiments.photo_report --photos 30 --out runs/photos --part 0 --parts 2 &   # resumable, row by row
+    python -m magicremover.experiments.photo_report --photos 30 --out runs/photos --part 1 --parts 2
+    python -m magicremover.experiments.photo_report --photos 30 --out runs/photos --summary             # the markdown table
 
 ``--margins 1.75,2.5,3.5 --first-seed 32000000`` runs a tuning set instead: mask and text, ``auto``, at each
 ``paste.crop_margin`` (the share of the model's square the object spans is its inverse), on photos drawn apart from
@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from experiments._cli import apply_thread_default
-from experiments.toy_report import paired_interval
 from magicremover import Pipeline
+from magicremover.experiments._cli import apply_thread_default
+from magicremover.experiments.toy_report import paired_interval
 from magicremover.fullsize import mask_box, model_input, whole
 from magicremover.images import psnr
 from magicremover.locate import locate

@@ -1,9 +1,9 @@
 """Remove an object from one photo, or from every photo of a folder.
 
-    python -m experiments.remove image=photo.jpg target=dog model=sd15          # prompt: "a photo of a dog"
-    python -m experiments.remove image=photo.jpg target=[dog,cat] prompt="a dog and a cat on a sofa"
-    python -m experiments.remove image=photos/ target=dog out_dir=no-dogs grid=true
-    python -m experiments.remove image=photos/ targets=targets.csv out_dir=no-dogs
+    python -m magicremover.experiments.remove image=photo.jpg target=dog model=sd15          # prompt: "a photo of a dog"
+    python -m magicremover.experiments.remove image=photo.jpg target=[dog,cat] prompt="a dog and a cat on a sofa"
+    python -m magicremover.experiments.remove image=photos/ target=dog out_dir=no-dogs grid=true
+    python -m magicremover.experiments.remove image=photos/ targets=targets.csv out_dir=no-dogs
 
 One photo writes ``output.png`` (at the photo's size; pixels away from the object are the input's bytes),
 ``mask.png``, ``attention.png``, ``reconstruction.png`` (those the method produces) and ``result.json`` (resolved
@@ -22,12 +22,12 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from eval.redact import loggable_config
-from eval.run_guard import prepare_out_dir
-from experiments._cli import check_argv, log, run_entry_point
-from experiments.folder_mode import find_images, run_folder
 from magicremover.api import Pipeline
 from magicremover.config import CONFIG_DIR
+from magicremover.eval.redact import loggable_config
+from magicremover.eval.run_guard import prepare_out_dir
+from magicremover.experiments._cli import check_argv, log, run_entry_point
+from magicremover.experiments.folder_mode import find_images, run_folder
 from magicremover.outputs import atomic_write, save_image
 
 EXAMPLE_PROMPT = "a photo of a red circle on horizontal stripes"
@@ -74,6 +74,11 @@ def main(cfg: DictConfig) -> None:
     run_entry_point(remove, cfg)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """``magicremover-remove``, the same command as ``python -m magicremover.experiments.remove``."""
     check_argv()
     main()
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,6 +1,6 @@
 """Redraw an artefact (``conf/artefact/<name>.yaml``) from a finished sweep's ``metrics.json`` files.
 
-    python -m experiments.report artefact=fig9 sweep_dir=runs/fig9
+    python -m magicremover.experiments.report artefact=fig9 sweep_dir=runs/fig9
 
 A multirun with ``+artefact=<name>`` renders the same files when it ends; this command is for sweeps finished in
 pieces (shards on a cluster, then ``metrics_only=true``) or tables restyled later.
@@ -13,10 +13,10 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from eval.report import render
-from experiments._cli import check_argv, run_entry_point
 from magicremover.config import CONFIG_DIR
 from magicremover.errors import ConfigError
+from magicremover.eval.report import render
+from magicremover.experiments._cli import check_argv, run_entry_point
 
 
 def report(cfg: DictConfig, _: Path) -> dict[str, Path]:
@@ -31,6 +31,11 @@ def main(cfg: DictConfig) -> None:
     run_entry_point(report, cfg)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """``magicremover-report``, the same command as ``python -m magicremover.experiments.report``."""
     check_argv()
     main()
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,9 +1,9 @@
 """Measure the toy model's quality gates and removal figures; print them and write ``toy_report.json``.
 
-    python -m experiments.toy_report                       # the embedded toy model, 50 held-out scenes
-    python -m experiments.toy_report --model DIR --scenes 20 --out report/
-    python -m experiments.toy_report --scenes 25 --start 25 --skip vae samples attention inversion subsets   # a second half
-    python -m experiments.toy_report --skip vae samples attention inversion --variants magicremover p2p_reweight
+    python -m magicremover.experiments.toy_report                       # the embedded toy model, 50 held-out scenes
+    python -m magicremover.experiments.toy_report --model DIR --scenes 20 --out report/
+    python -m magicremover.experiments.toy_report --scenes 25 --start 25 --skip vae samples attention inversion subsets   # a second half
+    python -m magicremover.experiments.toy_report --skip vae samples attention inversion --variants magicremover p2p_reweight
 
 The figures go into the model card (``magicremover/assets/toy/README.md``).
 """
@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from experiments._cli import apply_thread_default
 from magicremover.config import build_remover, compose_config
+from magicremover.experiments._cli import apply_thread_default
 from magicremover.models import load_pretrained
 from magicremover.toy import toy_model_dir
 from magicremover.toy.quality import (

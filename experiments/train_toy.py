@@ -1,7 +1,7 @@
 """Train the toy model on CPU: the VAE first, then the text encoder and UNet; resumable; exports a diffusers folder.
 
-    python -m experiments.train_toy                      # full run (work_dir=toy_training, out_dir=models/toy)
-    python -m experiments.train_toy vae.steps=50 unet.steps=50 pool_size=256   # a smoke run
+    python -m magicremover.experiments.train_toy                      # full run (work_dir=toy_training, out_dir=models/toy)
+    python -m magicremover.experiments.train_toy vae.steps=50 unet.steps=50 pool_size=256   # a smoke run
 
 Rerunning the same command resumes from the last checkpoint in ``work_dir``. Sample grids from held-out captions
 are written to ``work_dir/samples`` every ``sample_every`` steps.
@@ -23,10 +23,10 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from experiments._cli import check_argv, run_entry_point
 from magicremover.attention import CrossAttentionStore, controlled_attention
 from magicremover.config import CONFIG_DIR
 from magicremover.errors import ConfigError
+from magicremover.experiments._cli import check_argv, run_entry_point
 from magicremover.images import to_pil
 from magicremover.models import SDComponents, build_ddim_scheduler
 from magicremover.toy.model import ScenePool, toy_modules
@@ -256,6 +256,11 @@ def main(cfg: DictConfig) -> None:
     run_entry_point(lambda cfg, _out_dir: run(cfg), cfg)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """``magicremover-train-toy``, the same command as ``python -m magicremover.experiments.train_toy``."""
     check_argv()
     main()
+
+
+if __name__ == "__main__":
+    cli()

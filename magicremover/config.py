@@ -9,15 +9,18 @@ it there), so every entry point and the API read the same configs whether the pa
 partial and calls it with the loaded components (``cfg.model``, or components already loaded). A config without it
 is a remover complete in itself (LaMa), built without loading any diffusion model.
 
-Each knob's default lives once, in its dataclass (:class:`~magicremover.method.settings.Settings`,
-:class:`~magicremover.inversion.InversionConfig`): importing this module registers them as the Hydra configs
-``method/magicremover_settings`` and ``inversion/inversion_settings``, which ``conf/method/magicremover.yaml`` and
-``conf/inversion/null_text.yaml`` list first in their defaults; presets and ablations override single keys.
+Each knob's default lives once, in the signature of the ``_target_`` it configures (or, for a callable taking
+``**settings``, in the dataclass it names as ``settings_type``: :class:`~magicremover.method.settings.Settings`).
+``conf/signature/<target>.yaml`` holds those defaults, generated from the code by
+``python -m magicremover.experiments.signatures`` and checked against it by the tests; a preset lists its target's
+signature first in its defaults and writes only the keys it binds to a shared knob (``${seed}``) or changes, each
+change with a comment saying why. So every key can be overridden from the command line, and none is written twice.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -30,31 +33,38 @@ _CHECKOUT = Path(__file__).resolve().parents[1] / "conf"
 CONFIG_DIR = _PACKAGED if _PACKAGED.is_dir() else _CHECKOUT
 """The folder holding ``remove.yaml``, ``evaluate.yaml``, … (for ``@hydra.main(config_path=...)``)."""
 
-# Keys every method config carries for the harness rather than as method settings.
-_SHARED_METHOD_KEYS = ("_target_", "_partial_", "inversion", "resize", "cache_dir")
+SIGNATURE_GROUP = "signature"
+"""The config group of the generated signature nodes (``conf/signature/<module>.<name>.yaml``)."""
+
+_YAML_SCALARS = (str, int, float, bool, type(None))
 
 
-def dataclass_defaults(cls) -> dict:
-    """A dataclass's field defaults as a plain config node (nested dataclasses, e.g. a ``Window``, as lists)."""
+def _yaml_value(value):
+    """``value`` as YAML holds it (tuples as lists), or ``None`` when it is no YAML scalar or list of them."""
+    if isinstance(value, (tuple, list)) and all(isinstance(item, _YAML_SCALARS) for item in value):
+        return [_yaml_value(item) for item in value]
+    if isinstance(value, _YAML_SCALARS):
+        return float(value) if isinstance(value, float) else value
+    return None
+
+
+def signature_defaults(target: str) -> dict:
+    """The keyword defaults of ``target`` (a ``_target_`` path) that YAML can hold, in signature order: its parameters
+    with a scalar or list default, then, for a callable taking ``**settings`` with a ``settings_type`` dataclass,
+    that dataclass's fields (nested dataclasses, e.g. a ``Window``, as lists)."""
+    from hydra.utils import get_object
+
+    obj = get_object(target)
     values = {}
-    for item in dataclasses.fields(cls):
-        value = item.default
-        values[item.name] = list(dataclasses.astuple(value)) if dataclasses.is_dataclass(value) else value
+    for name, parameter in inspect.signature(obj).parameters.items():
+        value = _yaml_value(parameter.default)
+        if parameter.default is not parameter.empty and (value is not None or parameter.default is None):
+            values[name] = value
+    settings_type = getattr(obj, "settings_type", None)
+    for item in dataclasses.fields(settings_type) if settings_type else ():
+        default = item.default
+        values[item.name] = _yaml_value(dataclasses.astuple(default) if dataclasses.is_dataclass(default) else default)
     return values
-
-
-def _register_defaults() -> None:
-    from hydra.core.config_store import ConfigStore
-
-    from magicremover.inversion.core import InversionConfig
-    from magicremover.method.settings import Settings
-
-    store = ConfigStore.instance()
-    store.store(group="method", name="magicremover_settings", node=dataclass_defaults(Settings))
-    store.store(group="inversion", name="inversion_settings", node=dataclass_defaults(InversionConfig))
-
-
-_register_defaults()
 
 
 def config_dir() -> Path:
@@ -107,9 +117,14 @@ def build_remover(cfg: DictConfig, components=None) -> Remover:
 
 
 def method_settings(preset: str, *overrides: str) -> dict:
-    """The method keys of a preset (``conf/method/<preset>.yaml``), without the shared ones, as plain Python."""
+    """The settings of a preset (``conf/method/<preset>.yaml``) as plain Python: the fields of its target's
+    ``settings_type`` (:class:`~magicremover.method.settings.Settings` for MagicRemover), without the arguments every
+    remover takes (inversion, resize, cache)."""
+    from hydra.utils import get_object
+
     cfg = compose_config("remove", [f"method={preset}", *overrides])
-    settings = OmegaConf.to_container(cfg.method, resolve=True)
-    for shared in _SHARED_METHOD_KEYS:
-        settings.pop(shared, None)
-    return settings
+    settings_type = getattr(get_object(cfg.method._target_), "settings_type", None)
+    if settings_type is None:
+        raise ConfigError(f"method={preset} has no settings_type: its keys are its constructor's")
+    fields = {item.name for item in dataclasses.fields(settings_type)}
+    return {key: value for key, value in OmegaConf.to_container(cfg.method, resolve=True).items() if key in fields}

@@ -11,7 +11,9 @@ from typing import Iterator
 
 import torch
 
-BACKWARD_COST = 2  # one backward pass ≈ two forward passes (the usual rule; checked by experiments.benchmark)
+BACKWARD_COST = (
+    2  # one backward pass ≈ two forward passes (the usual rule; checked by magicremover.experiments.benchmark)
+)
 
 
 @dataclass
@@ -37,7 +39,7 @@ class StageCount:
     @property
     def forward_equivalents(self) -> int:
         """What the stage cost in single-sample UNet forwards: forward samples + 2 × backward samples (a backward
-        costs about two forwards; ``experiments.benchmark`` measures the ratio) + the recomputed forwards."""
+        costs about two forwards; ``magicremover.experiments.benchmark`` measures the ratio) + the recomputed forwards."""
         return self.samples + BACKWARD_COST * self.backward_samples + self.recomputed_samples
 
     def record(self) -> dict:

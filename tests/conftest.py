@@ -36,7 +36,7 @@ def toy():
 
 @pytest.fixture(scope="session")
 def example_image() -> Image.Image:
-    from experiments.remove import example_image
+    from magicremover.experiments.remove import example_image
 
     return Image.open(example_image()).convert("RGB")
 
@@ -198,7 +198,7 @@ def bert_vocab(tmp_path_factory):
 @pytest.fixture(scope="session")
 def inst_inpaint_weights(tmp_path_factory):
     """A tiny random Inst-Inpaint in our converted format (.safetensors recording its architecture)."""
-    from baselines.inst_inpaint import Architecture, InstInpaintModel
+    from magicremover.baselines.inst_inpaint import Architecture, InstInpaintModel
 
     torch.manual_seed(1)
     path = tmp_path_factory.mktemp("inst_inpaint") / "inst-inpaint-tiny.safetensors"
@@ -208,7 +208,7 @@ def inst_inpaint_weights(tmp_path_factory):
 
 # The longest modules first: with ``-n 2 --dist loadscope`` (the README's command) a module runs on one worker, so
 # one started last would run alone at the end while the other worker idles.
-LONG_MODULES = ("test_toy_behaviour.py", "test_notebooks.py", "test_research_loop.py", "test_report.py",
+LONG_MODULES = ("test_toy_behaviour.py", "test_slurm.py", "test_notebooks.py", "test_research_loop.py", "test_report.py",
                 "test_shards.py", "test_storage.py", "test_api.py", "test_cli_remove.py", "test_locate.py",
                 "test_photo_runs.py", "test_app.py")  # fmt: skip
 

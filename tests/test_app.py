@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from experiments.app import caption_words, drawn_mask, framed
+from magicremover.config import compose_config
+from magicremover.experiments.app import Demo, caption_words, drawn_mask, framed
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -43,6 +44,18 @@ def test_the_input_panel_draws_each_passes_object_box_and_crop():
     assert tuple(shown[30, 50]) == (40, 120, 255)  # the coarse pass's box
 
 
+def test_each_method_inverts_as_its_preset_says_unless_the_app_is_told_and_gets_only_its_own_sliders(tmp_path):
+    demo = Demo(compose_config("app", ["device=cpu", "cache_dir=null"]), tmp_path)
+    fast, default, p2p = (
+        demo.pipeline(m, 10, 0.5, 0.3).cfg for m in ("magicremover_fast", "magicremover", "p2p_reweight")
+    )
+    assert (fast.inversion.method, default.inversion.method) == ("negative_prompt", "null_text")
+    assert fast.inversion.num_inference_steps == 10 and default.method.lambda_ == 0.5
+    assert default.method.mask_threshold == 0.3 and "lambda_" not in p2p.method
+    told = Demo(compose_config("app", ["device=cpu", "cache_dir=null"]), tmp_path, ["inversion=ddim"])
+    assert told.pipeline("magicremover_fast", 10, 0.5, 0.3).cfg.inversion.method == "ddim"
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -56,7 +69,9 @@ def server(tmp_path):
     overrides = [f"server.port={port}", "device=cpu", "cache_dir=null", f"out_dir={tmp_path / 'runs'}",
                  "inversion=negative_prompt", "num_inference_steps=20"]  # fmt: skip
     log = open(tmp_path / "app.log", "w")
-    process = subprocess.Popen([sys.executable, "-m", "experiments.app", *overrides], env=env, stdout=log, stderr=log)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "magicremover.experiments.app", *overrides], env=env, stdout=log, stderr=log
+    )
     url = f"http://127.0.0.1:{port}/"
     try:
         for _ in range(240):

@@ -15,9 +15,9 @@ from diffusers.models.attention_processor import Attention
 from oracles.ae_aas import AAS, regiter_attention_editor_diffusers
 from PIL import Image
 
-from baselines.attentive_eraser import AttentionActivationSuppression, AttentiveEraser
 from magicremover.attention import controlled_attention
 from magicremover.attention.processor import ControlledAttnProcessor
+from magicremover.baselines.attentive_eraser import AttentionActivationSuppression, AttentiveEraser
 from magicremover.config import build_remover, compose_config
 from magicremover.diffusion import encode_image, encode_text
 from magicremover.errors import ConfigError, ImageError
@@ -206,9 +206,9 @@ def test_bad_inputs_are_one_line_errors_before_any_unet_call(tiny, example_image
 
 @pytest.mark.parametrize("preset", ["attentive_eraser", "attentive_eraser_dip"])
 def test_both_variants_remove_the_toy_object_from_evaluate_remove_and_the_api(toy, tmp_path, preset):
-    from experiments import evaluate as ev
-    from experiments.remove import remove
     from magicremover import Pipeline
+    from magicremover.experiments import evaluate as ev
+    from magicremover.experiments.remove import remove
 
     quick = [f"method={preset}", "num_inference_steps=12", "device=cpu", "cache_dir=null"]
     cfg = compose_config("evaluate", [*quick, f"out_dir={tmp_path / 'eval'}", "data=toy", "data.size=2"])

@@ -11,11 +11,11 @@ import torchvision.transforms.functional as TF
 import torchvision.utils
 from PIL import Image
 
-from eval.authors import AuthorsScores, Sample, crops, grid, strip
-from eval.clip import tiny_clip
-from eval.features import TinyFeatures, inception
-from eval.scores import SetScores
 from magicremover.errors import ConfigError
+from magicremover.eval.authors import AuthorsScores, Sample, crops, grid, strip
+from magicremover.eval.clip import tiny_clip
+from magicremover.eval.features import TinyFeatures, inception
+from magicremover.eval.scores import SetScores
 
 
 def _images(seed: int, count: int, side: int) -> list[np.ndarray]:

@@ -9,9 +9,9 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from PIL import Image
 
-from experiments._cli import run_entry_point
-from experiments.remove import remove
 from magicremover.errors import ConfigError, ImageError, UserError
+from magicremover.experiments._cli import run_entry_point
+from magicremover.experiments.remove import remove
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -90,7 +90,7 @@ def test_unknown_config_key_is_refused(tmp_path):
 def test_readme_main_command_runs_offline(tmp_path):
     env = os.environ | {"MAGICREMOVER_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT)}
     done = subprocess.run(
-        [sys.executable, "-m", "experiments.remove", "num_inference_steps=10"],
+        [sys.executable, "-m", "magicremover.experiments.remove", "num_inference_steps=10"],
         cwd=tmp_path,
         env=env,
         capture_output=True,

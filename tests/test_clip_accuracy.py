@@ -6,8 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from eval.clip import tiny_clip
-from eval.clip_accuracy import ClipAccuracy, box_crop, clip_at_n
+from magicremover.eval.clip import tiny_clip
+from magicremover.eval.clip_accuracy import ClipAccuracy, box_crop, clip_at_n
 
 
 def test_clip_at_n_counts_samples_whose_seen_class_left_the_top_n():
@@ -77,8 +77,8 @@ def test_the_scores_equal_an_independent_computation_on_a_tiny_clip():
 
 
 def test_run_scores_carry_the_clip_accuracy_keys_and_skip_unmasked_samples():
-    from eval.authors import Sample
-    from eval.scores import SetScores
+    from magicremover.eval.authors import Sample
+    from magicremover.eval.scores import SetScores
 
     scores = SetScores(clip=tiny_clip(seed=5), clip_accuracy=True)
     for i, (original, output, mask, name) in enumerate(_samples()):

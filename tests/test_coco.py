@@ -6,10 +6,10 @@ import pytest
 from hydra import compose, initialize_config_dir
 from PIL import Image, ImageDraw
 
-from eval.coco import CocoDataset
-from experiments import evaluate as ev
 from magicremover.config import compose_config
 from magicremover.errors import ConfigError
+from magicremover.eval.coco import CocoDataset
+from magicremover.experiments import evaluate as ev
 
 ROOT = Path(__file__).resolve().parents[1]
 

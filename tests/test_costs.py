@@ -48,7 +48,7 @@ def test_our_counters_match_the_same_hand_count(tiny, example_image):
 @pytest.mark.slow
 def test_benchmark_command_runs_offline(tmp_path):
     out = tmp_path / "benchmark.json"
-    subprocess.run([sys.executable, "-m", "experiments.benchmark", "--repeats", "1", "--images", "1", "--out", str(out)],
+    subprocess.run([sys.executable, "-m", "magicremover.experiments.benchmark", "--repeats", "1", "--images", "1", "--out", str(out)],
                    check=True, timeout=600)  # fmt: skip
     report = json.loads(out.read_text())
     assert report["calls_per_preset"]["magicremover"]["edit_calls"] == 110
@@ -75,7 +75,7 @@ def test_the_fast_preset_folds_its_cfg_halves_to_the_same_image_at_the_hand_coun
 
 
 def test_the_cost_command_counts_forward_equivalents_and_pairs_wall_time(tiny):
-    from experiments import cost
+    from magicremover.experiments import cost
 
     factor = cost.backward_factor(tiny, repeats=3)
     assert factor["forward_backward_s"] > factor["forward_s"] > 0 and factor["assumed"] == 2
@@ -94,8 +94,8 @@ def test_the_cost_command_counts_forward_equivalents_and_pairs_wall_time(tiny):
 
 
 def test_the_device_benchmark_runs_each_preset_at_tiny_size_on_the_cpu(tiny, tmp_path):
-    from experiments.device_cost import device_cost, device_table
     from magicremover.config import build_remover, compose_config
+    from magicremover.experiments.device_cost import device_cost, device_table
     from magicremover.toy.quality import held_out_cases
 
     report = device_cost("cpu", "tiny", ["fp32"], repeats=1, presets=("magicremover_fast",))
@@ -109,7 +109,7 @@ def test_the_device_benchmark_runs_each_preset_at_tiny_size_on_the_cpu(tiny, tmp
 
 
 def test_the_device_benchmark_names_the_fix_without_a_gpu():
-    from experiments.device_cost import device_cost
+    from magicremover.experiments.device_cost import device_cost
 
     if torch.cuda.is_available():
         pytest.skip("a GPU is visible")
@@ -119,7 +119,7 @@ def test_the_device_benchmark_names_the_fix_without_a_gpu():
 
 @pytest.mark.slow
 def test_the_sd15_size_model_has_sd15s_parameter_counts():
-    from experiments.device_cost import build_sd15_size
+    from magicremover.experiments.device_cost import build_sd15_size
 
     c = build_sd15_size("cpu", torch.float32)
     count = {name: sum(p.numel() for p in getattr(c, name).parameters()) for name in ("unet", "vae", "text_encoder")}

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 
-from eval.data import ToyDataset, shard
-from eval.metrics import ground_truth_metrics, masked_ssim
-from experiments import evaluate as ev
 from magicremover.errors import ConfigError, PromptError
+from magicremover.eval.data import ToyDataset, shard
+from magicremover.eval.metrics import ground_truth_metrics, masked_ssim
+from magicremover.experiments import evaluate as ev
 from magicremover.images import psnr
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,7 +88,9 @@ def test_a_torn_manifest_line_is_ignored(tmp_path):
 
 def test_methods_needing_masks_are_refused_before_running(tmp_path):
     cfg = _config(tmp_path, "method=sd_inpaint", "data.with_mask=false", "method.path=/nonexistent")
-    with pytest.raises(ConfigError, match="SDInpaint needs mask, which data=eval.data.ToyDataset does not provide"):
+    with pytest.raises(
+        ConfigError, match="SDInpaint needs mask, which data=magicremover.eval.data.ToyDataset does not provide"
+    ):
         ev.evaluate(cfg, Path(cfg.out_dir))
 
 

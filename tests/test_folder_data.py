@@ -8,9 +8,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from eval.folder import FolderDataset
-from experiments import evaluate as ev
 from magicremover.errors import ConfigError
+from magicremover.eval.folder import FolderDataset
+from magicremover.experiments import evaluate as ev
 from magicremover.toy.quality import held_out_cases
 
 ROOT = Path(__file__).resolve().parents[1]

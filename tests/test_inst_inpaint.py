@@ -9,10 +9,10 @@ import torch
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from baselines.inst_inpaint import Architecture, InstInpaint, InstInpaintModel
-from baselines.inst_inpaint.keymap import EMA_PREFIX, convert, ema_name, text_key, vq_key
-from experiments.remove import remove
+from magicremover.baselines.inst_inpaint import Architecture, InstInpaint, InstInpaintModel
+from magicremover.baselines.inst_inpaint.keymap import EMA_PREFIX, convert, ema_name, text_key, vq_key
 from magicremover.errors import ConfigError, ModelLoadError
+from magicremover.experiments.remove import remove
 from magicremover.types import RemovalSample
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -160,7 +160,7 @@ def test_bad_checkpoints_are_refused(checkpoint, tmp_path):
         )
     pickled = tmp_path / "pickled.ckpt"
     torch.save({"state_dict": state, "hyper_parameters": Path("x")}, pickled)
-    with pytest.raises(ModelLoadError, match="python -m baselines.inst_inpaint.convert"):
+    with pytest.raises(ModelLoadError, match="python -m magicremover.baselines.inst_inpaint.convert"):
         InstInpaintModel(Architecture.named("tiny")).load(pickled)
     with pytest.raises(ModelLoadError, match="set weights.inst_inpaint="):
         InstInpaint(weights=None)
@@ -181,7 +181,7 @@ def test_removal_runs_deterministically_and_records_its_handicap(checkpoint, ber
         == first.extras
     )
     # a converted .safetensors file gives the same output
-    from baselines.inst_inpaint.convert import main as convert_main
+    from magicremover.baselines.inst_inpaint.convert import main as convert_main
 
     converted = tmp_path / "inst.safetensors"
     convert_main([str(path), str(converted), "--architecture", "tiny"])

@@ -4,7 +4,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from baselines.lama import AttentionLaMa, LaMa, file_md5
+from magicremover.baselines.lama import AttentionLaMa, LaMa, file_md5
 from magicremover.errors import ImageError, ModelLoadError
 from magicremover.images import dilate
 from magicremover.inversion import InversionConfig
@@ -83,7 +83,7 @@ def test_lama_through_the_cli_without_loading_a_diffusion_model(weights, tmp_pat
 
     from hydra import compose, initialize_config_dir
 
-    from experiments.remove import remove
+    from magicremover.experiments.remove import remove
 
     mask = Image.new("L", example_image.size, 0)
     ImageDraw.Draw(mask).ellipse([20, 20, 44, 44], fill=255)

@@ -59,9 +59,9 @@ def test_the_shared_unets_processors_come_back_and_bad_inputs_fail_before_any_un
 
 
 def test_ledits_pp_runs_from_remove_evaluate_and_the_api(toy, tmp_path):
-    from experiments import evaluate as ev
-    from experiments.remove import remove
     from magicremover import Pipeline
+    from magicremover.experiments import evaluate as ev
+    from magicremover.experiments.remove import remove
 
     quick = [*TOY, "method.num_inversion_steps=6", "cache_dir=null"]
     cfg = compose_config("remove", [*quick, f"out_dir={tmp_path / 'remove'}"])

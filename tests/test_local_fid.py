@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 from scipy import linalg
 
-from eval.local_crop import local_box, local_crop
+from magicremover.eval.local_crop import local_box, local_crop
 
 
 def _mask(box, shape=(64, 64)):
@@ -36,9 +36,9 @@ def _frechet(a, b):
 
 
 def test_fid_local_equals_an_independent_frechet_distance_on_the_crops():
-    from eval.authors import Sample
-    from eval.features import TinyFeatures
-    from eval.scores import SetScores
+    from magicremover.eval.authors import Sample
+    from magicremover.eval.features import TinyFeatures
+    from magicremover.eval.scores import SetScores
 
     rng = np.random.default_rng(0)
     features = TinyFeatures(dim=8, seed=3)

@@ -125,12 +125,12 @@ def test_the_held_out_photos_span_the_sizes_radii_and_edges_the_issue_asks_for()
 
 @pytest.mark.slow
 def test_the_photo_report_writes_a_row_per_photo_and_variant_resumes_and_sums_up(tmp_path):
-    from experiments.photo_report import VARIANTS, summary
+    from magicremover.experiments.photo_report import VARIANTS, summary
 
     command = [
         sys.executable,
         "-m",
-        "experiments.photo_report",
+        "magicremover.experiments.photo_report",
         "--photos",
         "1",
         "--steps",

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torchvision
 
-from eval.lpips import Lpips, load_lpips, outside_only
+from magicremover.eval.lpips import Lpips, load_lpips, outside_only
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +66,8 @@ def test_outside_only_counts_nothing_inside_the_mask(backbone):
 
 
 def test_run_scores_report_lpips_outside_and_against_ground_truth(backbone):
-    from eval.authors import Sample
-    from eval.scores import SetScores
+    from magicremover.eval.authors import Sample
+    from magicremover.eval.scores import SetScores
 
     rng = np.random.default_rng(2)
     metric = Lpips(backbone)

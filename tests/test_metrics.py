@@ -7,12 +7,12 @@ import scipy.linalg
 import torch
 from torch import nn
 
-from eval.authors import Sample
-from eval.clip import clip_scores, load_clip, tiny_clip
-from eval.distribution import fid, inception_discriminative_scores
-from eval.features import TinyFeatures, inception
-from eval.scores import SetScores
 from magicremover.errors import ConfigError, ModelLoadError
+from magicremover.eval.authors import Sample
+from magicremover.eval.clip import clip_scores, load_clip, tiny_clip
+from magicremover.eval.distribution import fid, inception_discriminative_scores
+from magicremover.eval.features import TinyFeatures, inception
+from magicremover.eval.scores import SetScores
 
 
 def _fid_by_hand(a, b):

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from baselines.p2p import PromptToPrompt
+from magicremover.baselines.p2p import PromptToPrompt
 from magicremover.errors import PromptError
 from magicremover.inversion import InversionConfig
 from magicremover.inverting import Reconstruction

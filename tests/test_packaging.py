@@ -62,7 +62,21 @@ def test_the_wheel_finds_its_configs_from_another_folder(unpacked_wheel, tmp_pat
     assert Path(config_dir) == unpacked_wheel / "magicremover" / "conf"
     assert target == "magicremover.method.MagicRemover"
     # Each entry point's @hydra.main reads the packaged configs: its composed config printed, not MissingConfigException.
-    for module, key in (("experiments.remove", "target: circle"), ("experiments.evaluate", "retry_errors: false")):
+    for module, key in (
+        ("magicremover.experiments.remove", "target: circle"),
+        ("magicremover.experiments.evaluate", "retry_errors: false"),
+    ):
         shown = _run_outside(unpacked_wheel, tmp_path, "-m", module, "--cfg", "job")
         assert shown.returncode == 0, (module, shown.stderr[-2000:])
         assert key in shown.stdout, (module, shown.stdout[:500])
+
+
+def test_the_wheel_adds_one_import_name_and_its_commands(unpacked_wheel):
+    """A research project's own ``experiments`` or ``eval`` package is never shadowed by installing this one."""
+    top_level = {p.name.removesuffix(".py") for p in unpacked_wheel.iterdir() if not p.name.endswith(".dist-info")}
+    assert top_level == {"magicremover"}, top_level
+    for harness in ("baselines", "eval", "experiments"):
+        assert (unpacked_wheel / "magicremover" / harness / "__init__.py").is_file(), harness
+    (info,) = unpacked_wheel.glob("*.dist-info")
+    scripts = (info / "entry_points.txt").read_text()
+    assert "magicremover-remove = magicremover.experiments.remove:cli" in scripts, scripts

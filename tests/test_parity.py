@@ -13,9 +13,9 @@ from oracles.ptp_load_512 import load_512
 from oracles.ptp_seq_aligner import get_refinement_mapper
 from PIL import Image, ImageOps
 
-from baselines.alignment import refinement_mapper
-from baselines.p2p import CrossAttentionEdit, PromptToPrompt, SelfAttentionMapEdit
 from magicremover.attention import AttentionController, AttnContext, ComposedController, controlled_attention
+from magicremover.baselines.alignment import refinement_mapper
+from magicremover.baselines.p2p import CrossAttentionEdit, PromptToPrompt, SelfAttentionMapEdit
 from magicremover.clip_tokenizer import build_clip_tokenizer
 from magicremover.images import fit_to_model, to_tensor
 from magicremover.inversion import InversionConfig
@@ -202,7 +202,7 @@ def test_center_crop_equals_load_512(size):
 def test_ids_equal_the_authors_svm_with_their_labels():
     from sklearn.svm import LinearSVC
 
-    from eval.distribution import inception_discriminative_scores
+    from magicremover.eval.distribution import inception_discriminative_scores
 
     rng = np.random.default_rng(4)
     originals = rng.normal(size=(60, 5))

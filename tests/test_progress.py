@@ -2,7 +2,7 @@
 
 import logging
 
-from experiments._cli import cpu_threads
+from magicremover.experiments._cli import cpu_threads
 from magicremover.progress import Progress
 
 

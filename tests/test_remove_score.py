@@ -7,7 +7,7 @@ import torch
 from oracles.remove_crop import find_smallest_bounding_square
 from PIL import Image
 
-from eval.remove_score import RemoveScore, bounding_square, grid_masks, load_remove_score
+from magicremover.eval.remove_score import RemoveScore, bounding_square, grid_masks, load_remove_score
 
 
 def _mask(shape, box):
@@ -98,8 +98,8 @@ def test_an_empty_mask_scores_none_and_a_missing_folder_names_the_fix(sam_folder
 
 
 def test_run_scores_report_remove_score_for_outputs_and_inputs(sam_folder):
-    from eval.authors import Sample
-    from eval.scores import SetScores
+    from magicremover.eval.authors import Sample
+    from magicremover.eval.scores import SetScores
 
     scorer = RemoveScore.from_folder(sam_folder)
     image, mask = _scene()
@@ -118,8 +118,8 @@ def test_evaluate_writes_remove_score_when_weights_sam_is_a_folder(sam_folder, t
     import json
     from pathlib import Path
 
-    from experiments import evaluate as ev
     from magicremover.config import compose_config
+    from magicremover.experiments import evaluate as ev
 
     cfg = compose_config(
         "evaluate",

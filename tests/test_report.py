@@ -9,16 +9,16 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from eval.report import collect, render, row_labels, table
 from magicremover.config import compose_config
 from magicremover.errors import ConfigError
+from magicremover.eval.report import collect, render, row_labels, table
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _sweep(tmp_path, *args):
     env = os.environ | {"PYTHONPATH": str(ROOT), "MAGICREMOVER_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", "experiments.evaluate", "-m", *args, "device=cpu", "num_inference_steps=4",
+    done = subprocess.run([sys.executable, "-m", "magicremover.experiments.evaluate", "-m", *args, "device=cpu", "num_inference_steps=4",
                            "inversion=negative_prompt"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
 
@@ -111,7 +111,7 @@ def test_the_table1_command_produces_its_table_on_the_coco_fixture(
 def test_the_report_command_redraws_a_sweep_and_names_what_is_missing(tmp_path):
     sweep = _fake_sweep(tmp_path / "sweep", {"default": ({"clip_similarity": 20.0, "ok": 3}, "method: {}\n")})
     env = os.environ | {"PYTHONPATH": str(ROOT)}
-    run = lambda *args: subprocess.run([sys.executable, "-m", "experiments.report", *args], cwd=tmp_path, env=env,  # noqa: E731
+    run = lambda *args: subprocess.run([sys.executable, "-m", "magicremover.experiments.report", *args], cwd=tmp_path, env=env,  # noqa: E731
                                        capture_output=True, text=True, timeout=300)  # fmt: skip
     done = run("artefact=fig6", f"sweep_dir={sweep}")
     assert done.returncode == 0, done.stderr[-2000:]

@@ -1,4 +1,4 @@
-"""What a clone holds: every config the README names is committed, and the W&B sweep file names only keys the
+"""What a clone holds: every repository path the README and the docs name is committed, and the W&B sweep file names only keys the
 evaluation accepts."""
 
 import re
@@ -22,12 +22,34 @@ def committed_files() -> set[str]:
     return set(listing.splitlines())
 
 
-def test_every_conf_path_the_readme_names_is_committed():
-    files = committed_files()
-    named = set(re.findall(r"\bconf/[A-Za-z0-9_./-]*[A-Za-z0-9_]", (ROOT / "README.md").read_text()))
-    assert "conf/wandb/sweep_toy.yaml" in named  # the README documents the W&B sweep; it must reach a clone
-    missing = [path for path in sorted(named) if path not in files and not any(f.startswith(path + "/") for f in files)]
-    assert not missing, f"README names {missing}, which git does not track"
+DOCUMENTS = ("README.md", "docs/*.md", "magicremover/assets/toy/README.md")
+FOLDERS = ("conf", "magicremover", "eval", "experiments", "baselines", "tests", "notebooks", "docs")
+
+
+def documents() -> dict[str, str]:
+    return {str(p.relative_to(ROOT)): p.read_text() for pattern in DOCUMENTS for p in sorted(ROOT.glob(pattern))}
+
+
+def test_every_repository_path_the_docs_name_is_committed():
+    files, docs = committed_files(), documents()
+    assert {"README.md", "docs/index.md", "docs/evaluation.md"} <= set(docs)
+    path = re.compile(rf"(?<![\w./-])(?:{'|'.join(FOLDERS)})/[A-Za-z0-9_./-]*[A-Za-z0-9_]")
+    named = {(doc, match) for doc, text in docs.items() for match in path.findall(text)}
+    assert ("docs/evaluation.md", "conf/wandb/sweep_toy.yaml") in named  # the W&B sweep must reach a clone
+    missing = sorted(
+        (doc, name)
+        for doc, name in named
+        if name not in files and not any(f.startswith(name + "/") for f in files) and name != "magicremover/conf"
+    )
+    assert not missing, f"documents name paths git does not track: {missing}"
+
+
+def test_the_readme_is_a_front_door_and_names_nothing_outside_the_repository():
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 200
+    assert max(len(line) for line in readme.splitlines()) <= 120
+    for doc, text in documents().items():
+        assert "../shared" not in text and "/work/" not in text, doc
 
 
 def test_the_wandb_sweep_names_only_keys_evaluate_accepts():

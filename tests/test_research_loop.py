@@ -11,9 +11,9 @@ import yaml
 from hydra import compose, initialize_config_dir
 from wandb_records import history, of_type
 
-from eval.report import grid_rows, row_labels
-from experiments import evaluate as ev
 from magicremover.errors import ConfigError
+from magicremover.eval.report import grid_rows, row_labels
+from magicremover.experiments import evaluate as ev
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["inversion=negative_prompt", "num_inference_steps=10", "device=cpu"]
@@ -21,7 +21,7 @@ FAST = ["inversion=negative_prompt", "num_inference_steps=10", "device=cpu"]
 
 def _run(tmp_path, *args) -> subprocess.CompletedProcess:
     env = os.environ | {"PYTHONPATH": str(ROOT), "MAGICREMOVER_CACHE": str(tmp_path / "cache")}
-    done = subprocess.run([sys.executable, "-m", "experiments.evaluate", *args], cwd=tmp_path, env=env,
+    done = subprocess.run([sys.executable, "-m", "magicremover.experiments.evaluate", *args], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=900)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     return done
@@ -98,7 +98,7 @@ def test_fig6_writes_a_grid_with_the_papers_columns(tmp_path):
 def test_an_artefact_report_run_holds_the_grid_table_and_the_rendered_files(tmp_path, monkeypatch):
     from PIL import Image
 
-    from eval.tracking import WandbTracker
+    from magicremover.eval.tracking import WandbTracker
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     for var in ("WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):

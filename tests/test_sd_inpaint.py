@@ -2,7 +2,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from baselines.sd_inpaint import SDInpaint
+from magicremover.baselines.sd_inpaint import SDInpaint
 from magicremover.errors import ImageError, ModelLoadError
 from magicremover.types import RemovalSample
 

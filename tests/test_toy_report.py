@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from experiments.toy_report import frontier, paired_interval
+from magicremover.experiments.toy_report import frontier, paired_interval
 
 
 def test_the_paired_interval_brackets_the_mean_as_the_normal_approximation_does():
@@ -59,7 +59,7 @@ def test_a_reports_default_preset_row_is_the_frontiers_default(tmp_path):
 
 
 def test_mask_based_removers_get_the_objects_mask_in_the_removal_table(tiny, tmp_path):
-    from experiments.toy_report import removal_table
+    from magicremover.experiments.toy_report import removal_table
     from magicremover.toy.quality import held_out_cases
 
     variants = {"attentive_eraser": ("attentive_eraser", ["num_inference_steps=4"]),

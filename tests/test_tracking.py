@@ -8,9 +8,9 @@ import wandb
 from hydra import compose, initialize_config_dir
 from wandb_records import records
 
-from experiments import evaluate as ev
-from experiments._cli import find_user_error
 from magicremover.errors import ModelLoadError
+from magicremover.experiments import evaluate as ev
+from magicremover.experiments._cli import find_user_error
 
 ROOT = Path(__file__).resolve().parents[1]
 

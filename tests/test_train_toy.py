@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from experiments.train_toy import run
 from magicremover.config import compose_config
 from magicremover.errors import ConfigError
+from magicremover.experiments.train_toy import run
 from magicremover.models import load_pretrained
 
 
@@ -56,7 +56,7 @@ def test_a_colour_rule_that_is_not_a_boolean_is_refused_before_anything_is_writt
 
 
 def test_a_radius_range_it_cannot_draw_is_a_one_line_error_before_anything_is_written(tmp_path):
-    cmd = [sys.executable, "-m", "experiments.train_toy", "scene_radius=[16,12]", f"work_dir={tmp_path / 'work'}",
+    cmd = [sys.executable, "-m", "magicremover.experiments.train_toy", "scene_radius=[16,12]", f"work_dir={tmp_path / 'work'}",
            f"out_dir={tmp_path / 'model'}", f"hydra.run.dir={tmp_path / 'hydra'}"]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
     assert done.returncode == 2, done.stderr

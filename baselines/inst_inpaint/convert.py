@@ -1,9 +1,9 @@
 """Convert the official Inst-Inpaint ``model.ckpt`` once into a safetensors file of our modules:
 
-    python -m baselines.inst_inpaint.convert model.ckpt inst-inpaint.safetensors
+    python -m magicremover.baselines.inst_inpaint.convert model.ckpt inst-inpaint.safetensors
 
 A command above the model (the model reads converted files and tensors-only checkpoints itself), so that the key
-mapping (:mod:`baselines.inst_inpaint.keymap`) is imported by both without a circle.
+mapping (:mod:`magicremover.baselines.inst_inpaint.keymap`) is imported by both without a circle.
 """
 
 from __future__ import annotations
@@ -14,13 +14,15 @@ from pathlib import Path
 
 import torch
 
-from baselines.inst_inpaint.keymap import convert
-from baselines.inst_inpaint.model import Architecture, InstInpaintModel
+from magicremover.baselines.inst_inpaint.keymap import convert
+from magicremover.baselines.inst_inpaint.model import Architecture, InstInpaintModel
 
 
 def main(argv: list[str]) -> None:
     """Convert the official ``model.ckpt`` once into a safetensors file of our modules (``unet.``/``text.``/``vq.``)."""
-    parser = argparse.ArgumentParser(prog="python -m baselines.inst_inpaint.convert", description=main.__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m magicremover.baselines.inst_inpaint.convert", description=main.__doc__
+    )
     parser.add_argument("checkpoint", type=Path, help="the authors' ldm/model.ckpt")
     parser.add_argument("output", type=Path, help="where to write the .safetensors file")
     parser.add_argument("--architecture", default="published", help="published (default) or tiny")

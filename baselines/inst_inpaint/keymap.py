@@ -8,7 +8,7 @@ Official prefixes and where they go:
   registered a second time (``__is_first_stage__``) and is ignored;
 - the schedule buffers are checked against ours (``alphas_cumprod``) or ignored; EMA bookkeeping is ignored.
 Every key is consumed or ignored by a rule; anything else is an error, as is any module weight left unfilled.
-The one-off conversion of a pickled checkpoint is the command ``python -m baselines.inst_inpaint.convert``.
+The one-off conversion of a pickled checkpoint is the command ``python -m magicremover.baselines.inst_inpaint.convert``.
 """
 
 from __future__ import annotations

@@ -20,8 +20,8 @@ from diffusers import DDIMScheduler, VQModel
 from diffusers.pipelines.latent_diffusion.pipeline_latent_diffusion import LDMBertConfig, LDMBertModel
 from torch import nn
 
-from baselines.inst_inpaint.keymap import convert
-from baselines.inst_inpaint.unet import UNetConfig, UNetModel
+from magicremover.baselines.inst_inpaint.keymap import convert
+from magicremover.baselines.inst_inpaint.unet import UNetConfig, UNetModel
 from magicremover.errors import ConfigError, ModelLoadError
 from magicremover.images import Resize, fit_to_model, load_image, to_pil
 from magicremover.models import resolve_device
@@ -107,7 +107,7 @@ class InstInpaintModel(nn.Module):
         except Exception as err:  # noqa: BLE001 - pickled training state: refuse rather than run code from the file
             raise ModelLoadError(
                 f"{path.name} holds pickled objects besides tensors ({type(err).__name__}); convert it once with "
-                f"`python -m baselines.inst_inpaint.convert {path} inst-inpaint.safetensors` (only for a file you trust)"
+                f"`python -m magicremover.baselines.inst_inpaint.convert {path} inst-inpaint.safetensors` (only for a file you trust)"
             ) from None
         return convert(
             state.get("state_dict", state),

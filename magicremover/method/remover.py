@@ -6,6 +6,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -64,6 +65,8 @@ class MagicRemover(InvertingRemover):
         cache_dir: inversion cache folder (``None``: no cache).
         **settings: the knobs of :class:`~magicremover.method.settings.Settings`.
     """
+
+    settings_type: ClassVar[type[Settings]] = Settings  # what **settings become; their defaults live there
 
     def __init__(
         self,

@@ -35,7 +35,7 @@ class Settings:
         classifier_optimization: ablation "w/o Co" when False: no extra same-t step.
         use_mask: mask mode (App. A.4, Eq. 13): a sample's mask, when it has one, replaces M₀. Off by default, so the
             masks an evaluation dataset carries for mask-based baselines do not turn the text-only method into a
-            masked one; ``experiments.remove mask=PATH`` turns it on.
+            masked one; ``magicremover.experiments.remove mask=PATH`` turns it on.
         gradient_checkpointing: recompute UNet activations during the guided backward pass instead of storing them:
             identical results, far less memory (see the README's Performance section), some extra compute.
         fold_cfg: when the unconditional and conditional embeddings are equal (negative-prompt inversion: the null

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from baselines.p2p import PromptToPrompt
-from experiments import evaluate as ev
+from magicremover.baselines.p2p import PromptToPrompt
+from magicremover.experiments import evaluate as ev
 from magicremover.inversion import InversionConfig, invert_cached
 from magicremover.method import MagicRemover
 from magicremover.models import build_tiny

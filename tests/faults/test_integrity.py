@@ -10,10 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from eval.data import ToyDataset
-from experiments import evaluate as ev
-from experiments._cli import find_user_error
 from magicremover.errors import ConfigError, ImageError
+from magicremover.eval.data import ToyDataset
+from magicremover.experiments import evaluate as ev
+from magicremover.experiments._cli import find_user_error
 from magicremover.images import load_image
 from magicremover.inversion import InversionCache, InversionConfig, invert_cached
 from magicremover.inversion.core import Inversion

@@ -12,11 +12,11 @@ import pytest
 import torch
 from PIL import Image
 
-from experiments._cli import run_dir, split_path_hint
-from experiments.folder_mode import read_targets
-from experiments.remove import remove
 from magicremover.config import compose_config
 from magicremover.errors import ConfigError
+from magicremover.experiments._cli import run_dir, split_path_hint
+from magicremover.experiments.folder_mode import read_targets
+from magicremover.experiments.remove import remove
 from magicremover.inversion.cache import cap_bytes
 from magicremover.outputs import atomic_write
 from magicremover.toy.scenes import render_scene
@@ -144,17 +144,17 @@ def test_outputs_follow_the_umask_so_a_shared_project_folder_can_read_them(tmp_p
 def test_the_cli_with_out_dir_writes_there_only_and_a_split_path_is_one_line(tmp_path, example_image):
     example_image.save(tmp_path / "my photo.png")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    command = [sys.executable, "-m", "experiments.remove", "image=my photo.png", "out_dir=run", *CHEAP[1:]]
+    command = [sys.executable, "-m", "magicremover.experiments.remove", "image=my photo.png", "out_dir=run", *CHEAP[1:]]
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert not (tmp_path / "outputs").exists() and (tmp_path / "run" / ".hydra").is_dir()
     assert (tmp_path / "run" / "output.png").is_file() and (tmp_path / "run" / "remove.log").is_file()
-    split = [sys.executable, "-m", "experiments.remove", "image=my", "photo.png"]
+    split = [sys.executable, "-m", "magicremover.experiments.remove", "image=my", "photo.png"]
     done = subprocess.run(split, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and done.stderr.strip().splitlines() == [
         "error: 'photo.png' is not a key=value override: a path with spaces must be quoted, e.g. image=\"my photo.png\""
     ]
-    report = [sys.executable, "-m", "experiments.report", f"sweep_dir={tmp_path / 'no-sweep'}"]
+    report = [sys.executable, "-m", "magicremover.experiments.report", f"sweep_dir={tmp_path / 'no-sweep'}"]
     subprocess.run(report, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert not (tmp_path / "report.log").exists()
 
@@ -167,7 +167,7 @@ def test_hydra_runs_in_out_dir_unless_it_cannot_be_made(tmp_path):
 
 def test_queued_demo_runs_each_keep_their_own_output(tmp_path, example_image):
     pytest.importorskip("gradio")
-    from experiments.app import Demo
+    from magicremover.experiments.app import Demo
 
     cfg = compose_config("app", ["device=cpu", "cache_dir=null", "num_inference_steps=2"])
     demo = Demo(cfg, tmp_path / "app")

@@ -5,13 +5,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from baselines.lama import resolve_weights
-from eval.folder import FolderDataset
-from eval.manifest import check_sample_id, check_unique
-from eval.redact import loggable_config
-from experiments import evaluate as ev
+from magicremover.baselines.lama import resolve_weights
 from magicremover.config import compose_config
 from magicremover.errors import ConfigError, ModelLoadError
+from magicremover.eval.folder import FolderDataset
+from magicremover.eval.manifest import check_sample_id, check_unique
+from magicremover.eval.redact import loggable_config
+from magicremover.experiments import evaluate as ev
 from magicremover.secrets import redact, redact_url
 
 SECRET_URL = "https://user:hunter2@host.example/big-lama.pt?token=abc123&v=2"

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from eval.manifest import ManifestWriter
-from eval.run_guard import prepare_out_dir
-from experiments import evaluate as ev
 from magicremover.errors import ConfigError, StorageError
+from magicremover.eval.manifest import ManifestWriter
+from magicremover.eval.run_guard import prepare_out_dir
+from magicremover.experiments import evaluate as ev
 from magicremover.inversion import InversionCache, InversionConfig, invert_cached
 from magicremover.outputs import save_image
 
@@ -35,7 +35,7 @@ def test_a_second_writer_is_refused_naming_the_holder(config):
     out = Path(cfg.out_dir)
     out.mkdir(parents=True)
     holder = _python(
-        "import sys, time\nfrom eval.manifest import ManifestWriter\n"
+        "import sys, time\nfrom magicremover.eval.manifest import ManifestWriter\n"
         f"with ManifestWriter(__import__('pathlib').Path({str(out / 'manifest.jsonl')!r})):\n"
         "    print('locked', flush=True)\n    time.sleep(600)\n",
         stdout=subprocess.PIPE,
@@ -172,7 +172,7 @@ def test_a_full_cache_and_an_undeletable_entry_are_not_failures(tiny, image_tens
 def _evaluate_cli(out: Path, cache: Path) -> subprocess.Popen:
     args = [f"out_dir={out}", f"cache_dir={cache}", "data.size=3", "device=cpu", "num_inference_steps=4",
             "inversion=negative_prompt", f"hydra.run.dir={out.parent / 'hydra'}"]  # fmt: skip
-    return subprocess.Popen([sys.executable, "-m", "experiments.evaluate", *args], env=ENV, cwd=ROOT,
+    return subprocess.Popen([sys.executable, "-m", "magicremover.experiments.evaluate", *args], env=ENV, cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
 
 
