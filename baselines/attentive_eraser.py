@@ -174,8 +174,9 @@ class AttentiveEraser:
         text = encode_text(c, [self.prompt]).expand(2, -1, -1)
         if self.variant == "dip":
             with c.calls.stage("inversion"):
-                config = InversionConfig(method="ddim", num_inference_steps=self.steps, guidance_scale=1.0,
-                                         encode="sample", seed=self.seed)  # fmt: skip
+                config = InversionConfig(
+                    method="ddim", num_inference_steps=self.steps, guidance_scale=1.0, encode="sample", seed=self.seed
+                )
                 trajectory = invert(c, image, self.prompt, config).trajectory
             clean = trajectory[0]
             keep = F.max_pool2d(mask, c.vae_scale_factor).round()  # its DIP pipeline's latent mask

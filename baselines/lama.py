@@ -19,8 +19,8 @@ import torch.nn.functional as F
 
 from magicremover.errors import ConfigError, ImageError, ModelLoadError
 from magicremover.images import Resize, dilate, fit_mask, fit_to_model, load_image
-from magicremover.inverting import InvertingRemover
 from magicremover.models import resolve_device
+from magicremover.remover_base import InvertingRemover
 from magicremover.secrets import redact_url
 from magicremover.types import RemovalResult, RemovalSample
 

@@ -32,9 +32,15 @@ def ledits_pipeline(c: SDComponents):
         c.scheduler.config, algorithm_type="sde-dpmsolver++", solver_order=2
     )
     pipe = LEditsPPPipelineStableDiffusion(
-        c.vae, c.text_encoder, c.tokenizer, c.unet, scheduler, safety_checker=None, feature_extractor=None,
+        c.vae,
+        c.text_encoder,
+        c.tokenizer,
+        c.unet,
+        scheduler,
+        safety_checker=None,
+        feature_extractor=None,
         requires_safety_checker=False,
-    )  # fmt: skip
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -95,10 +101,18 @@ class LeditsPP:
                 f"{', '.join(f'{g}²' for g in sorted(grids))} only; set method.use_intersect_mask=auto or false"
             )
         self.components = components
-        self.settings = dict(num_inversion_steps=num_inversion_steps, skip=skip, source_prompt=source_prompt,
-                             source_guidance_scale=source_guidance_scale)  # fmt: skip
-        self.edit = dict(edit_guidance_scale=edit_guidance_scale, edit_threshold=edit_threshold,
-                         edit_warmup_steps=edit_warmup_steps, use_intersect_mask=use_intersect_mask)  # fmt: skip
+        self.settings = dict(
+            num_inversion_steps=num_inversion_steps,
+            skip=skip,
+            source_prompt=source_prompt,
+            source_guidance_scale=source_guidance_scale,
+        )
+        self.edit = dict(
+            edit_guidance_scale=edit_guidance_scale,
+            edit_threshold=edit_threshold,
+            edit_warmup_steps=edit_warmup_steps,
+            use_intersect_mask=use_intersect_mask,
+        )
         self.resize, self.seed = resize, seed
 
     @property
@@ -114,8 +128,13 @@ class LeditsPP:
         saved = dict(c.unet.attn_processors)  # the pipeline installs its own processors on the shared UNet
         try:
             with c.calls.stage("inversion"):
-                pipe.invert(to_pil(image), generator=torch.Generator(c.device).manual_seed(self.seed),
-                            height=self.resolution, width=self.resolution, **self.settings)  # fmt: skip
+                pipe.invert(
+                    to_pil(image),
+                    generator=torch.Generator(c.device).manual_seed(self.seed),
+                    height=self.resolution,
+                    width=self.resolution,
+                    **self.settings,
+                )
             with c.calls.stage("edit"):
                 output = pipe(editing_prompt=[sample.target], reverse_editing_direction=[True], **self.edit).images[0]
         finally:
@@ -125,6 +144,10 @@ class LeditsPP:
             image=to_tensor(output),
             calls=calls,
             seconds={name: count.seconds for name, count in calls.items()} | {"total": time.perf_counter() - start},
-            extras={"editing_prompt": [sample.target], "mask": "LEDITS++'s implicit masks are not exposed by "
-                    "diffusers' pipeline: no compositing mask", **self.settings, **self.edit},
-        )  # fmt: skip
+            extras={
+                "editing_prompt": [sample.target],
+                "mask": "LEDITS++'s implicit masks are not exposed by diffusers' pipeline: no compositing mask",
+                **self.settings,
+                **self.edit,
+            },
+        )

@@ -37,9 +37,9 @@ from magicremover.diffusion import cfg_eps, ddim_step, decode_latents, encode_te
 from magicremover.errors import ConfigError, PromptError
 from magicremover.images import Resize
 from magicremover.inversion import InversionConfig
-from magicremover.inverting import InvertingRemover
 from magicremover.method.loop import Step, denoise_two_branches
 from magicremover.models import SDComponents
+from magicremover.remover_base import InvertingRemover
 from magicremover.target_tokens import find_target
 from magicremover.types import RemovalResult, RemovalSample
 from magicremover.unet_calls import UNetCalls

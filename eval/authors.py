@@ -109,8 +109,9 @@ class AuthorsScores:
 
     def __init__(self, features=None, clip=None, directory: Path | None = None):
         self.features, self.clip, self.directory = features, clip, directory
-        self.feats: dict[str, list[np.ndarray]] = {f"{kind}{part}": [] for kind in ("original", "reconstruction",
-                                                   "written") for part in ("", "_result")}  # fmt: skip
+        self.feats: dict[str, list[np.ndarray]] = {
+            f"{kind}{part}": [] for kind in ("original", "reconstruction", "written") for part in ("", "_result")
+        }
         self.layouts: set[str] = set()
         self.count = 0
 
@@ -192,8 +193,9 @@ def _written(sample: Sample) -> np.ndarray:
 
 
 def _crop_pair(sample: Sample, first: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    reference, result, _ = crops(sample.layout, file_for(sample.layout, first, sample.output, sample.mask),
-                                 sample.output.shape[1])  # fmt: skip
+    reference, result, _ = crops(
+        sample.layout, file_for(sample.layout, first, sample.output, sample.mask), sample.output.shape[1]
+    )
     return reference, result
 
 

@@ -71,8 +71,13 @@ class ToyDataset:
         self.items = []
         for case in shard(held_out_cases(size, first_seed), num_shards, shard_index):
             mask = Image.fromarray((case.obj.shadow_mask * 255).round().astype(np.uint8)) if with_mask else None
-            sample = RemovalSample(Image.fromarray(case.scene.image), case.scene.caption, case.obj.phrase, mask=mask,
-                                   sample_id=case.sample.sample_id)  # fmt: skip
+            sample = RemovalSample(
+                Image.fromarray(case.scene.image),
+                case.scene.caption,
+                case.obj.phrase,
+                mask=mask,
+                sample_id=case.sample.sample_id,
+            )
             touched = (case.obj.shadow_mask > 0).astype(np.float32)  # the toy report's inside/outside split
             self.items.append(EvalItem(sample, Image.fromarray(case.obj.removed), touched, case.obj.shape))
         self.ids = [item.sample.sample_id for item in self.items]

@@ -88,10 +88,24 @@ def latex(header: list[str], rows: list[list[str]], title: str) -> str:
     symbols = {"_": r"\_", "%": r"\%", "&": r"\&", "λ": r"$\lambda$", "↓": r"$\downarrow$", "–": "--"}
     escape = lambda text: "".join(symbols.get(char, char) for char in text)  # noqa: E731
     body = [" & ".join(escape(cell) for cell in row) + r" \\" for row in rows]
-    return "\n".join([r"\begin{table}[t]", r"\centering", rf"\caption{{{escape(title)}}}",
-                      rf"\begin{{tabular}}{{l{'r' * (len(header) - 1)}}}", r"\toprule",
-                      " & ".join(escape(cell) for cell in header) + r" \\", r"\midrule", *body,
-                      r"\bottomrule", r"\end{tabular}", r"\end{table}"]) + "\n"  # fmt: skip
+    return (
+        "\n".join(
+            [
+                r"\begin{table}[t]",
+                r"\centering",
+                rf"\caption{{{escape(title)}}}",
+                rf"\begin{{tabular}}{{l{'r' * (len(header) - 1)}}}",
+                r"\toprule",
+                " & ".join(escape(cell) for cell in header) + r" \\",
+                r"\midrule",
+                *body,
+                r"\bottomrule",
+                r"\end{tabular}",
+                r"\end{table}",
+            ]
+        )
+        + "\n"
+    )
 
 
 def figure(runs: Mapping[str, dict], labels: Mapping[str, str], spec: Mapping[str, Any]):
@@ -157,8 +171,9 @@ def grid_figure(rows: list[dict], title: str):
     import matplotlib.pyplot as plt
 
     columns = [key for key in rows[0] if key != "sample_id"]
-    fig, axes = plt.subplots(len(rows), len(columns), figsize=(1.7 * len(columns), 1.7 * len(rows) + 0.5),
-                             squeeze=False)  # fmt: skip
+    fig, axes = plt.subplots(
+        len(rows), len(columns), figsize=(1.7 * len(columns), 1.7 * len(rows) + 0.5), squeeze=False
+    )
     for r, row in enumerate(rows):
         for c, key in enumerate(columns):
             ax = axes[r][c]
@@ -187,8 +202,10 @@ def render(sweep_dir: str | Path, spec: Mapping[str, Any], tracker=None) -> dict
     header, rows = table(runs, labels, spec)
     samples = sum(m.get("ok", 0) for m in runs.values())
     inversions = sum(m.get("inversions", 0) for m in runs.values())
-    notes = [f"{len(runs)} runs, {samples} finished samples in all, {inversions} inversions (the cache shares the rest)",
-             *(spec.get("notes") or [])]  # fmt: skip
+    notes = [
+        f"{len(runs)} runs, {samples} finished samples in all, {inversions} inversions (the cache shares the rest)",
+        *(spec.get("notes") or []),
+    ]
     settings = next((m["fid_settings"] for m in runs.values() if "fid_settings" in m), None)
     if settings:
         notes.append("FID: " + ", ".join(f"{k} {v}" for k, v in settings.items()))

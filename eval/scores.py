@@ -73,8 +73,13 @@ class SetScores:
         if protocol == "authors":
             self.authors = AuthorsScores(features, metrics[2] if metrics else None)
         self.pending: list[Sample] = []
-        self.feats: dict[str, list[np.ndarray]] = {"output": [], "original": [], "reconstruction": [],
-                                                   "output_local": [], "original_local": []}  # fmt: skip
+        self.feats: dict[str, list[np.ndarray]] = {
+            "output": [],
+            "original": [],
+            "reconstruction": [],
+            "output_local": [],
+            "original_local": [],
+        }
         self.count = 0
 
     def write_authors_files(self, directory: Path) -> None:
@@ -117,8 +122,9 @@ class SetScores:
             masked = [s for s in samples if s.object_mask is not None]
             if masked:
                 composites = [outside_only(s.output, s.original, s.object_mask) for s in masked]
-                self.lpips_scores["lpips_outside"] += list(self.lpips(np.stack([s.original for s in masked]),
-                                                                      np.stack(composites)))  # fmt: skip
+                self.lpips_scores["lpips_outside"] += list(
+                    self.lpips(np.stack([s.original for s in masked]), np.stack(composites))
+                )
             truths = [s for s in samples if s.truth is not None]
             if truths:
                 self.lpips_scores["lpips_gt"] += list(
@@ -128,8 +134,10 @@ class SetScores:
             self.accuracy.add(sample.original, sample.output, sample.object_mask, sample.text)
         for sample in samples if self.remove_score is not None else ():
             mask = sample.object_mask
-            scores = {key: self.remove_score(getattr(sample, key), mask) if mask is not None else None
-                      for key in self.remove_scores}  # fmt: skip
+            scores = {
+                key: self.remove_score(getattr(sample, key), mask) if mask is not None else None
+                for key in self.remove_scores
+            }
             if None not in scores.values():
                 for key, score in scores.items():
                     self.remove_scores[key].append(score)
@@ -148,8 +156,10 @@ class SetScores:
             complete = sum(len(f) for f in self.feats["reconstruction"]) == self.count
             report["fid_reconstruction"] = fid(np.concatenate(self.feats["reconstruction"]), out) if complete else None
             report |= inception_discriminative_scores(orig, out)
-            local = [np.concatenate(self.feats[key]) if self.feats[key] else None
-                     for key in ("original_local", "output_local")]  # fmt: skip
+            local = [
+                np.concatenate(self.feats[key]) if self.feats[key] else None
+                for key in ("original_local", "output_local")
+            ]
             report["fid_local"] = fid(*local) if local[0] is not None and len(local[0]) >= 2 else None
             report["fid_settings"] = {
                 "backend": self.fid_backend,

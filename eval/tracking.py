@@ -45,8 +45,15 @@ class WandbTracker:
         images: rows of the image table (input | mask | attention | output).
     """
 
-    def __init__(self, project: str = "magicremover", entity: str | None = None, group: str | None = None,
-                 tags: list[str] | None = None, mode: str = "online", images: int = 16):  # fmt: skip
+    def __init__(
+        self,
+        project: str = "magicremover",
+        entity: str | None = None,
+        group: str | None = None,
+        tags: list[str] | None = None,
+        mode: str = "online",
+        images: int = 16,
+    ):
         self.settings = dict(project=project, entity=entity, group=group, tags=list(tags or []), mode=mode)
         self.images = images
         self.run = None

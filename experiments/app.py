@@ -146,23 +146,32 @@ def build(demo: Demo):
             with gr.Column(scale=1):
                 photo = gr.Image(type="pil", label="Photo", elem_id="photo", sources=["upload", "clipboard"])
                 caption = gr.Textbox(label="Caption naming the object", value=EXAMPLE_PROMPT, elem_id="caption")
-                word = gr.CheckboxGroup(caption_words(EXAMPLE_PROMPT), value=["circle"], label="Word(s) to remove",
-                                        elem_id="word")  # fmt: skip
+                word = gr.CheckboxGroup(
+                    caption_words(EXAMPLE_PROMPT), value=["circle"], label="Word(s) to remove", elem_id="word"
+                )
                 gr.Examples([[str(example_image()), EXAMPLE_PROMPT]], inputs=[photo, caption])
             with gr.Column(scale=1):
                 method = gr.Dropdown(list(METHODS), value="magicremover", label="Method", elem_id="method")
-                steps = gr.Slider(5, 100, value=demo.cfg.num_inference_steps, step=1, label="DDIM steps",
-                                  elem_id="steps")  # fmt: skip
+                steps = gr.Slider(
+                    5, 100, value=demo.cfg.num_inference_steps, step=1, label="DDIM steps", elem_id="steps"
+                )
                 lambda_ = gr.Slider(0.0, 0.99, value=DEFAULTS.lambda_, step=0.01, label="λ (top-region quantile)")
                 threshold = gr.Slider(0.05, 0.95, value=DEFAULTS.mask_threshold, step=0.01, label="M₀ threshold")
-                strategy = gr.Radio(list(STRATEGIES), value="auto", label="Framing (crop: around the object)",
-                                    elem_id="strategy")  # fmt: skip
+                strategy = gr.Radio(
+                    list(STRATEGIES), value="auto", label="Framing (crop: around the object)", elem_id="strategy"
+                )
                 editor = gr.ImageMask(type="pil", label="Optional: paint the object (mask mode)", elem_id="editor")
                 run = gr.Button("Remove", variant="primary", elem_id="run")
         with gr.Row():
-            shown = [gr.Image(type="pil", format="png", label=label, elem_id=key, interactive=False)
-                     for key, label in (("input", "Input (coarse locate blue, object red, crop yellow)"), ("attention", "Attention of the word"),
-                                        ("mask", "Mask"), ("output", "Output"))]  # fmt: skip
+            shown = [
+                gr.Image(type="pil", format="png", label=label, elem_id=key, interactive=False)
+                for key, label in (
+                    ("input", "Input (coarse locate blue, object red, crop yellow)"),
+                    ("attention", "Attention of the word"),
+                    ("mask", "Mask"),
+                    ("output", "Output"),
+                )
+            ]
         download = gr.File(label="Output at full size (PNG)", elem_id="download")
         record = gr.JSON(label="What ran", elem_id="record")
 

@@ -88,8 +88,11 @@ def calls_per_inversion(c: SDComponents, n_images: int) -> dict:
         remover = build_remover(cfg, c)
         counts = [remover(sample).calls.values() for sample in _samples(n_images)]
         mean = lambda key: float(np.mean([sum(getattr(n, key) for n in c) for c in counts]))  # noqa: E731
-        out[name] = {"calls_per_image": mean("calls"), "forward_equivalents_per_image": mean("forward_equivalents"),
-                     "steps": cfg.num_inference_steps}  # fmt: skip
+        out[name] = {
+            "calls_per_image": mean("calls"),
+            "forward_equivalents_per_image": mean("forward_equivalents"),
+            "steps": cfg.num_inference_steps,
+        }
     released = out["null-text (released code)"]["calls_per_image"]
     out["fast_ratio"] = released / out["magicremover_fast"]["calls_per_image"]
     return out
@@ -138,8 +141,15 @@ def sweep_calls(c: SDComponents, cache: Path, n_images: int, inversion_calls: li
     per_run = authors_cost(t_ratio=0.9, coco_script=True)
     reused = n_images * (per_run.null_text_calls + len(SWEEP) * per_run.edit_calls)
     rerun = n_images * len(SWEEP) * per_run.calls
-    return {"images": n_images, "configs": len(SWEEP), "ours": ours, "authors_rerun_inversion": rerun,
-            "authors_reusing_inversion": reused, "ratio_vs_rerun": rerun / ours, "ratio_vs_reusing": reused / ours}  # fmt: skip
+    return {
+        "images": n_images,
+        "configs": len(SWEEP),
+        "ours": ours,
+        "authors_rerun_inversion": rerun,
+        "authors_reusing_inversion": reused,
+        "ratio_vs_rerun": rerun / ours,
+        "ratio_vs_reusing": reused / ours,
+    }
 
 
 def _box_mask(size):
@@ -168,8 +178,15 @@ def controller_overhead(c: SDComponents, cache: Path, repeats: int) -> dict:
         ours.append(sum(v.seconds for v in loop.values()) / sum(v.calls for v in loop.values()))
         steps = sum(v.calls for v in loop.values())
         start = time.perf_counter()
-        pipe(sample.prompt, num_inference_steps=steps, guidance_scale=7.5, output_type="latent",
-             generator=torch.Generator().manual_seed(0), height=c.resolution, width=c.resolution)  # fmt: skip
+        pipe(
+            sample.prompt,
+            num_inference_steps=steps,
+            guidance_scale=7.5,
+            output_type="latent",
+            generator=torch.Generator().manual_seed(0),
+            height=c.resolution,
+            width=c.resolution,
+        )
         plain.append((time.perf_counter() - start) / steps)
     ratios = [a / b for a, b in zip(ours, plain)]
     return {"ours_s_per_call": _median(ours), "diffusers_s_per_call": _median(plain), "ratio": _median(ratios)}
@@ -216,8 +233,22 @@ def thread_timing(model: str, repeats: int) -> dict:
     for threads in range(1, cores + 1):
         say(f"seconds per UNet call with {threads} thread(s)")
         env = os.environ | {name: str(threads) for name in THREAD_VARIABLES}
-        done = subprocess.run([sys.executable, "-m", "magicremover.experiments.benchmark", "--model", model, "--repeats",
-                               str(repeats), "--unet-seconds"], env=env, capture_output=True, text=True, check=True)  # fmt: skip
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "magicremover.experiments.benchmark",
+                "--model",
+                model,
+                "--repeats",
+                str(repeats),
+                "--unet-seconds",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         timings[threads] = json.loads(done.stdout.strip().splitlines()[-1])
     return {"cores": cores, "default_threads": cpu_threads(environ={}, cores=cores), "seconds_per_call": timings}
 
@@ -280,11 +311,20 @@ def main() -> None:
         print(json.dumps(unet_seconds(c, args.repeats)))
         return
     report = {
-        "ran": {"model": args.model, "resolution": c.resolution, "steps": 50, "threads": torch.get_num_threads(),
-                "repeats": args.repeats, "python": platform.python_version(),
-                "versions": {p: version(p) for p in ("torch", "diffusers", "transformers")}},
-        "authors_per_image": {"main.py": asdict(authors_cost()), "coco_script": asdict(authors_cost(t_ratio=0.9, coco_script=True))},
-    }  # fmt: skip
+        "ran": {
+            "model": args.model,
+            "resolution": c.resolution,
+            "steps": 50,
+            "threads": torch.get_num_threads(),
+            "repeats": args.repeats,
+            "python": platform.python_version(),
+            "versions": {p: version(p) for p in ("torch", "diffusers", "transformers")},
+        },
+        "authors_per_image": {
+            "main.py": asdict(authors_cost()),
+            "coco_script": asdict(authors_cost(t_ratio=0.9, coco_script=True)),
+        },
+    }
     with TemporaryDirectory() as tmp:
         cache = Path(tmp)  # the null-text inversions, computed once (and counted) by the first row
         say(f"negative-prompt vs null-text inversion on {args.images} images")
@@ -336,8 +376,10 @@ def table(report: dict) -> str:
     per_inversion = report.get("calls_per_inversion")  # only with --all
     for name, row in (per_inversion or {}).items():
         if name != "fast_ratio":
-            rows.append(f"| UNet calls (forward-equivalents) per image, {name} ({row['steps']} steps) | "
-                        f"{row['calls_per_image']:.0f} ({row['forward_equivalents_per_image']:.0f}) | | | |")  # fmt: skip
+            rows.append(
+                f"| UNet calls (forward-equivalents) per image, {name} ({row['steps']} steps) | "
+                f"{row['calls_per_image']:.0f} ({row['forward_equivalents_per_image']:.0f}) | | | |"
+            )
     if per_inversion:
         rows.append(
             f"| UNet calls per image, magicremover_fast vs the released code | "

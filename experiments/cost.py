@@ -117,8 +117,10 @@ def paired_costs(c: SDComponents, repeats: int) -> dict:
 
 def table(report: dict) -> str:
     """The report as a Markdown table."""
-    lines = ["| preset | calls | forward-equivalents | × fewer calls | × fewer FE | seconds (median, range) | × less time |",
-             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "| preset | calls | forward-equivalents | × fewer calls | × fewer FE | seconds (median, range) | × less time |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, row in report["presets"].items():
         low, high = row["seconds_range"]
         lines.append(
@@ -127,11 +129,15 @@ def table(report: dict) -> str:
             f"{row['less_wall_time']:.1f} |"
         )
     batching = report["batching"]
-    lines.append(f"\none batch-2 forward {batching['batched_s'] * 1e3:.1f} ms vs two batch-1 forwards "
-                 f"{batching['two_calls_s'] * 1e3:.1f} ms: batching the branches saves {batching['saving']:.0%}")  # fmt: skip
+    lines.append(
+        f"\none batch-2 forward {batching['batched_s'] * 1e3:.1f} ms vs two batch-1 forwards "
+        f"{batching['two_calls_s'] * 1e3:.1f} ms: batching the branches saves {batching['saving']:.0%}"
+    )
     factor = report["backward_factor"]
-    lines.append(f"\nbackward ≈ {factor['factor']:.2f} forwards measured (assumed {factor['assumed']}): forward "
-                 f"{factor['forward_s'] * 1e3:.1f} ms, forward + backward {factor['forward_backward_s'] * 1e3:.1f} ms")  # fmt: skip
+    lines.append(
+        f"\nbackward ≈ {factor['factor']:.2f} forwards measured (assumed {factor['assumed']}): forward "
+        f"{factor['forward_s'] * 1e3:.1f} ms, forward + backward {factor['forward_backward_s'] * 1e3:.1f} ms"
+    )
     return "\n".join(lines)
 
 
@@ -148,8 +154,11 @@ def main(argv: list[str] | None = None) -> dict:
         c = load_toy(device="cpu")
     else:
         c = load_pretrained(path=args.model, device="cpu")
-    report = {"backward_factor": backward_factor(c, max(5, args.repeats)), "batching": batching_gain(c, 20),
-              "presets": paired_costs(c, args.repeats)}  # fmt: skip
+    report = {
+        "backward_factor": backward_factor(c, max(5, args.repeats)),
+        "batching": batching_gain(c, 20),
+        "presets": paired_costs(c, args.repeats),
+    }
     args.out.write_text(json.dumps(report, indent=2))
     print(table(report))
     return report

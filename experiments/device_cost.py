@@ -48,9 +48,16 @@ def build_sd15_size(device: str, dtype: torch.dtype, seed: int = 0) -> SDCompone
     )
     tokenizer = build_clip_tokenizer()
     text_encoder = CLIPTextModel(
-        text_config_for(tokenizer, hidden_size=768, intermediate_size=3072, num_attention_heads=12,
-                        num_hidden_layers=12, projection_dim=768, hidden_act="quick_gelu")
-    )  # fmt: skip
+        text_config_for(
+            tokenizer,
+            hidden_size=768,
+            intermediate_size=3072,
+            num_attention_heads=12,
+            num_hidden_layers=12,
+            projection_dim=768,
+            hidden_act="quick_gelu",
+        )
+    )
     unet, vae, text_encoder = (m.to(device, dtype).eval() for m in (unet, vae, text_encoder))
     return SDComponents(unet, vae, text_encoder, tokenizer, build_ddim_scheduler(), f"sd15-size:seed={seed}:{dtype}")
 
@@ -118,15 +125,20 @@ def device_cost(device: str, size: str, dtypes: list[str], repeats: int, presets
 def device_table(report: dict) -> str:
     """The report as a markdown table."""
     side = report["resolution"]
-    rows = [f"| preset, dtype ({report['size']} size, {report.get('gpu', report['device'])}) | seconds per {side}² image "
-            "(median, min–max) | forward-equivalents | UNet calls | peak memory (GB) |", "|---|---|---|---|---|"]  # fmt: skip
+    rows = [
+        f"| preset, dtype ({report['size']} size, {report.get('gpu', report['device'])}) | seconds per {side}² image "
+        "(median, min–max) | forward-equivalents | UNet calls | peak memory (GB) |",
+        "|---|---|---|---|---|",
+    ]
     for name, row in report["rows"].items():
         if "error" in row:
             rows.append(f"| {name} | {row['error']} | | | |")
             continue
         s = row["seconds"]
-        rows.append(f"| {name} | {s['median']:.2f} ({s['min']:.2f}–{s['max']:.2f}) | {row['forward_equivalents']} | "
-                    f"{row['calls']} | {row['peak_memory_gb']:.2f} |")  # fmt: skip
+        rows.append(
+            f"| {name} | {s['median']:.2f} ({s['min']:.2f}–{s['max']:.2f}) | {row['forward_equivalents']} | "
+            f"{row['calls']} | {row['peak_memory_gb']:.2f} |"
+        )
     return "\n".join(rows)
 
 
@@ -142,8 +154,9 @@ def guided_step_peak_memory(kind: str) -> dict:
     from magicremover.attention import CrossAttentionStore, controlled_attention, token_maps
 
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768, attention_head_dim=8,
-                                sample_size=64).requires_grad_(False)  # fmt: skip
+    unet = UNet2DConditionModel(
+        block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768, attention_head_dim=8, sample_size=64
+    ).requires_grad_(False)
     z = torch.randn(2, 4, 64, 64, requires_grad=True)
     emb = torch.randn(2, 77, 768)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -168,8 +181,12 @@ def memory_comparison() -> dict:
     """Each variant of :func:`guided_step_peak_memory` in its own process, so peaks do not mix."""
     out = {}
     for kind in ("ours", "reference"):
-        done = subprocess.run([sys.executable, "-m", "magicremover.experiments.benchmark", "--guided-step", kind],
-                              capture_output=True, text=True, check=True)  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, "-m", "magicremover.experiments.benchmark", "--guided-step", kind],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         out[kind] = json.loads(done.stdout.strip().splitlines()[-1])
     step = {k: v["peak_rss_gb"] - v["rss_before_step_gb"] for k, v in out.items()}
     out["step_memory_ratio"] = step["ours"] / step["reference"]

@@ -29,8 +29,8 @@ from magicremover.config import CONFIG_DIR, build_remover
 from magicremover.errors import ConfigError
 from magicremover.eval import runner
 from magicremover.eval.authors import Sample
+from magicremover.eval.ground_truth import ground_truth_metrics
 from magicremover.eval.manifest import check_sample_id, check_unique, read_manifests
-from magicremover.eval.metrics import ground_truth_metrics
 from magicremover.eval.redact import loggable_config
 from magicremover.eval.run_guard import check_numbers, check_resume, prepare_out_dir
 from magicremover.eval.scores import SetScores
@@ -79,7 +79,7 @@ class EvaluationSteps:
         return record
 
 
-def run_samples(cfg: DictConfig, out_dir: Path, dataset, build, tracker) -> None:
+def evaluate_samples(cfg: DictConfig, out_dir: Path, dataset, build, tracker) -> None:
     """Remove the object of every sample not yet finished in a manifest of ``out_dir`` (policy: :mod:`magicremover.eval.runner`);
     ``build()`` makes the remover, only when there is work. Each finished sample is also logged to the tracker (its
     step = its index), so a crashed run still shows how far it got."""
@@ -93,9 +93,15 @@ def run_samples(cfg: DictConfig, out_dir: Path, dataset, build, tracker) -> None
         steps.remover = build()
 
     runner.run_samples(
-        dataset.ids, steps, out_dir, manifest, retry_errors=cfg.retry_errors, progress_every=cfg.progress_every,
-        tracker=tracker, before_first=load_remover,
-    )  # fmt: skip
+        dataset.ids,
+        steps,
+        out_dir,
+        manifest,
+        retry_errors=cfg.retry_errors,
+        progress_every=cfg.progress_every,
+        tracker=tracker,
+        before_first=load_remover,
+    )
 
 
 def sample_metrics(item, output: np.ndarray, framing: str) -> dict[str, float]:
@@ -213,7 +219,7 @@ def evaluate(cfg: DictConfig, out_dir: Path) -> dict | None:
             raise ConfigError(f"resume={cfg.resume} is not check or force")
         check_resume(out_dir, cfg, force=cfg.resume == "force")
         atomic_write(out_dir / "config.yaml", OmegaConf.to_yaml(logged).encode())
-        run_samples(cfg, out_dir, dataset, functools.partial(build_remover, cfg), tracker)
+        evaluate_samples(cfg, out_dir, dataset, functools.partial(build_remover, cfg), tracker)
     everything = data(num_shards=1, shard_index=0)
     if len(read_manifests(out_dir)) < len(everything.ids) and not cfg.metrics_only:
         log.info("shard finished; metrics wait for the other shards (or run with metrics_only=true)")

@@ -221,9 +221,16 @@ def run_folder(cfg: DictConfig, out_dir: Path, images: list[Path]) -> dict:
         write_config(cfg, out_dir)
 
     summary = run_samples(
-        [job.name for job in jobs], steps, out_dir, out_dir / RECORDS, records=RECORDS, unit="photos",
-        retry_errors=True, progress_every=0, before_first=load_model,
-    )  # fmt: skip
+        [job.name for job in jobs],
+        steps,
+        out_dir,
+        out_dir / RECORDS,
+        records=RECORDS,
+        unit="photos",
+        retry_errors=True,
+        progress_every=0,
+        before_first=load_model,
+    )
     return {"photos": summary.total, "done": summary.done, "failed": summary.failed}
 
 

@@ -48,7 +48,7 @@ VARIANTS = {  # report row → (conf/method preset, overrides)
     "magicremover_paper": ("magicremover_paper", []),
     "p2p_reweight": ("p2p_reweight", []),
 }
-# The cost frontier (issue 17): the default method per inversion × DDIM steps × classifier optimisation on/off.
+# The cost frontier: the default method per inversion × DDIM steps × classifier optimisation on/off.
 INVERSIONS = {  # row label → overrides; Direct Inversion: plain DDIM inversion + the trajectory's per-step corrections
     "null_text": ["inversion=null_text"],
     "negative_prompt": ["inversion=negative_prompt"],
@@ -64,7 +64,7 @@ FRONTIER = {
     for steps in (50, 35, 25, 20, 15)
     for co in (True, False)
 }
-KV_FROM_INVERSION = {  # issue 25: Eq. 10's K/V from the inversion pass (no reconstruction branch), beside the same
+KV_FROM_INVERSION = {  # Eq. 10's K/V from the inversion pass (no reconstruction branch), beside the same
     # preset whose reconstruction branch is put back on the trajectory (the one change between them is the K/V source)
     "negative_prompt 50 steps w/o Co, reconstruction on the trajectory": (
         "magicremover_fast",
@@ -75,7 +75,7 @@ KV_FROM_INVERSION = {  # issue 25: Eq. 10's K/V from the inversion pass (no reco
         ["method.trajectory_correction=reconstruction", "method.kv_source=inversion"],
     ),
 }
-REMOVERS = {  # the removers after MagicRemover (issue 22); mask-based ones get the object's mask with its shadow
+REMOVERS = {  # the removers after MagicRemover; mask-based ones get the object's mask with its shadow
     "attentive_eraser": ("attentive_eraser", []),
     "attentive_eraser_dip": ("attentive_eraser_dip", []),
     "ledits_pp": ("ledits_pp", []),
@@ -167,10 +167,12 @@ def frontier(reports: list[Path], out: Path, reference_row: str | None = None) -
     if reference_row is not None and reference_row not in rows:
         raise SystemExit(f"--reference {reference_row!r} is not a row of these reports: {', '.join(sorted(rows))}")
     reference, versus = (rows[reference_row], reference_row) if reference_row else (default, "default")
-    lines = ["| configuration | UNet calls / image | × fewer | forward-equivalents / image | × fewer | inside gain (dB), "
-             f"mean / median | outside gap to VAE (dB), mean / median | Δ inside vs {versus} [95 % CI] | Δ outside gap "
-             f"vs {versus} [95 % CI] | × less time, paired median (range) | scenes |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "| configuration | UNet calls / image | × fewer | forward-equivalents / image | × fewer | inside gain (dB), "
+        f"mean / median | outside gap to VAE (dB), mean / median | Δ inside vs {versus} [95 % CI] | Δ outside gap "
+        f"vs {versus} [95 % CI] | × less time, paired median (range) | scenes |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     reference_calls = default["calls"] if default else REFERENCE_CALLS
     reference_fe = default["fe"] if default else float("nan")
     for name, row in sorted(rows.items(), key=lambda item: -item[1]["calls"]):
@@ -202,8 +204,13 @@ def frontier(reports: list[Path], out: Path, reference_row: str | None = None) -
             value = np.mean(list(row[key].values()))
             ax.scatter(row["calls"], value, marker=marker, color=colour)
             short = name.replace("negative_prompt", "NP").replace("null_text", "NT").replace(" steps", "")
-            ax.annotate(short.replace("direct ", "DI ").replace(" (default)", ""), (row["calls"], value),
-                        fontsize=6, xytext=(3, 3), textcoords="offset points")  # fmt: skip
+            ax.annotate(
+                short.replace("direct ", "DI ").replace(" (default)", ""),
+                (row["calls"], value),
+                fontsize=6,
+                xytext=(3, 3),
+                textcoords="offset points",
+            )
         ax.set_xscale("log")
         ax.set_xlabel("UNet calls per image (log)")
         ax.set_title(label, fontsize=9)
@@ -244,9 +251,11 @@ def main() -> None:
         "--start", type=int, default=0, help="skip this many held-out scenes (split a long report across processes)"
     )
     parser.add_argument(
-        "--first-seed", type=int, default=HELD_OUT_SEED,
+        "--first-seed",
+        type=int,
+        default=HELD_OUT_SEED,
         help=f"first scene seed (default {HELD_OUT_SEED}, the model card's; {FRESH_SEED}: the set no preset was chosen on)",
-    )  # fmt: skip
+    )
     parser.add_argument("--out", default="toy_report", help="output folder")
     parser.add_argument(
         "--skip", nargs="*", default=[], choices=["vae", "samples", "attention", "inversion", "removal", "subsets"]
@@ -255,8 +264,11 @@ def main() -> None:
         "--variants", nargs="*", default=list(VARIANTS), choices=list(ALL_VARIANTS), help="removal rows to measure"
     )
     parser.add_argument("--collect", nargs="*", help="toy_report.json files: write the frontier table and figure only")
-    parser.add_argument("--reference", help="with --collect: the row the paired differences are taken against "
-                        "(default: null-text at 50 steps, the released code's default)")  # fmt: skip
+    parser.add_argument(
+        "--reference",
+        help="with --collect: the row the paired differences are taken against "
+        "(default: null-text at 50 steps, the released code's default)",
+    )
     parser.add_argument(
         "--subset-variants", nargs="*", default=["magicremover"], choices=list(ALL_VARIANTS), help="glass/shadow rows"
     )

@@ -106,8 +106,9 @@ def train_unet(cfg: DictConfig, unet, text_encoder, tokenizer, latents, pool: Sc
         opt.load_state_dict(state["opt"])
         step = state["step"]
     alphas = build_ddim_scheduler().alphas_cumprod
-    ids_all = tokenizer(pool.captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                        return_tensors="pt").input_ids  # fmt: skip
+    ids_all = tokenizer(
+        pool.captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids
     empty = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
     gen = torch.Generator().manual_seed(4321 + step)
     store = CrossAttentionStore(keep_graph=True)
@@ -142,8 +143,17 @@ def train_unet(cfg: DictConfig, unet, text_encoder, tokenizer, latents, pool: Sc
                         p_ema.lerp_(p, 1 - cfg.ema_decay)
             bar.set_postfix(eps=f"{loss_eps.item():.4f}", attn=f"{loss_attn.item():.4f}")
             if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
-                _save({"unet": unet.state_dict(), "text": text_encoder.state_dict(), "ema_unet": ema_unet.state_dict(),
-                       "ema_text": ema_text.state_dict(), "opt": opt.state_dict(), "step": step + 1}, path)  # fmt: skip
+                _save(
+                    {
+                        "unet": unet.state_dict(),
+                        "text": text_encoder.state_dict(),
+                        "ema_unet": ema_unet.state_dict(),
+                        "ema_text": ema_text.state_dict(),
+                        "opt": opt.state_dict(),
+                        "step": step + 1,
+                    },
+                    path,
+                )
             if (step + 1) % cfg.sample_every == 0:
                 sampler({"live": (unet, text_encoder), "ema": (ema_unet, ema_text)}, step + 1)
 

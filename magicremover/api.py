@@ -384,8 +384,12 @@ def _combined(passes: list[Removal], meta: PhotoMeta) -> Removal:
                 total[key] = total.get(key, 0) + value
     first = passes[0].record
     record = {key: first[key] for key in ("prompt", "input_size", "method", "mode") if key in first}
-    record |= {"targets": [p.record["target"] for p in passes], "unet_calls": calls,
-               "passes": [p.record for p in passes], "output_size": passes[-1].record.get("output_size")}  # fmt: skip
+    record |= {
+        "targets": [p.record["target"] for p in passes],
+        "unet_calls": calls,
+        "passes": [p.record for p in passes],
+        "output_size": passes[-1].record.get("output_size"),
+    }
     return Removal(
         input=passes[0].input,
         image=meta.composite(edit, alpha),

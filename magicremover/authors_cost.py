@@ -1,4 +1,4 @@
-"""UNet call counts of the authors' released code, derived from its schedule (spec §9), for side-by-side reports.
+"""UNet call counts of the authors' released code, derived from its schedule (its main.py), for side-by-side reports.
 
 A "call" is one UNet invocation (a CFG pass with batch 2 counts once), as :class:`~magicremover.unet_calls.UNetCalls`
 counts ours.
@@ -37,7 +37,7 @@ def authors_cost(
     1 CFG call to advance: N (3 + k). Edit stage: replay above t_idx, one M₀ pass, per edited step one reconstruction
     call, one guided call with backward while t > 11 (a plain call otherwise), one extra call with backward while
     t > 500; the COCO script also re-runs the N-call DDIM inversion. Defaults give 650 + 110 (and 650 + 166 for
-    ``coco_script=True, t_ratio=0.9``), the figures of spec §9.
+    ``coco_script=True, t_ratio=0.9``), the figures in docs/performance.md.
     """
     step = 1000 // n_steps
     timesteps = [1 + step * k for k in range(n_steps)][::-1]

@@ -60,8 +60,12 @@ class RemovalResult:
 
     def images(self) -> dict[str, torch.Tensor]:
         """The images the result holds, by kind (``output``, ``reconstruction``, ``attention``, ``mask``)."""
-        kinds = {"output": self.image, "reconstruction": self.reconstruction, "attention": self.attention,
-                 "mask": self.mask}  # fmt: skip
+        kinds = {
+            "output": self.image,
+            "reconstruction": self.reconstruction,
+            "attention": self.attention,
+            "mask": self.mask,
+        }
         return {kind: image for kind, image in kinds.items() if image is not None}
 
     def check_finite(self) -> None:

@@ -71,21 +71,51 @@ def coco_root(tmp_path_factory):
             value, run = pixel, 1
     counts.append(run)
     data = {
-        "images": [{"id": 1, "file_name": "000000000001.jpg", "width": 80, "height": 60},
-                   {"id": 2, "file_name": "000000000002.png", "width": 64, "height": 64},
-                   {"id": 3, "file_name": "000000000003.jpg", "width": 48, "height": 48}],
+        "images": [
+            {"id": 1, "file_name": "000000000001.jpg", "width": 80, "height": 60},
+            {"id": 2, "file_name": "000000000002.png", "width": 64, "height": 64},
+            {"id": 3, "file_name": "000000000003.jpg", "width": 48, "height": 48},
+        ],
         "categories": [{"id": 11, "name": "fire hydrant"}, {"id": 42, "name": "surfboard"}, {"id": 18, "name": "dog"}],
         "annotations": [
-            {"id": 1, "image_id": 1, "category_id": 11, "iscrowd": 0, "area": 600.0, "bbox": [10, 10, 20, 30],
-             "segmentation": [[10, 10, 30, 10, 30, 40, 10, 40]]},
-            {"id": 2, "image_id": 1, "category_id": 18, "iscrowd": 0, "area": 100.0, "bbox": [50, 30, 10, 10],
-             "segmentation": [[50, 30, 60, 30, 60, 40, 50, 40]]},
-            {"id": 3, "image_id": 2, "category_id": 42, "iscrowd": 1, "area": 400.0, "bbox": [5, 20, 20, 20],
-             "segmentation": {"counts": counts, "size": [64, 64]}},
-            {"id": 4, "image_id": 3, "category_id": 18, "iscrowd": 0, "area": 100.0, "bbox": [4, 4, 10, 10],
-             "segmentation": [[4, 4, 14, 4, 14, 14, 4, 14]]},
+            {
+                "id": 1,
+                "image_id": 1,
+                "category_id": 11,
+                "iscrowd": 0,
+                "area": 600.0,
+                "bbox": [10, 10, 20, 30],
+                "segmentation": [[10, 10, 30, 10, 30, 40, 10, 40]],
+            },
+            {
+                "id": 2,
+                "image_id": 1,
+                "category_id": 18,
+                "iscrowd": 0,
+                "area": 100.0,
+                "bbox": [50, 30, 10, 10],
+                "segmentation": [[50, 30, 60, 30, 60, 40, 50, 40]],
+            },
+            {
+                "id": 3,
+                "image_id": 2,
+                "category_id": 42,
+                "iscrowd": 1,
+                "area": 400.0,
+                "bbox": [5, 20, 20, 20],
+                "segmentation": {"counts": counts, "size": [64, 64]},
+            },
+            {
+                "id": 4,
+                "image_id": 3,
+                "category_id": 18,
+                "iscrowd": 0,
+                "area": 100.0,
+                "bbox": [4, 4, 10, 10],
+                "segmentation": [[4, 4, 14, 4, 14, 14, 4, 14]],
+            },
         ],
-    }  # fmt: skip
+    }
     (root / "annotations" / "instances_val2017.json").write_text(json.dumps(data))
     return root
 
@@ -156,15 +186,39 @@ def inpaint_dir(tmp_path_factory):
 
     tokenizer = build_clip_tokenizer()
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(sample_size=8, in_channels=9, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
-                                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-                                cross_attention_dim=32, attention_head_dim=4, norm_num_groups=16)  # fmt: skip
-    vae = AutoencoderKL(block_out_channels=(16, 16, 32, 32), down_block_types=("DownEncoderBlock2D",) * 4,
-                        up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, norm_num_groups=8, layers_per_block=1)  # fmt: skip
-    text = CLIPTextModel(CLIPTextConfig(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
-                                        vocab_size=len(tokenizer), max_position_embeddings=77))  # fmt: skip
-    pipe = StableDiffusionInpaintPipeline(vae, text, tokenizer, unet, PNDMScheduler(skip_prk_steps=True), None, None,
-                                          requires_safety_checker=False)  # fmt: skip
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        in_channels=9,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=4,
+        norm_num_groups=16,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(16, 16, 32, 32),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        norm_num_groups=8,
+        layers_per_block=1,
+    )
+    text = CLIPTextModel(
+        CLIPTextConfig(
+            hidden_size=32,
+            intermediate_size=37,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            vocab_size=len(tokenizer),
+            max_position_embeddings=77,
+        )
+    )
+    pipe = StableDiffusionInpaintPipeline(
+        vae, text, tokenizer, unet, PNDMScheduler(skip_prk_steps=True), None, None, requires_safety_checker=False
+    )
     folder = tmp_path_factory.mktemp("sd-inpaint")
     pipe.save_pretrained(folder)
     return folder
@@ -208,9 +262,20 @@ def inst_inpaint_weights(tmp_path_factory):
 
 # The longest modules first: with ``-n 2 --dist loadscope`` (the README's command) a module runs on one worker, so
 # one started last would run alone at the end while the other worker idles.
-LONG_MODULES = ("test_toy_behaviour.py", "test_slurm.py", "test_notebooks.py", "test_research_loop.py", "test_report.py",
-                "test_shards.py", "test_storage.py", "test_api.py", "test_cli_remove.py", "test_locate.py",
-                "test_photo_runs.py", "test_app.py")  # fmt: skip
+LONG_MODULES = (
+    "test_toy_behaviour.py",
+    "test_slurm.py",
+    "test_notebooks.py",
+    "test_research_loop.py",
+    "test_report.py",
+    "test_shards.py",
+    "test_storage.py",
+    "test_api.py",
+    "test_cli_remove.py",
+    "test_locate.py",
+    "test_photo_runs.py",
+    "test_app.py",
+)
 
 
 def pytest_collection_modifyitems(items):

@@ -66,8 +66,14 @@ def _free_port() -> int:
 def server(tmp_path):
     port = _free_port()
     env = os.environ | {"PYTHONPATH": str(ROOT)}
-    overrides = [f"server.port={port}", "device=cpu", "cache_dir=null", f"out_dir={tmp_path / 'runs'}",
-                 "inversion=negative_prompt", "num_inference_steps=20"]  # fmt: skip
+    overrides = [
+        f"server.port={port}",
+        "device=cpu",
+        "cache_dir=null",
+        f"out_dir={tmp_path / 'runs'}",
+        "inversion=negative_prompt",
+        "num_inference_steps=20",
+    ]
     log = open(tmp_path / "app.log", "w")
     process = subprocess.Popen(
         [sys.executable, "-m", "magicremover.experiments.app", *overrides], env=env, stdout=log, stderr=log
@@ -110,8 +116,11 @@ def test_the_page_removes_the_circle_in_a_real_browser(server, tmp_path, example
         wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#photo input[type=file]")))
         browser.find_element(By.CSS_SELECTOR, "#photo input[type=file]").send_keys(str(tmp_path / "photo.png"))
         wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#photo img")))
-        ticked = [el.text.strip() for el in browser.find_elements(By.CSS_SELECTOR, "#word label")
-                  if el.find_element(By.CSS_SELECTOR, "input").is_selected()]  # fmt: skip
+        ticked = [
+            el.text.strip()
+            for el in browser.find_elements(By.CSS_SELECTOR, "#word label")
+            if el.find_element(By.CSS_SELECTOR, "input").is_selected()
+        ]
         assert ticked == ["circle"]  # the example's word, ticked; several may be
         browser.find_element(By.CSS_SELECTOR, "#run").click()
         WebDriverWait(browser, 300).until(ec.presence_of_element_located((By.CSS_SELECTOR, "#output img")))
@@ -119,8 +128,9 @@ def test_the_page_removes_the_circle_in_a_real_browser(server, tmp_path, example
         shot = Path(os.environ.get("MAGICREMOVER_TEST_ARTIFACTS", tmp_path)) / "app.png"
         shot.parent.mkdir(parents=True, exist_ok=True)
         browser.save_screenshot(str(shot))
-        sources = {key: browser.find_element(By.CSS_SELECTOR, f"#{key} img").get_attribute("src")
-                   for key in ("output", "mask")}  # fmt: skip
+        sources = {
+            key: browser.find_element(By.CSS_SELECTOR, f"#{key} img").get_attribute("src") for key in ("output", "mask")
+        }
         # Mask mode: paint a stroke with the pointer in the upper left, away from the circle, and run again.
         canvas = browser.find_elements(By.CSS_SELECTOR, "#editor canvas")[-1]
         strokes = ActionChains(browser).move_to_element_with_offset(canvas, -90, -60).click_and_hold()

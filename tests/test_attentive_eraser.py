@@ -52,8 +52,11 @@ def test_one_layers_redirected_attention_equals_the_reference(step):
         reference = layer.to_out[0](editor(q, k, v, sim.clone(), sim.softmax(-1), False, "up", 4, scale=layer.scale))
         ours_controller = AttentionActivationSuppression(mask, ("up",), 0.3)
         ours_controller.active, ours_controller.suppress = True, step <= 9
-        layer.set_processor(ControlledAttnProcessor("up_blocks.0.attentions.0.transformer_blocks.0.attn1",
-                                                    ours_controller, {"latent_hw": (16, 16)}))  # fmt: skip
+        layer.set_processor(
+            ControlledAttnProcessor(
+                "up_blocks.0.attentions.0.transformer_blocks.0.attn1", ours_controller, {"latent_hw": (16, 16)}
+            )
+        )
         ours = layer(hidden)
     assert (ours - reference).abs().max() < 1e-6
     plain = layer.to_out[0](
@@ -73,8 +76,10 @@ def _reference_unet(tiny, mask, up_blocks):
 def _up_blocks(unet) -> list[int]:
     """Indices of the decoder's transformer blocks in call order — down, mid, up — as the reference counts them
     (SD 2.1: 7–15 of 16; the tiny UNet: 3–6 of 7)."""
-    count = {part: sum(n.startswith(part) and n.endswith("attn1") for n, _ in unet.named_modules())
-             for part in ("down_blocks", "mid_block", "up_blocks")}  # fmt: skip
+    count = {
+        part: sum(n.startswith(part) and n.endswith("attn1") for n, _ in unet.named_modules())
+        for part in ("down_blocks", "mid_block", "up_blocks")
+    }
     first = count["down_blocks"] + count["mid_block"]
     return list(range(first, first + count["up_blocks"]))
 
@@ -132,8 +137,9 @@ def test_the_sip_loop_equals_the_reference_loop_on_the_tiny_model(tiny128):
     mask128 = torch.zeros(1, 1, 128, 128)
     mask128[..., 32:80, 40:88] = 1
     picture = held_out_cases(1)[0].sample.image.resize((128, 128))
-    sample = dataclasses.replace(held_out_cases(1)[0].sample, image=picture,
-                                 mask=Image.fromarray(np.uint8(mask128[0, 0] * 255)))  # fmt: skip
+    sample = dataclasses.replace(
+        held_out_cases(1)[0].sample, image=picture, mask=Image.fromarray(np.uint8(mask128[0, 0] * 255))
+    )
     remover = AttentiveEraser(tiny, num_inference_steps=12, strength=0.75, mask_blur=0, freeu=None, seed=3)
     ours = remover(sample)
     # The reference: the same prepared mask upsampled to its 512², its editor on a UNet copy, its loop.
@@ -166,8 +172,9 @@ def test_the_dip_loop_equals_the_reference_loop_on_the_tiny_model(tiny128):
     mask128 = torch.zeros(1, 1, 128, 128)
     mask128[..., 24:72, 48:100] = 1
     picture = held_out_cases(2)[1].sample.image.resize((128, 128))
-    sample = dataclasses.replace(held_out_cases(2)[1].sample, image=picture,
-                                 mask=Image.fromarray(np.uint8(mask128[0, 0] * 255)))  # fmt: skip
+    sample = dataclasses.replace(
+        held_out_cases(2)[1].sample, image=picture, mask=Image.fromarray(np.uint8(mask128[0, 0] * 255))
+    )
     ours = AttentiveEraser(tiny, variant="dip", num_inference_steps=10, strength=1.0, mask_blur=0, freeu=None)(sample)
     assert ours.calls["inversion"].calls == 10 and ours.calls["edit"].calls == 10
     prepared = ours.mask
@@ -196,8 +203,11 @@ def test_bad_inputs_are_one_line_errors_before_any_unet_call(tiny, example_image
     with pytest.raises(ImageError, match=r"^Attentive Eraser needs a mask and sample .* has none; pass one"):
         remover(RemovalSample(example_image, "a photo", "circle"))
     assert tiny.calls.delta(tiny.calls.totals(), before) == {}
-    for override, message in [("method.variant=xl", "is not sip or dip"), ("method.mask_blur=12", "odd kernel size"),
-                              ("method.strength=0", "must be in \\(0, 1\\]")]:  # fmt: skip
+    for override, message in [
+        ("method.variant=xl", "is not sip or dip"),
+        ("method.mask_blur=12", "odd kernel size"),
+        ("method.strength=0", "must be in \\(0, 1\\]"),
+    ]:
         with pytest.raises(ConfigError, match=message):
             build_remover(compose_config("remove", ["method=attentive_eraser", override]), tiny)
     with pytest.raises(ConfigError, match="and 1 for variant=dip"):

@@ -93,8 +93,12 @@ def test_the_authors_fid_equals_their_script_on_pytorch_fids_network(tmp_path, p
     with mock.patch.object(pytorch_fid, "load_state_dict_from_url", lambda *a, **k: state):
         model = pytorch_fid.InceptionV3([3]).eval()
     scores = AuthorsScores(inception(backend="pytorch_fid", pytorch_fid_weights=str(path)))
-    scores.update([Sample(str(i), *images, "dog", layout="grid") for i, images in
-                   enumerate(zip(outputs, originals, reconstructions))])  # fmt: skip
+    scores.update(
+        [
+            Sample(str(i), *images, "dog", layout="grid")
+            for i, images in enumerate(zip(outputs, originals, reconstructions))
+        ]
+    )
     report = scores.compute()
     expected = _their_fid(tmp_path / "grids", model, side, side)
     assert report["authors_fid"] == pytest.approx(expected, rel=1e-6) and expected > 0
@@ -146,7 +150,12 @@ def test_the_toy_acceptance_command_composes_the_authors_protocol_with_pytorch_f
     from magicremover.config import compose_config
 
     assert instantiate(compose_config("evaluate", ["data=toy"]).metrics).features is None  # ground truth only
-    overrides = ["data=toy", "metrics.protocol=authors", "metrics.fid_backend=pytorch_fid",
-                 f"weights.inception_pytorch_fid={pytorch_fid_weights[0]}", "metrics.clip=null"]  # fmt: skip
+    overrides = [
+        "data=toy",
+        "metrics.protocol=authors",
+        "metrics.fid_backend=pytorch_fid",
+        f"weights.inception_pytorch_fid={pytorch_fid_weights[0]}",
+        "metrics.clip=null",
+    ]
     scores = instantiate(compose_config("evaluate", overrides).metrics)
     assert scores.protocol == "authors" and scores.authors is not None and "pytorch-fid" in scores.features.description

@@ -45,8 +45,14 @@ def test_a_target_list_on_the_command_line_removes_each_object_with_one_shared_i
     scene = render_scene(10000000)  # a two-object scene
     Image.fromarray(scene.image).save(tmp_path / "scene.png")
     words = ",".join(f"'{o.phrase}'" for o in scene.objects)
-    cfg = _config(tmp_path, f"image={tmp_path / 'scene.png'}", f'prompt="{scene.caption}"', f"target=[{words}]",
-                  "num_inference_steps=5", "inversion=negative_prompt")  # fmt: skip
+    cfg = _config(
+        tmp_path,
+        f"image={tmp_path / 'scene.png'}",
+        f'prompt="{scene.caption}"',
+        f"target=[{words}]",
+        "num_inference_steps=5",
+        "inversion=negative_prompt",
+    )
     payload = remove(cfg, Path(cfg.out_dir))
     assert payload["targets"] == [o.phrase for o in scene.objects] and {"mask_0", "mask_1"} <= payload["files"].keys()
     assert payload["unet_calls"]["inversion"]["calls"] == 5  # the second pass read the first one's inversion
@@ -115,8 +121,14 @@ def test_a_folder_of_mixed_sizes_runs_resumes_and_writes_grids(tmp_path, example
     (photos / "notes.txt").write_text("not a photo")
     targets = tmp_path / "targets.jsonl"
     targets.write_text(json.dumps({"image": "d.png", "target": "circle", "prompt": "a photo of a red circle"}) + "\n")
-    cfg = _config(tmp_path, f"image={photos}", f"targets={targets}", "grid=true", "num_inference_steps=5",
-                  "inversion=negative_prompt")  # fmt: skip
+    cfg = _config(
+        tmp_path,
+        f"image={photos}",
+        f"targets={targets}",
+        "grid=true",
+        "num_inference_steps=5",
+        "inversion=negative_prompt",
+    )
     with caplog.at_level("INFO", logger="magicremover"):
         summary = remove(cfg, Path(cfg.out_dir))
     run = Path(cfg.out_dir)

@@ -13,10 +13,12 @@ from magicremover.eval.clip_accuracy import ClipAccuracy, box_crop, clip_at_n
 def test_clip_at_n_counts_samples_whose_seen_class_left_the_top_n():
     source = torch.tensor([[9.0, 1, 0, 0, 0, 0], [0, 0, 8, 1, 0, 0], [0, 0, 0, 0, 0, 7]])
     output = torch.tensor(
-        [[1.0, 9, 8, 7, 6, 5],  # class 0 ranks 6th: gone at every N
-         [0, 0, 3, 5, 4, 0],  # class 2 ranks 3rd: seen at N = 3 and 5
-         [6, 5, 4, 3, 0, 9]]  # class 5 still first
-    )  # fmt: skip
+        [
+            [1.0, 9, 8, 7, 6, 5],  # class 0 ranks 6th: gone at every N
+            [0, 0, 3, 5, 4, 0],  # class 2 ranks 3rd: seen at N = 3 and 5
+            [6, 5, 4, 3, 0, 9],
+        ]  # class 5 still first
+    )
     assert [clip_at_n(source, output, n) for n in (1, 3, 5)] == pytest.approx([2 / 3, 1 / 3, 1 / 3])
     assert clip_at_n(source, output[:, :2], 5) == clip_at_n(source, output[:, :2], 2)  # N beyond the classes: all
 

@@ -57,9 +57,19 @@ def test_bad_locations_and_files(coco_root, tmp_path):
 
 def test_fixture_runs_end_to_end_through_evaluate(coco_root, tmp_path):
     with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
-        cfg = compose("evaluate", overrides=["data=coco", f"data.root={coco_root}", f"out_dir={tmp_path / 'run'}",
-                                             f"cache_dir={tmp_path / 'cache'}", "device=cpu", "num_inference_steps=4",
-                                             "inversion=negative_prompt", "metrics=tiny"])  # fmt: skip
+        cfg = compose(
+            "evaluate",
+            overrides=[
+                "data=coco",
+                f"data.root={coco_root}",
+                f"out_dir={tmp_path / 'run'}",
+                f"cache_dir={tmp_path / 'cache'}",
+                "device=cpu",
+                "num_inference_steps=4",
+                "inversion=negative_prompt",
+                "metrics=tiny",
+            ],
+        )
     metrics = ev.evaluate(cfg, Path(cfg.out_dir))
     assert (metrics["samples"], metrics["ok"], metrics["errors"]) == (4, 4, 0)
     for key in ("fid_original", "fid_reconstruction", "u_ids", "p_ids", "clip_similarity", "clip_similarity_input"):
@@ -79,21 +89,47 @@ def test_an_empty_segmentation_costs_its_sample_not_the_run(tmp_path):
         ImageDraw.Draw(photo).ellipse([20, 20, 44, 44], fill=(200, 40, 40))
         photo.save(root / "val2017" / name)
     data = {
-        "images": [{"id": 1, "file_name": "000000000001.jpg", "width": 64, "height": 64},
-                   {"id": 2, "file_name": "000000000002.jpg", "width": 64, "height": 64}],
+        "images": [
+            {"id": 1, "file_name": "000000000001.jpg", "width": 64, "height": 64},
+            {"id": 2, "file_name": "000000000002.jpg", "width": 64, "height": 64},
+        ],
         "categories": [{"id": 18, "name": "dog"}],
         "annotations": [
-            {"id": 1, "image_id": 1, "category_id": 18, "iscrowd": 0, "area": 576.0, "bbox": [20, 20, 24, 24],
-             "segmentation": [[20, 20, 44, 20, 44, 44, 20, 44]]},
-            {"id": 2, "image_id": 2, "category_id": 18, "iscrowd": 0, "area": 576.0, "bbox": [20, 20, 24, 24],
-             "segmentation": []},
+            {
+                "id": 1,
+                "image_id": 1,
+                "category_id": 18,
+                "iscrowd": 0,
+                "area": 576.0,
+                "bbox": [20, 20, 24, 24],
+                "segmentation": [[20, 20, 44, 20, 44, 44, 20, 44]],
+            },
+            {
+                "id": 2,
+                "image_id": 2,
+                "category_id": 18,
+                "iscrowd": 0,
+                "area": 576.0,
+                "bbox": [20, 20, 24, 24],
+                "segmentation": [],
+            },
         ],
-    }  # fmt: skip
+    }
     (root / "annotations" / "instances_val2017.json").write_text(json.dumps(data))
     out = tmp_path / "run"
-    cfg = compose_config("evaluate", ["data=coco", f"data.root={root}", f"out_dir={out}", "cache_dir=null",
-                                      "device=cpu", "num_inference_steps=2", "inversion=negative_prompt",
-                                      "metrics=ground_truth"])  # fmt: skip
+    cfg = compose_config(
+        "evaluate",
+        [
+            "data=coco",
+            f"data.root={root}",
+            f"out_dir={out}",
+            "cache_dir=null",
+            "device=cpu",
+            "num_inference_steps=2",
+            "inversion=negative_prompt",
+            "metrics=ground_truth",
+        ],
+    )
     for _ in range(2):  # and a rerun, which once died the same way
         metrics = ev.evaluate(cfg, out)
         assert (metrics["samples"], metrics["ok"], metrics["errors"]) == (2, 1, 1)

@@ -48,8 +48,21 @@ def test_our_counters_match_the_same_hand_count(tiny, example_image):
 @pytest.mark.slow
 def test_benchmark_command_runs_offline(tmp_path):
     out = tmp_path / "benchmark.json"
-    subprocess.run([sys.executable, "-m", "magicremover.experiments.benchmark", "--repeats", "1", "--images", "1", "--out", str(out)],
-                   check=True, timeout=600)  # fmt: skip
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "magicremover.experiments.benchmark",
+            "--repeats",
+            "1",
+            "--images",
+            "1",
+            "--out",
+            str(out),
+        ],
+        check=True,
+        timeout=600,
+    )
     report = json.loads(out.read_text())
     assert report["calls_per_preset"]["magicremover"]["edit_calls"] == 110
     assert report["fast_inversion"]["call_ratio"] == 13.0

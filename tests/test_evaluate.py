@@ -7,7 +7,7 @@ from hydra import compose, initialize_config_dir
 
 from magicremover.errors import ConfigError, PromptError
 from magicremover.eval.data import ToyDataset, shard
-from magicremover.eval.metrics import ground_truth_metrics, masked_ssim
+from magicremover.eval.ground_truth import ground_truth_metrics, masked_ssim
 from magicremover.experiments import evaluate as ev
 from magicremover.images import psnr
 
@@ -16,8 +16,18 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _config(tmp_path, *overrides):
     with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
-        return compose("evaluate", overrides=[f"out_dir={tmp_path / 'run'}", f"cache_dir={tmp_path / 'cache'}", "device=cpu",
-                                              "data.size=4", "num_inference_steps=4", "inversion=negative_prompt", *overrides])  # fmt: skip
+        return compose(
+            "evaluate",
+            overrides=[
+                f"out_dir={tmp_path / 'run'}",
+                f"cache_dir={tmp_path / 'cache'}",
+                "device=cpu",
+                "data.size=4",
+                "num_inference_steps=4",
+                "inversion=negative_prompt",
+                *overrides,
+            ],
+        )
 
 
 def test_end_to_end_on_the_toy_dataset(tmp_path):

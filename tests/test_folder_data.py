@@ -34,9 +34,19 @@ def folder(tmp_path):
 
 def test_a_folder_benchmark_runs_with_ground_truth_and_distribution_metrics(folder, tmp_path):
     with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
-        cfg = compose("evaluate", overrides=["data=folder", f"data.root={folder}", "metrics=tiny", f"out_dir={tmp_path / 'run'}",
-                                             f"cache_dir={tmp_path / 'cache'}", "device=cpu", "num_inference_steps=4",
-                                             "inversion=negative_prompt"])  # fmt: skip
+        cfg = compose(
+            "evaluate",
+            overrides=[
+                "data=folder",
+                f"data.root={folder}",
+                "metrics=tiny",
+                f"out_dir={tmp_path / 'run'}",
+                f"cache_dir={tmp_path / 'cache'}",
+                "device=cpu",
+                "num_inference_steps=4",
+                "inversion=negative_prompt",
+            ],
+        )
     metrics = ev.evaluate(cfg, Path(cfg.out_dir))
     assert metrics["ok"] == 3
     for key in ("psnr_in", "ssim_in", "psnr_out", "ssim_out", "fid_original", "u_ids", "clip_similarity"):

@@ -44,8 +44,11 @@ def test_composite_keeps_the_photo_bytes_wherever_alpha_is_zero_and_blends_once_
     original = np.asarray(photo)
     assert pasted.shape == original.shape
     assert np.array_equal(pasted[alpha == 0], original[alpha == 0])
-    resized = np.asarray(Image.fromarray((output[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
-                         .resize((300, 200), Image.Resampling.BICUBIC))  # fmt: skip
+    resized = np.asarray(
+        Image.fromarray((output[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).resize(
+            (300, 200), Image.Resampling.BICUBIC
+        )
+    )
     assert np.array_equal(np.asarray(edit), resized)
     blended = np.round(original + alpha[..., None] * (resized.astype(float) - original)).astype(np.uint8)
     assert np.array_equal(pasted, blended)

@@ -36,8 +36,11 @@ def official_text_names(layers: int) -> list[str]:
     names = ["token_emb.weight", "pos_emb.emb.weight", "norm.weight", "norm.bias", "to_logits.weight", "to_logits.bias"]
     for k in range(2 * layers):
         names += [f"attn_layers.layers.{k}.0.weight", f"attn_layers.layers.{k}.0.bias"]
-        block = ["1.to_q.weight", "1.to_k.weight", "1.to_v.weight", "1.to_out.weight", "1.to_out.bias"] if k % 2 == 0 else \
-                ["1.net.0.0.weight", "1.net.0.0.bias", "1.net.2.weight", "1.net.2.bias"]  # fmt: skip
+        block = (
+            ["1.to_q.weight", "1.to_k.weight", "1.to_v.weight", "1.to_out.weight", "1.to_out.bias"]
+            if k % 2 == 0
+            else ["1.net.0.0.weight", "1.net.0.0.bias", "1.net.2.weight", "1.net.2.bias"]
+        )
         names += [f"attn_layers.layers.{k}.{b}" for b in block]
     return names
 
@@ -111,9 +114,13 @@ def _official_checkpoint(model: InstInpaintModel) -> dict[str, torch.Tensor]:
         if re.search(r"attn(_1)?\.(\d+\.)?(q|k|v|proj_out)\.weight$", key):
             value = value[:, :, None, None]  # taming's attention projections are 1x1 convolutions
         state[key] = value + 1 if key.startswith("model.diffusion_model.") else value
-    state |= {"cond_stage_model.quantize.embedding.weight": state["first_stage_model.quantize.embedding.weight"],
-              "model_ema.decay": torch.tensor(0.9999), "model_ema.num_updates": torch.tensor(10),
-              "betas": torch.zeros(1000), "alphas_cumprod": model.scheduler.alphas_cumprod.clone()}  # fmt: skip
+    state |= {
+        "cond_stage_model.quantize.embedding.weight": state["first_stage_model.quantize.embedding.weight"],
+        "model_ema.decay": torch.tensor(0.9999),
+        "model_ema.num_updates": torch.tensor(10),
+        "betas": torch.zeros(1000),
+        "alphas_cumprod": model.scheduler.alphas_cumprod.clone(),
+    }
     return state
 
 
@@ -194,9 +201,19 @@ def test_removal_runs_deterministically_and_records_its_handicap(checkpoint, ber
 def test_inst_inpaint_through_the_cli(checkpoint, bert_vocab, tmp_path, example_image):
     path, _ = checkpoint
     with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
-        cfg = compose("remove", overrides=["method=inst_inpaint", f"weights.inst_inpaint={path}", f"weights.inst_inpaint_tokenizer={bert_vocab}",
-                                           "method.architecture=tiny", "method.num_inference_steps=2", "method.resolution=64",
-                                           f"out_dir={tmp_path}", "device=cpu"])  # fmt: skip
+        cfg = compose(
+            "remove",
+            overrides=[
+                "method=inst_inpaint",
+                f"weights.inst_inpaint={path}",
+                f"weights.inst_inpaint_tokenizer={bert_vocab}",
+                "method.architecture=tiny",
+                "method.num_inference_steps=2",
+                "method.resolution=64",
+                f"out_dir={tmp_path}",
+                "device=cpu",
+            ],
+        )
     payload = remove(cfg, tmp_path)
     assert Image.open(tmp_path / "output.png").size == (64, 64)
     assert payload["extras"]["instruction"] == "remove the circle"

@@ -90,8 +90,18 @@ def test_lama_through_the_cli_without_loading_a_diffusion_model(weights, tmp_pat
     mask.save(tmp_path / "mask.png")
     root = Path(__file__).resolve().parents[1]
     with initialize_config_dir(version_base="1.3", config_dir=str(root / "conf")):
-        cfg = compose("remove", overrides=["method=lama", f"method.weights={weights}", "method.md5=null",
-                                           "method.resolution=64", f"mask={tmp_path / 'mask.png'}",
-                                           f"out_dir={tmp_path / 'run'}", "model=local", "model.path=/nonexistent"])  # fmt: skip
+        cfg = compose(
+            "remove",
+            overrides=[
+                "method=lama",
+                f"method.weights={weights}",
+                "method.md5=null",
+                "method.resolution=64",
+                f"mask={tmp_path / 'mask.png'}",
+                f"out_dir={tmp_path / 'run'}",
+                "model=local",
+                "model.path=/nonexistent",
+            ],
+        )
     payload = remove(cfg, Path(cfg.out_dir))  # model=local with a bad path would fail if it were loaded
     assert set(payload["files"]) == {"output", "mask"} and payload["unet_calls"] == {}

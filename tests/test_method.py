@@ -59,9 +59,9 @@ def test_default_call_counts_match_the_hand_derivation(remove):
         "classifier_optimization": (17, 17, 17),
     }
     unfolded = remove(steps=50, fold_cfg=False)  # the CFG batch of two: every sample count doubles
-    assert {stage: c.samples for stage, c in unfolded.calls.items() if stage not in ("inversion", "attention_mask")} == {
-        "replay": 16, "reconstruction": 84, "edit": 84, "classifier_optimization": 34
-    }  # fmt: skip
+    assert {
+        stage: c.samples for stage, c in unfolded.calls.items() if stage not in ("inversion", "attention_mask")
+    } == {"replay": 16, "reconstruction": 84, "edit": 84, "classifier_optimization": 34}
     assert result.extras["edit_start_t"] == 821 and result.extras["guided_steps"] == 41
 
 
@@ -175,8 +175,12 @@ def test_kv_from_the_inversion_replaces_the_reconstruction_branch(tiny, remove, 
     assert torch.allclose(result.reconstruction, with_reconstruction.reconstruction, atol=1e-6)  # both the trajectory
     assert (result.image - with_reconstruction.image).abs().max() > 1e-4  # other K/V, another edit
     # What the inversion recorded at timestep t is what a direct conditional UNet call on its latent at t gives.
-    remover = MagicRemover(tiny, InversionConfig(method="negative_prompt", num_inference_steps=10),
-                           trajectory_correction="reconstruction", kv_source="inversion")  # fmt: skip
+    remover = MagicRemover(
+        tiny,
+        InversionConfig(method="negative_prompt", num_inference_steps=10),
+        trajectory_correction="reconstruction",
+        kv_source="inversion",
+    )
     inversion, recorded = remover._invert(RemovalSample(example_image, PROMPT, "circle"), image_tensor)
     ascending = inversion.timesteps.flip(0).tolist()
     assert sorted(recorded) == ascending[:8]  # the edited steps' only (t_ratio 0.85 of 10: the 8 lowest timesteps)
@@ -210,8 +214,16 @@ def test_the_fast_preset_costs_what_the_hand_derivation_says(tiny, example_image
     assert result.calls["edit"].backward == 41 and 742 / sum(calls.values()) >= 5
     # K/V from the inversion (method.kv_source=inversion): no replay, no reconstruction branch, the edit's calls
     # unchanged: 266 − 8 − 42 = 216 forward-equivalents, 10.2× fewer than the released pipeline's 2213.
-    kv_cfg = compose_config("remove", ["method=magicremover_fast", "cache_dir=null", "device=cpu",
-                                       "method.trajectory_correction=reconstruction", "method.kv_source=inversion"])  # fmt: skip
+    kv_cfg = compose_config(
+        "remove",
+        [
+            "method=magicremover_fast",
+            "cache_dir=null",
+            "device=cpu",
+            "method.trajectory_correction=reconstruction",
+            "method.kv_source=inversion",
+        ],
+    )
     kv = build_remover(kv_cfg, tiny)(RemovalSample(example_image, PROMPT, "circle"))
     assert {stage: c.calls for stage, c in kv.calls.items()} == {"inversion": 50, "attention_mask": 1, "edit": 42}
     assert sum(c.forward_equivalents for c in kv.calls.values()) == 216
@@ -223,11 +235,13 @@ def test_blending_keeps_the_reconstruction_outside_the_region_whatever_the_gradi
     tiny, example_image, cache_dir, reweight
 ):
     """w/o Rp gives the gradient no weight (W = 1), but the released code still blends outside the region M it finds
-    (main.py:705, spec §3.7): outside M the final edit latent is the reconstruction's, inside it is edited."""
+    (the released main.py:705): outside M the final edit latent is the reconstruction's, inside it is edited."""
     remover = MagicRemover(
-        tiny, InversionConfig(method="negative_prompt", num_inference_steps=10), cache_dir=cache_dir,
+        tiny,
+        InversionConfig(method="negative_prompt", num_inference_steps=10),
+        cache_dir=cache_dir,
         reweight_perturbation=reweight,
-    )  # fmt: skip
+    )
     denoised = []
     real = remover._denoise
     remover._denoise = lambda *args: denoised.append(real(*args)) or denoised[-1]

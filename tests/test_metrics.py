@@ -60,8 +60,14 @@ def test_inception_loads_a_weights_file_with_the_real_layout(tmp_path, monkeypat
     monkeypatch.undo()
     torch.manual_seed(0)
     path = tmp_path / "weights-inception-2015-12-05-6726825d.pth"
-    random = {k: torch.rand_like(v) + 0.5 if "running_var" in k else torch.randn_like(v) * 0.05 if v.is_floating_point() else v
-              for k, v in captured["keys"].items()}  # fmt: skip
+    random = {
+        k: torch.rand_like(v) + 0.5
+        if "running_var" in k
+        else torch.randn_like(v) * 0.05
+        if v.is_floating_point()
+        else v
+        for k, v in captured["keys"].items()
+    }
     torch.save(random, path)
     extractor = inception(weights=str(path), antialias=False)
     features = extractor(torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8))

@@ -4,7 +4,7 @@ import torch
 from magicremover.baselines.p2p import PromptToPrompt
 from magicremover.errors import PromptError
 from magicremover.inversion import InversionConfig
-from magicremover.inverting import Reconstruction
+from magicremover.remover_base import Reconstruction
 from magicremover.types import RemovalSample
 
 PROMPT = "a photo of a red circle on horizontal stripes"

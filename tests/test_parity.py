@@ -208,8 +208,10 @@ def test_ids_equal_the_authors_svm_with_their_labels():
     originals = rng.normal(size=(60, 5))
     outputs = originals + rng.normal(size=(60, 5)) * 0.8 + 0.3
     svm = LinearSVC(dual=False).fit(np.concatenate([outputs, originals]), np.r_[np.ones(60), np.zeros(60)])
-    authors = {"u_ids": 1 - svm.score(np.concatenate([outputs, originals]), np.r_[np.ones(60), np.zeros(60)]),
-               "p_ids": np.mean(svm.decision_function(originals) > svm.decision_function(outputs))}  # fmt: skip
+    authors = {
+        "u_ids": 1 - svm.score(np.concatenate([outputs, originals]), np.r_[np.ones(60), np.zeros(60)]),
+        "p_ids": np.mean(svm.decision_function(originals) > svm.decision_function(outputs)),
+    }
     ours = inception_discriminative_scores(originals, outputs)  # ours calls the originals real
     assert ours["u_ids"] == pytest.approx(authors["u_ids"], abs=1e-12)
     assert ours["p_ids"] == pytest.approx(authors["p_ids"], abs=1e-12)
@@ -258,8 +260,10 @@ def test_ddim_inversion_and_null_text_follow_the_notebook(tiny, image_tensor):
             eps_cond = unet(latent, t, cond)
         for _ in range(3):
             eps_uncond = unet(latent, t, uncond)
-            loss = F.mse_loss(_notebook_prev_step(c, eps_uncond + 7.5 * (eps_cond - eps_uncond), t, latent, stride),
-                              latents[n - i - 1])  # fmt: skip
+            loss = F.mse_loss(
+                _notebook_prev_step(c, eps_uncond + 7.5 * (eps_cond - eps_uncond), t, latent, stride),
+                latents[n - i - 1],
+            )
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

@@ -28,8 +28,11 @@ def test_auto_crops_only_what_it_enlarges_and_says_why_it_did_not():
     settings, size = PasteSettings(strategy="auto"), (1280, 960)
     box, record = choose_box((600, 400, 680, 480), size, 64, settings, "mask")
     assert box == (540, 340, 740, 540) and record["used"] == "crop" and record["crop"] == list(box)
-    for region, reason in (((0, 0, 1200, 900), "covers most"), ((100, 100, 500, 400), "would not enlarge"),
-                           (None, "no object region")):  # fmt: skip
+    for region, reason in (
+        ((0, 0, 1200, 900), "covers most"),
+        ((100, 100, 500, 400), "would not enlarge"),
+        (None, "no object region"),
+    ):
         box, record = choose_box(region, size, 64, settings, "located")
         assert box == whole(size) and record["used"] == "resize" and reason in record["reason"]
     box, record = choose_box((100, 100, 500, 400), size, 64, PasteSettings(strategy="crop"), "mask")

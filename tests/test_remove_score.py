@@ -19,9 +19,14 @@ def _mask(shape, box):
 
 @pytest.mark.parametrize(
     "shape, box",
-    [((96, 96), (30, 40, 50, 55)), ((96, 128), (2, 60, 30, 70)), ((80, 64), (50, 3, 79, 40)),
-     ((64, 64), (0, 0, 64, 10)), ((120, 90), (100, 70, 118, 89))],
-)  # fmt: skip
+    [
+        ((96, 96), (30, 40, 50, 55)),
+        ((96, 128), (2, 60, 30, 70)),
+        ((80, 64), (50, 3, 79, 40)),
+        ((64, 64), (0, 0, 64, 10)),
+        ((120, 90), (100, 70, 118, 89)),
+    ],
+)
 def test_the_crop_is_removes_own_bounding_square(shape, box):
     mask = _mask(shape, box)
     assert bounding_square(mask > 0) == tuple(int(v) for v in find_smallest_bounding_square(mask))
@@ -46,9 +51,20 @@ def test_on_a_square_crop_the_grid_mask_is_removes_and_on_a_tall_one_the_padding
 def sam_folder(tmp_path_factory):
     from transformers import SamConfig, SamModel
 
-    vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-              "output_channels": 16, "image_size": 128, "patch_size": 16, "global_attn_indexes": [1],
-              "window_size": 4, "num_pos_feats": 8, "mlp_dim": 64, "initializer_range": 0.02}  # fmt: skip
+    vision = {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "output_channels": 16,
+        "image_size": 128,
+        "patch_size": 16,
+        "global_attn_indexes": [1],
+        "window_size": 4,
+        "num_pos_feats": 8,
+        "mlp_dim": 64,
+        "initializer_range": 0.02,
+    }
     torch.manual_seed(0)
     model = SamModel(SamConfig(vision_config=vision))
     folder = tmp_path_factory.mktemp("sam")
@@ -123,9 +139,17 @@ def test_evaluate_writes_remove_score_when_weights_sam_is_a_folder(sam_folder, t
 
     cfg = compose_config(
         "evaluate",
-        [f"out_dir={tmp_path / 'run'}", "cache_dir=null", "device=cpu", "data=toy", "data.size=3",
-         "num_inference_steps=4", "inversion=negative_prompt", f"weights.sam={sam_folder}"],
-    )  # fmt: skip
+        [
+            f"out_dir={tmp_path / 'run'}",
+            "cache_dir=null",
+            "device=cpu",
+            "data=toy",
+            "data.size=3",
+            "num_inference_steps=4",
+            "inversion=negative_prompt",
+            f"weights.sam={sam_folder}",
+        ],
+    )
     metrics = ev.evaluate(cfg, Path(cfg.out_dir))
     assert json.loads((Path(cfg.out_dir) / "metrics.json").read_text())["remove_score"] == metrics["remove_score"]
     assert -1 <= metrics["remove_score"] <= 1 and -1 <= metrics["remove_score_input"] <= 1

@@ -18,8 +18,23 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _sweep(tmp_path, *args):
     env = os.environ | {"PYTHONPATH": str(ROOT), "MAGICREMOVER_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", "magicremover.experiments.evaluate", "-m", *args, "device=cpu", "num_inference_steps=4",
-                           "inversion=negative_prompt"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)  # fmt: skip
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "magicremover.experiments.evaluate",
+            "-m",
+            *args,
+            "device=cpu",
+            "num_inference_steps=4",
+            "inversion=negative_prompt",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
 
 
@@ -32,11 +47,17 @@ def _fake_sweep(root, runs):
 
 
 def test_tables_follow_the_spec_order_labels_and_paper_column(tmp_path):
-    sweep = _fake_sweep(tmp_path / "sweep", {
-        "lama": ({"fid_original": 8.123456, "ok": 10, "inversions": 0}, "method: {}\n"),
-        "magicremover": ({"fid_original": 12.5, "fid_reconstruction": None, "ok": 10, "inversions": 10}, "method: {}\n"),
-        "extra_run": ({"fid_original": 3.0, "ok": 9}, "method: {}\n"),
-    })  # fmt: skip
+    sweep = _fake_sweep(
+        tmp_path / "sweep",
+        {
+            "lama": ({"fid_original": 8.123456, "ok": 10, "inversions": 0}, "method: {}\n"),
+            "magicremover": (
+                {"fid_original": 12.5, "fid_reconstruction": None, "ok": 10, "inversions": 10},
+                "method: {}\n",
+            ),
+            "extra_run": ({"fid_original": 3.0, "ok": 9}, "method: {}\n"),
+        },
+    )
     spec = compose_config("report", ["artefact=table1", f"sweep_dir={sweep}"]).report
     runs = collect(sweep)
     header, rows = table(runs, row_labels(sweep, runs, spec), spec)
@@ -50,9 +71,13 @@ def test_tables_follow_the_spec_order_labels_and_paper_column(tmp_path):
 
 
 def test_numeric_sweeps_are_labelled_by_their_value_and_sorted(tmp_path):
-    sweep = _fake_sweep(tmp_path / "sweep", {
-        f"lambda_{value}": ({"psnr_out": value * 10, "ok": 2}, f"method:\n  lambda_: {value}\n") for value in (0.8, 0.2, 0.5)
-    })  # fmt: skip
+    sweep = _fake_sweep(
+        tmp_path / "sweep",
+        {
+            f"lambda_{value}": ({"psnr_out": value * 10, "ok": 2}, f"method:\n  lambda_: {value}\n")
+            for value in (0.8, 0.2, 0.5)
+        },
+    )
     spec = compose_config("report", ["artefact=fig9", f"sweep_dir={sweep}"]).report
     runs = collect(sweep)
     assert list(row_labels(sweep, runs, spec).values()) == ["0.2", "0.5", "0.8"]
@@ -81,9 +106,20 @@ def test_the_table1_command_produces_its_table_on_the_coco_fixture(
     tmp_path, coco_root, lama_weights, inpaint_dir, inst_inpaint_weights, bert_vocab
 ):
     sweep = tmp_path / "table1"
-    _sweep(tmp_path, "+artefact=table1", f"hydra.sweep.dir={sweep}", "data=coco", f"data.root={coco_root}", "metrics=tiny",
-           "resolution=64", f"weights.lama={lama_weights}", "weights.lama_md5=null", f"weights.sd_inpaint={inpaint_dir}",
-           f"weights.inst_inpaint={inst_inpaint_weights}", f"weights.inst_inpaint_tokenizer={bert_vocab}")  # fmt: skip
+    _sweep(
+        tmp_path,
+        "+artefact=table1",
+        f"hydra.sweep.dir={sweep}",
+        "data=coco",
+        f"data.root={coco_root}",
+        "metrics=tiny",
+        "resolution=64",
+        f"weights.lama={lama_weights}",
+        "weights.lama_md5=null",
+        f"weights.sd_inpaint={inpaint_dir}",
+        f"weights.inst_inpaint={inst_inpaint_weights}",
+        f"weights.inst_inpaint_tokenizer={bert_vocab}",
+    )
     rows = {
         line.split(" | ")[0].lstrip("| "): line
         for line in (sweep / "table1.md").read_text().splitlines()
@@ -111,8 +147,11 @@ def test_the_table1_command_produces_its_table_on_the_coco_fixture(
 def test_the_report_command_redraws_a_sweep_and_names_what_is_missing(tmp_path):
     sweep = _fake_sweep(tmp_path / "sweep", {"default": ({"clip_similarity": 20.0, "ok": 3}, "method: {}\n")})
     env = os.environ | {"PYTHONPATH": str(ROOT)}
-    run = lambda *args: subprocess.run([sys.executable, "-m", "magicremover.experiments.report", *args], cwd=tmp_path, env=env,  # noqa: E731
-                                       capture_output=True, text=True, timeout=300)  # fmt: skip
+
+    def run(*args):
+        command = [sys.executable, "-m", "magicremover.experiments.report", *args]
+        return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+
     done = run("artefact=fig6", f"sweep_dir={sweep}")
     assert done.returncode == 0, done.stderr[-2000:]
     assert "| full | – | – | 20 |" in (sweep / "fig6.md").read_text()
@@ -125,17 +164,41 @@ def test_the_report_command_redraws_a_sweep_and_names_what_is_missing(tmp_path):
 
 def test_the_sota_command_compares_every_remover_on_the_same_samples(tmp_path, coco_root, lama_weights, inpaint_dir):
     sweep = tmp_path / "sota"
-    _sweep(tmp_path, "+artefact=sota", f"hydra.sweep.dir={sweep}", "data=coco", f"data.root={coco_root}", "data.size=2",
-           "metrics=tiny", "resolution=64", f"weights.lama={lama_weights}", "weights.lama_md5=null",
-           f"weights.sd_inpaint={inpaint_dir}")  # fmt: skip
+    _sweep(
+        tmp_path,
+        "+artefact=sota",
+        f"hydra.sweep.dir={sweep}",
+        "data=coco",
+        f"data.root={coco_root}",
+        "data.size=2",
+        "metrics=tiny",
+        "resolution=64",
+        f"weights.lama={lama_weights}",
+        "weights.lama_md5=null",
+        f"weights.sd_inpaint={inpaint_dir}",
+    )
     lines = (sweep / "sota.md").read_text().splitlines()
     header = next(line for line in lines if line.startswith("| Method"))
     rows = {line.split(" | ")[0].lstrip("| "): line for line in lines if line.startswith("| ") and line != header}
-    expected = {"MagicRemover", "MagicRemover (fast)", "Attentive Eraser (SIP)", "Attentive Eraser (DIP)", "LEDITS++",
-                "LaMa", "SD-Inpaint"}  # fmt: skip
+    expected = {
+        "MagicRemover",
+        "MagicRemover (fast)",
+        "Attentive Eraser (SIP)",
+        "Attentive Eraser (DIP)",
+        "LEDITS++",
+        "LaMa",
+        "SD-Inpaint",
+    }
     assert expected <= set(rows) and "local FID" in header and "CLIP@1 ↑" in header
-    for name in ("magicremover", "magicremover_fast", "attentive_eraser", "attentive_eraser_dip", "ledits_pp", "lama",
-                 "sd_inpaint"):  # fmt: skip
+    for name in (
+        "magicremover",
+        "magicremover_fast",
+        "attentive_eraser",
+        "attentive_eraser_dip",
+        "ledits_pp",
+        "lama",
+        "sd_inpaint",
+    ):
         metrics = json.loads((sweep / name / "metrics.json").read_text())
         assert metrics["ok"] == 2 and None not in (metrics["fid_local"], metrics["clip_acc@1"]), name
     assert (sweep / "sota.tex").is_file() and (sweep / "sota_grid.png").is_file()

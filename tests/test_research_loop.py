@@ -21,16 +21,29 @@ FAST = ["inversion=negative_prompt", "num_inference_steps=10", "device=cpu"]
 
 def _run(tmp_path, *args) -> subprocess.CompletedProcess:
     env = os.environ | {"PYTHONPATH": str(ROOT), "MAGICREMOVER_CACHE": str(tmp_path / "cache")}
-    done = subprocess.run([sys.executable, "-m", "magicremover.experiments.evaluate", *args], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=900)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "magicremover.experiments.evaluate", *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 
 
 def test_an_optuna_search_returns_the_metric_and_keeps_the_best_trial(tmp_path):
     sweep = tmp_path / "search"
-    _run(tmp_path, "-m", "hparams_search=toy_optuna", "hydra.sweeper.n_trials=3", "data.size=2", *FAST,
-         f"hydra.sweep.dir={sweep}")  # fmt: skip
+    _run(
+        tmp_path,
+        "-m",
+        "hparams_search=toy_optuna",
+        "hydra.sweeper.n_trials=3",
+        "data.size=2",
+        *FAST,
+        f"hydra.sweep.dir={sweep}",
+    )
     trials = {}
     for run in sorted(p for p in sweep.iterdir() if p.is_dir()):
         config = yaml.safe_load((run / "config.yaml").read_text())
@@ -58,8 +71,17 @@ def test_an_offline_wandb_run_holds_a_step_per_sample_the_group_and_the_artifact
         monkeypatch.setenv(var, str(tmp_path / "wandb_home"))
     out = tmp_path / "fig6" / "2026-11-30_10-00-00" / "default"
     with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
-        cfg = compose("evaluate", overrides=[f"out_dir={out}", f"cache_dir={tmp_path / 'cache'}", "data.size=3",
-                                             "logger=wandb", "logger.mode=offline", *FAST])  # fmt: skip
+        cfg = compose(
+            "evaluate",
+            overrides=[
+                f"out_dir={out}",
+                f"cache_dir={tmp_path / 'cache'}",
+                "data.size=3",
+                "logger=wandb",
+                "logger.mode=offline",
+                *FAST,
+            ],
+        )
     metrics = ev.evaluate(cfg, out)
     (file,) = out.glob("wandb/offline-run-*/run-*.wandb")
     steps = [row for row in history(file) if "sample/ok" in row]
@@ -86,8 +108,14 @@ def test_fig6_writes_a_grid_with_the_papers_columns(tmp_path):
     sweep = tmp_path / "fig6"
     _run(tmp_path, "-m", "+artefact=fig6", "data=toy", "data.size=2", *FAST, f"hydra.sweep.dir={sweep}")
     assert (sweep / "fig6_grid.png").is_file()
-    spec = {"rows": {"ablation_no_relax": "w/o Re", "ablation_no_reweight": "w/o Rp", "ablation_no_sag": "w/o Sg",
-                     "default": "full"}}  # fmt: skip
+    spec = {
+        "rows": {
+            "ablation_no_relax": "w/o Re",
+            "ablation_no_reweight": "w/o Rp",
+            "ablation_no_sag": "w/o Sg",
+            "default": "full",
+        }
+    }
     runs = {name: {} for name in spec["rows"]}
     rows = grid_rows(sweep, row_labels(sweep, runs, spec), samples=2)
     assert len(rows) == 2 and list(rows[0]) == ["sample_id", "input", "attention", "w/o Re", "w/o Rp", "w/o Sg", "full"]
@@ -107,8 +135,10 @@ def test_an_artefact_report_run_holds_the_grid_table_and_the_rendered_files(tmp_
     sweep.mkdir(parents=True)
     (sweep / "fig6.md").write_text("| table |")
     tile = Image.new("RGB", (8, 8), "red")
-    rows = [{"sample_id": "a", "input": tile, "attention": tile, "full": tile}, {"sample_id": "b", "input": tile,
-             "full": tile}]  # fmt: skip
+    rows = [
+        {"sample_id": "a", "input": tile, "attention": tile, "full": tile},
+        {"sample_id": "b", "input": tile, "full": tile},
+    ]
     WandbTracker(mode="offline").log_report(sweep, "fig6", {"md": sweep / "fig6.md"}, rows)
     (file,) = sweep.glob("report/wandb/offline-run-*/run-*.wandb")
     (run,) = of_type(file, "run")

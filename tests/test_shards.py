@@ -12,8 +12,14 @@ COMMON = ["data.size=4", "num_inference_steps=4", "inversion=negative_prompt", "
 
 def _run(args, tmp_path, cache):
     env = os.environ | {"PYTHONPATH": str(ROOT), "MAGICREMOVER_CACHE": str(tmp_path / cache), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", "magicremover.experiments.evaluate", *args], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "magicremover.experiments.evaluate", *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
 
 

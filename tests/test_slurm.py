@@ -46,8 +46,20 @@ def test_two_slurm_shards_one_requeued_mid_run_match_one_process(tmp_path):
     sharded, single, sweep = tmp_path / "sharded", tmp_path / "single", tmp_path / "sweep"
     with one_node_cluster() as env:
         env = env | {"MAGICREMOVER_CACHE": str(tmp_path / "cache-a")}
-        launch = _evaluate(["-m", "hydra/launcher=slurm_shards", *CPU_NODE, "data.num_shards=2", "data.shard_index=0,1",
-                            f"out_dir={sharded}", f"hydra.sweep.dir={sweep}", *COMMON], tmp_path, env)  # fmt: skip
+        launch = _evaluate(
+            [
+                "-m",
+                "hydra/launcher=slurm_shards",
+                *CPU_NODE,
+                "data.num_shards=2",
+                "data.shard_index=0,1",
+                f"out_dir={sharded}",
+                f"hydra.sweep.dir={sweep}",
+                *COMMON,
+            ],
+            tmp_path,
+            env,
+        )
         first = sharded / "manifest-shard000-of-002.jsonl"
         deadline = time.monotonic() + 300
         while not (first.is_file() and first.read_text().strip()) and launch.poll() is None:
@@ -55,8 +67,13 @@ def test_two_slurm_shards_one_requeued_mid_run_match_one_process(tmp_path):
             time.sleep(0.1)
         done_before = len(first.read_text().splitlines())
         assert done_before < 3, "shard 0 finished before it could be requeued: give it more samples"
-        (job,) = [line.split()[0] for line in subprocess.run(["squeue", "-h", "-o", "%i %K"], env=env,
-                  capture_output=True, text=True).stdout.splitlines() if line.split()[1] == "0"]  # fmt: skip
+        (job,) = [
+            line.split()[0]
+            for line in subprocess.run(
+                ["squeue", "-h", "-o", "%i %K"], env=env, capture_output=True, text=True
+            ).stdout.splitlines()
+            if line.split()[1] == "0"
+        ]
         _scontrol(env, "requeue", job)
         log, _ = launch.communicate(timeout=600)
         assert launch.returncode == 0, log[-3000:]

@@ -21,16 +21,27 @@ def _report(path, seeds, rows):
     vae = [{"seed": s, "psnr_out_vs_input": 30.0, "psnr_in_vs_gt": 0.0, "psnr_in_input_vs_gt": 0.0} for s in seeds]
     per_scene = {"vae_reconstruction": vae}
     for name, (gain, gap, calls, fe, seconds) in rows.items():
-        per_scene[name] = [{"seed": s, "psnr_in_vs_gt": 10 + gain(s), "psnr_in_input_vs_gt": 10.0,
-                            "psnr_out_vs_input": 30.0 - gap(s), "unet_calls": calls, "forward_equivalents": fe,
-                            "seconds": seconds(s)} for s in seeds]  # fmt: skip
+        per_scene[name] = [
+            {
+                "seed": s,
+                "psnr_in_vs_gt": 10 + gain(s),
+                "psnr_in_input_vs_gt": 10.0,
+                "psnr_out_vs_input": 30.0 - gap(s),
+                "unet_calls": calls,
+                "forward_equivalents": fe,
+                "seconds": seconds(s),
+            }
+            for s in seeds
+        ]
     path.write_text(json.dumps({"removal_per_scene": per_scene}))
     return path
 
 
 def test_the_frontier_merges_halves_and_pairs_each_row_with_the_default_scene_by_scene(tmp_path):
-    rows = {"null_text 50 steps": (lambda s: s % 3, lambda s: 1.0, 742, 2213, lambda s: 36.0 if s == 0 else 30.0),
-            "negative_prompt 50 steps w/o Co": (lambda s: s % 3 - 0.5, lambda s: 0.75, 143, 266, lambda s: 5.0)}  # fmt: skip
+    rows = {
+        "null_text 50 steps": (lambda s: s % 3, lambda s: 1.0, 742, 2213, lambda s: 36.0 if s == 0 else 30.0),
+        "negative_prompt 50 steps w/o Co": (lambda s: s % 3 - 0.5, lambda s: 0.75, 143, 266, lambda s: 5.0),
+    }
     halves = [_report(tmp_path / f"{i}.json", seeds, rows) for i, seeds in enumerate((range(0, 10), range(10, 20)))]
     table = frontier(halves, tmp_path).splitlines()
     fast = next(line for line in table if line.startswith("| negative_prompt"))
@@ -49,8 +60,10 @@ def test_the_frontier_merges_halves_and_pairs_each_row_with_the_default_scene_by
 
 
 def test_a_reports_default_preset_row_is_the_frontiers_default(tmp_path):
-    rows = {"magicremover": (lambda s: 1.0, lambda s: 1.0, 730, 2177, lambda s: 30.0),
-            "attentive_eraser": (lambda s: 0.0, lambda s: 1.5, 40, 80, lambda s: 1.5)}  # fmt: skip
+    rows = {
+        "magicremover": (lambda s: 1.0, lambda s: 1.0, 730, 2177, lambda s: 30.0),
+        "attentive_eraser": (lambda s: 0.0, lambda s: 1.5, 40, 80, lambda s: 1.5),
+    }
     table = frontier([_report(tmp_path / "report.json", range(4), rows)], tmp_path).splitlines()
     default = next(line for line in table if line.startswith("| null_text 50 steps (default) |"))
     eraser = next(line for line in table if line.startswith("| attentive_eraser |"))
@@ -62,8 +75,10 @@ def test_mask_based_removers_get_the_objects_mask_in_the_removal_table(tiny, tmp
     from magicremover.experiments.toy_report import removal_table
     from magicremover.toy.quality import held_out_cases
 
-    variants = {"attentive_eraser": ("attentive_eraser", ["num_inference_steps=4"]),
-                "ledits_pp": ("ledits_pp", ["method.num_inversion_steps=4"])}  # fmt: skip
+    variants = {
+        "attentive_eraser": ("attentive_eraser", ["num_inference_steps=4"]),
+        "ledits_pp": ("ledits_pp", ["method.num_inversion_steps=4"]),
+    }
     means, per_scene = removal_table(tiny, held_out_cases(1), tmp_path / "cache", variants)
     assert per_scene["attentive_eraser"][0]["unet_calls"] == 3  # int(4 × 0.8) SIP steps, one two-half call each
     assert per_scene["ledits_pp"][0]["unet_calls"] > 4 and set(means) == {"vae_reconstruction", *variants}

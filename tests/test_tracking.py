@@ -17,8 +17,18 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _config(tmp_path, *overrides):
     with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
-        return compose("evaluate", overrides=[f"out_dir={tmp_path / 'run'}", f"cache_dir={tmp_path / 'cache'}", "device=cpu",
-                                              "data.size=2", "num_inference_steps=4", "inversion=negative_prompt", *overrides])  # fmt: skip
+        return compose(
+            "evaluate",
+            overrides=[
+                f"out_dir={tmp_path / 'run'}",
+                f"cache_dir={tmp_path / 'cache'}",
+                "device=cpu",
+                "data.size=2",
+                "num_inference_steps=4",
+                "inversion=negative_prompt",
+                *overrides,
+            ],
+        )
 
 
 @pytest.fixture

@@ -15,10 +15,21 @@ from magicremover.models import load_pretrained
 
 
 def _config(tmp_path, *overrides):
-    return compose_config("train_toy", [
-        f"work_dir={tmp_path / 'work'}", f"out_dir={tmp_path / 'model'}", "threads=1", "pool_size=8",
-        "vae.steps=3", "vae.batch_size=4", "unet.steps=2", "unet.batch_size=4", "unet.sample_every=2", *overrides,
-    ])  # fmt: skip
+    return compose_config(
+        "train_toy",
+        [
+            f"work_dir={tmp_path / 'work'}",
+            f"out_dir={tmp_path / 'model'}",
+            "threads=1",
+            "pool_size=8",
+            "vae.steps=3",
+            "vae.batch_size=4",
+            "unet.steps=2",
+            "unet.batch_size=4",
+            "unet.sample_every=2",
+            *overrides,
+        ],
+    )
 
 
 def test_training_resumes_and_exports_a_loadable_model(tmp_path):
@@ -56,8 +67,15 @@ def test_a_colour_rule_that_is_not_a_boolean_is_refused_before_anything_is_writt
 
 
 def test_a_radius_range_it_cannot_draw_is_a_one_line_error_before_anything_is_written(tmp_path):
-    cmd = [sys.executable, "-m", "magicremover.experiments.train_toy", "scene_radius=[16,12]", f"work_dir={tmp_path / 'work'}",
-           f"out_dir={tmp_path / 'model'}", f"hydra.run.dir={tmp_path / 'hydra'}"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "magicremover.experiments.train_toy",
+        "scene_radius=[16,12]",
+        f"work_dir={tmp_path / 'work'}",
+        f"out_dir={tmp_path / 'model'}",
+        f"hydra.run.dir={tmp_path / 'hydra'}",
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith("error: object radii [16, 12] cannot be drawn")

@@ -23,8 +23,11 @@ def behaviour_cases() -> dict[str, list]:
     """The scenes the toy-behaviour tests remove from, by what they check."""
     from magicremover.toy.quality import held_out_cases
 
-    return {"default": held_out_cases(3), "glass": held_out_cases(3, kind="glass"),
-            "shadow": held_out_cases(3, kind="shadow")}  # fmt: skip
+    return {
+        "default": held_out_cases(3),
+        "glass": held_out_cases(3, kind="glass"),
+        "shadow": held_out_cases(3, kind="shadow"),
+    }
 
 
 def remover(toy, cache_dir: Path | None):

@@ -36,9 +36,14 @@ def ema_name(name: str) -> str:
 def text_key(official: str) -> str | None:
     """x-transformers encoder key (prefix removed) → ``LDMBertModel`` key. Layers alternate attention (even) and
     feed-forward (odd), each ``[pre-norm, block, residual]``."""
-    fixed = {"token_emb.weight": "model.embed_tokens.weight", "pos_emb.emb.weight": "model.embed_positions.weight",
-             "norm.weight": "model.layer_norm.weight", "norm.bias": "model.layer_norm.bias",
-             "to_logits.weight": "to_logits.weight", "to_logits.bias": "to_logits.bias"}  # fmt: skip
+    fixed = {
+        "token_emb.weight": "model.embed_tokens.weight",
+        "pos_emb.emb.weight": "model.embed_positions.weight",
+        "norm.weight": "model.layer_norm.weight",
+        "norm.bias": "model.layer_norm.bias",
+        "to_logits.weight": "to_logits.weight",
+        "to_logits.bias": "to_logits.bias",
+    }
     if official in fixed:
         return fixed[official]
     match = re.fullmatch(r"attn_layers\.layers\.(\d+)\.(.+)", official)
@@ -46,19 +51,40 @@ def text_key(official: str) -> str | None:
         return None
     index, rest = int(match[1]), match[2]
     layer, attention = index // 2, index % 2 == 0
-    parts = {"0.weight": "self_attn_layer_norm.weight", "0.bias": "self_attn_layer_norm.bias", "1.to_q.weight": "self_attn.q_proj.weight",
-             "1.to_k.weight": "self_attn.k_proj.weight", "1.to_v.weight": "self_attn.v_proj.weight",
-             "1.to_out.weight": "self_attn.out_proj.weight", "1.to_out.bias": "self_attn.out_proj.bias"} if attention else {
-             "0.weight": "final_layer_norm.weight", "0.bias": "final_layer_norm.bias", "1.net.0.0.weight": "fc1.weight",
-             "1.net.0.0.bias": "fc1.bias", "1.net.2.weight": "fc2.weight", "1.net.2.bias": "fc2.bias"}  # fmt: skip
+    parts = (
+        {
+            "0.weight": "self_attn_layer_norm.weight",
+            "0.bias": "self_attn_layer_norm.bias",
+            "1.to_q.weight": "self_attn.q_proj.weight",
+            "1.to_k.weight": "self_attn.k_proj.weight",
+            "1.to_v.weight": "self_attn.v_proj.weight",
+            "1.to_out.weight": "self_attn.out_proj.weight",
+            "1.to_out.bias": "self_attn.out_proj.bias",
+        }
+        if attention
+        else {
+            "0.weight": "final_layer_norm.weight",
+            "0.bias": "final_layer_norm.bias",
+            "1.net.0.0.weight": "fc1.weight",
+            "1.net.0.0.bias": "fc1.bias",
+            "1.net.2.weight": "fc2.weight",
+            "1.net.2.bias": "fc2.bias",
+        }
+    )
     return f"model.layers.{layer}.{parts[rest]}" if rest in parts else None
 
 
 def vq_key(official: str, levels: int) -> str | None:
     """taming ``Encoder``/``Decoder`` key (prefix removed) → diffusers ``VQModel`` key; decoder levels are reversed."""
-    renames = [(r"\.nin_shortcut\.", ".conv_shortcut."), (r"(\.attentions\.\d+)\.norm\.", r"\1.group_norm."),
-               (r"\.q\.", ".to_q."), (r"\.k\.", ".to_k."), (r"\.v\.", ".to_v."), (r"\.proj_out\.", ".to_out.0."),
-               (r"\.norm_out\.", ".conv_norm_out.")]  # fmt: skip
+    renames = [
+        (r"\.nin_shortcut\.", ".conv_shortcut."),
+        (r"(\.attentions\.\d+)\.norm\.", r"\1.group_norm."),
+        (r"\.q\.", ".to_q."),
+        (r"\.k\.", ".to_k."),
+        (r"\.v\.", ".to_v."),
+        (r"\.proj_out\.", ".to_out.0."),
+        (r"\.norm_out\.", ".conv_norm_out."),
+    ]
     key = "." + official
     key = re.sub(r"^\.encoder\.down\.(\d+)\.block\.", r".encoder.down_blocks.\1.resnets.", key)
     key = re.sub(r"^\.encoder\.down\.(\d+)\.attn\.", r".encoder.down_blocks.\1.attentions.", key)
@@ -74,8 +100,14 @@ def vq_key(official: str, levels: int) -> str | None:
     return key[1:]
 
 
-def convert(state: dict[str, torch.Tensor], unet: torch.nn.Module, text: torch.nn.Module, vq: torch.nn.Module,
-            use_ema: bool = True, alphas_cumprod: torch.Tensor | None = None) -> dict[str, list[str]]:  # fmt: skip
+def convert(
+    state: dict[str, torch.Tensor],
+    unet: torch.nn.Module,
+    text: torch.nn.Module,
+    vq: torch.nn.Module,
+    use_ema: bool = True,
+    alphas_cumprod: torch.Tensor | None = None,
+) -> dict[str, list[str]]:
     """Load an official ``state_dict`` into ``unet``, ``text`` (LDMBertModel) and ``vq`` (diffusers VQModel).
 
     Returns ``{"consumed": [...], "ignored": [...]}`` official keys. Raises :class:`ModelLoadError` on an unknown key,

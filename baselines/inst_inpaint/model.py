@@ -43,9 +43,26 @@ class Architecture:
 
     @classmethod
     def named(cls, name: str) -> "Architecture":
-        presets = {"published": cls(), "tiny": cls(
-            unet=UNetConfig(model_channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(2,), num_heads=2, context_dim=32),
-            text_dim=32, text_layers=2, text_heads=2, vocab_size=64, vq_channels=(32, 32, 32, 64), vq_codes=64, image_size=64)}  # fmt: skip
+        presets = {
+            "published": cls(),
+            "tiny": cls(
+                unet=UNetConfig(
+                    model_channels=32,
+                    channel_mult=(1, 2),
+                    num_res_blocks=1,
+                    attention_resolutions=(2,),
+                    num_heads=2,
+                    context_dim=32,
+                ),
+                text_dim=32,
+                text_layers=2,
+                text_heads=2,
+                vocab_size=64,
+                vq_channels=(32, 32, 32, 64),
+                vq_codes=64,
+                image_size=64,
+            ),
+        }
         if name not in presets:
             raise ModelLoadError(f"method.architecture={name} is not one of {', '.join(presets)}")
         return presets[name]
@@ -58,18 +75,41 @@ class InstInpaintModel(nn.Module):
         super().__init__()
         a = self.architecture = architecture
         self.unet = UNetModel(a.unet)
-        self.text_encoder = LDMBertModel(LDMBertConfig(
-            vocab_size=a.vocab_size, max_position_embeddings=77, encoder_layers=a.text_layers, encoder_ffn_dim=4 * a.text_dim,
-            encoder_attention_heads=a.text_heads, head_dim=a.text_dim // a.text_heads, d_model=a.text_dim))  # fmt: skip
+        self.text_encoder = LDMBertModel(
+            LDMBertConfig(
+                vocab_size=a.vocab_size,
+                max_position_embeddings=77,
+                encoder_layers=a.text_layers,
+                encoder_ffn_dim=4 * a.text_dim,
+                encoder_attention_heads=a.text_heads,
+                head_dim=a.text_dim // a.text_heads,
+                d_model=a.text_dim,
+            )
+        )
         levels = len(a.vq_channels)
-        self.vq = VQModel(in_channels=3, out_channels=3, block_out_channels=a.vq_channels, layers_per_block=2, latent_channels=4,
-                          down_block_types=("DownEncoderBlock2D",) * (levels - 1) + ("AttnDownEncoderBlock2D",),
-                          up_block_types=("AttnUpDecoderBlock2D",) + ("UpDecoderBlock2D",) * (levels - 1),
-                          num_vq_embeddings=a.vq_codes, vq_embed_dim=4, norm_num_groups=32, sample_size=a.image_size)  # fmt: skip
+        self.vq = VQModel(
+            in_channels=3,
+            out_channels=3,
+            block_out_channels=a.vq_channels,
+            layers_per_block=2,
+            latent_channels=4,
+            down_block_types=("DownEncoderBlock2D",) * (levels - 1) + ("AttnDownEncoderBlock2D",),
+            up_block_types=("AttnUpDecoderBlock2D",) + ("UpDecoderBlock2D",) * (levels - 1),
+            num_vq_embeddings=a.vq_codes,
+            vq_embed_dim=4,
+            norm_num_groups=32,
+            sample_size=a.image_size,
+        )
         # LDM's "linear" schedule is linear in sqrt(beta) (diffusers: scaled_linear); its DDIM visits t = 981, 961, …, 1
         # and ends on alphas_cumprod[0] (steps_offset=1, set_alpha_to_one=False).
-        self.scheduler = DDIMScheduler(beta_start=0.0015, beta_end=0.0195, beta_schedule="scaled_linear", clip_sample=False,
-                                       set_alpha_to_one=False, steps_offset=1)  # fmt: skip
+        self.scheduler = DDIMScheduler(
+            beta_start=0.0015,
+            beta_end=0.0195,
+            beta_schedule="scaled_linear",
+            clip_sample=False,
+            set_alpha_to_one=False,
+            steps_offset=1,
+        )
 
     def parts(self) -> dict[str, nn.Module]:
         return {"unet": self.unet, "text": self.text_encoder, "vq": self.vq}
@@ -138,9 +178,19 @@ class InstInpaint:
     requires: ClassVar[frozenset[str]] = frozenset()
     components = None  # its own network, no shared diffusion model
 
-    def __init__(self, weights: str | None = None, tokenizer: str = "bert-base-uncased", architecture: str | None = None,
-                 use_ema: bool = True, num_inference_steps: int = 50, seed: int = 0, instruction: str = "remove the {target}",
-                 resolution: int = 512, resize: Resize = "center_crop", device: str = "auto"):  # fmt: skip
+    def __init__(
+        self,
+        weights: str | None = None,
+        tokenizer: str = "bert-base-uncased",
+        architecture: str | None = None,
+        use_ema: bool = True,
+        num_inference_steps: int = 50,
+        seed: int = 0,
+        instruction: str = "remove the {target}",
+        resolution: int = 512,
+        resize: Resize = "center_crop",
+        device: str = "auto",
+    ):
         if "{target}" not in instruction or _formats(instruction) is None:
             raise ConfigError(
                 f"method.instruction={instruction!r} must be a template with {{target}} and no other fields, e.g. 'remove the {{target}}'"

@@ -95,8 +95,13 @@ def unpack(tensors: dict[str, torch.Tensor], from_cache: bool) -> Inversion:
     return Inversion(tensors["timesteps"], trajectory, nulls, tensors["cond_embedding"], from_cache=from_cache)
 
 
-def entry_bytes(n_steps: int, latent_shape: tuple[int, ...], text_shape: tuple[int, int], distinct_nulls: bool,
-                full_trajectory: bool) -> int:  # fmt: skip
+def entry_bytes(
+    n_steps: int,
+    latent_shape: tuple[int, ...],
+    text_shape: tuple[int, int],
+    distinct_nulls: bool,
+    full_trajectory: bool,
+) -> int:
     """Tensor bytes of one lean entry (float32 latents and embeddings), from shapes alone: e.g. SD-1.5 at 512² has
     ``latent_shape=(4, 64, 64)`` and ``text_shape=(77, 768)``."""
     latent, text = math.prod(latent_shape) * 4, math.prod(text_shape) * 4
@@ -241,8 +246,11 @@ class InversionCache:
         if evicted and not self.evicted:
             log.warning(
                 "inversion cache %s reached cache_max_gb=%g: evicted %d least recently used entries "
-                "(further evictions are not reported)", self.root, self.max_bytes / 1e9, evicted
-            )  # fmt: skip
+                "(further evictions are not reported)",
+                self.root,
+                self.max_bytes / 1e9,
+                evicted,
+            )
         self.evicted += evicted
 
 

@@ -52,8 +52,12 @@ class InversionConfig:
             raise ConfigError(f"inversion.method={self.method} is not one of null_text, negative_prompt, ddim")
         if self.num_inference_steps < 1 or self.inner_steps < 0:
             raise ConfigError("num_inference_steps must be ≥ 1 and inversion.inner_steps ≥ 0")
-        names = {"guidance_scale": "guidance_scale", "lr": "inversion.lr", "early_stop": "inversion.early_stop",
-                 "early_stop_growth": "inversion.early_stop_growth"}  # fmt: skip
+        names = {
+            "guidance_scale": "guidance_scale",
+            "lr": "inversion.lr",
+            "early_stop": "inversion.early_stop",
+            "early_stop_growth": "inversion.early_stop_growth",
+        }
         for attribute, name in names.items():
             value = getattr(self, attribute)
             if not math.isfinite(value) or (attribute != "guidance_scale" and value < 0):

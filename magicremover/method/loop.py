@@ -67,9 +67,16 @@ def denoise_two_branches(
     z_rec = z_edit = inversion.z_T
     for index, t in enumerate(tqdm(inversion.timesteps.tolist(), desc="denoising", leave=False, disable=None)):
         step = Step(
-            index, t, alpha_bar(c, t), alpha_bar(c, t - stride), inversion.null_embeddings[index : index + 1],
-            inversion.latent_at_step(index + 1), shared(index), z_rec, z_edit,
-        )  # fmt: skip
+            index,
+            t,
+            alpha_bar(c, t),
+            alpha_bar(c, t - stride),
+            inversion.null_embeddings[index : index + 1],
+            inversion.latent_at_step(index + 1),
+            shared(index),
+            z_rec,
+            z_edit,
+        )
         step.z_rec_next = reconstruct(step)
         step.z_edit_next = step.z_rec_next if step.shared else edit(step)
         for hook in hooks:

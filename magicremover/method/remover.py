@@ -22,12 +22,12 @@ from magicremover.diffusion import cfg_eps, ddim_step, decode_latents, encode_im
 from magicremover.errors import ConfigError
 from magicremover.images import Resize, fit_mask
 from magicremover.inversion import Inversion, InversionConfig
-from magicremover.inverting import InvertingRemover
 from magicremover.method import guidance as G
 from magicremover.method.loop import Step, denoise_two_branches
 from magicremover.method.schedule import Plan, edit_start, plan
 from magicremover.method.settings import Settings
 from magicremover.models import SDComponents
+from magicremover.remover_base import InvertingRemover
 from magicremover.target_tokens import TargetTokens, find_target
 from magicremover.types import RemovalResult, RemovalSample
 from magicremover.unet_calls import UNetCalls
@@ -106,8 +106,14 @@ class MagicRemover(InvertingRemover):
             fixed = F.interpolate(user_mask, size=latent_hw, mode="bilinear", align_corners=False).to(c.device)
         state = _State(target, latent_hw, tuple(image.shape[-2:]), fixed, user_mask is not None)
         # 4. Two branches from the edit start on.
-        steps = plan(inversion.timesteps.tolist(), s.t_ratio, s.guidance_window, s.classifier_optimization_window,
-                     guidance_on=s.attention_guidance, optimization_on=s.classifier_optimization)  # fmt: skip
+        steps = plan(
+            inversion.timesteps.tolist(),
+            s.t_ratio,
+            s.guidance_window,
+            s.classifier_optimization_window,
+            guidance_on=s.attention_guidance,
+            optimization_on=s.classifier_optimization,
+        )
         z_rec, z_edit, region = self._denoise(inversion, steps, state, inversion_kv)
         # 5. Decode and report.
         calls = UNetCalls.delta(c.calls.totals(), before)
@@ -138,8 +144,9 @@ class MagicRemover(InvertingRemover):
         _, image = self.fit(sample)
         latent = encode_image(c, image)
         t = int(c.scheduler.config.get("steps_offset", 0))  # DDIM's last timestep
-        soft = target_attention(c, latent, t, encode_text(c, [sample.prompt]), target, tuple(latent.shape[-2:]),
-                                "locate")  # fmt: skip
+        soft = target_attention(
+            c, latent, t, encode_text(c, [sample.prompt]), target, tuple(latent.shape[-2:]), "locate"
+        )
         return _to_image(soft, tuple(image.shape[-2:]))
 
     def _invert(self, sample: RemovalSample, image: torch.Tensor) -> tuple[Inversion, dict | None]:
@@ -181,9 +188,13 @@ class MagicRemover(InvertingRemover):
             _checkpointing(self.components.unet, s.gradient_checkpointing),
         ):
             z_rec, z_edit = denoise_two_branches(
-                self.components, inversion, branches.reconstruct, branches.edit, hooks,
+                self.components,
+                inversion,
+                branches.reconstruct,
+                branches.edit,
+                hooks,
                 shared=lambda index: not steps.edit[index],
-            )  # fmt: skip
+            )
         return z_rec, z_edit, branches.region
 
     def _guided_noise(self, z, t, null, cond, state: _State, store: CrossAttentionStore) -> _Guided:
@@ -195,8 +206,10 @@ class MagicRemover(InvertingRemover):
         with torch.enable_grad():
             eps = cfg_eps(c, z, t, null, cond, self.inversion.guidance_scale, fold=self.settings.fold_cfg)
             # Each word's map at the latent grid: every layer resized to it, heads and layers summed.
-            word_maps = [token_maps(store.maps, store.shapes, word, state.latent_hw).sum(1, keepdim=True)
-                         for word in state.target.words]  # fmt: skip
+            word_maps = [
+                token_maps(store.maps, store.shapes, word, state.latent_hw).sum(1, keepdim=True)
+                for word in state.target.words
+            ]
             loss, region = self._loss(word_maps, state)
             grad = torch.autograd.grad(loss, z)[0]
         store.enabled = False
@@ -241,8 +254,16 @@ class MagicRemover(InvertingRemover):
 class _Branches:
     """MagicRemover's two branches and its step hooks for :func:`~magicremover.method.loop.denoise_two_branches`."""
 
-    def __init__(self, remover: MagicRemover, cond, steps: Plan, state: _State, kv: SelfAttentionKV, store,
-                 inversion_kv: dict | None = None):  # fmt: skip
+    def __init__(
+        self,
+        remover: MagicRemover,
+        cond,
+        steps: Plan,
+        state: _State,
+        kv: SelfAttentionKV,
+        store,
+        inversion_kv: dict | None = None,
+    ):
         self.remover, self.cond, self.steps, self.state, self.kv, self.store = remover, cond, steps, state, kv, store
         self.inversion_kv = inversion_kv  # {t: {layer: (K, V)}} with kv_source=inversion
         self.c, self.s, self.w = remover.components, remover.settings, remover.inversion.guidance_scale

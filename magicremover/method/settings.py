@@ -81,10 +81,13 @@ class Settings:
         object.__setattr__(self, "guidance_window", Window.parse(self.guidance_window, "method.guidance_window"))
         window = Window.parse(self.classifier_optimization_window, "method.classifier_optimization_window")
         object.__setattr__(self, "classifier_optimization_window", window)
-        choices = {"loss": ("top_quantile_mse", "relaxed_l1"), "reweight": ("mask", "attention"),
-                   "multiword": ("product_map", "sum_of_losses"),
-                   "trajectory_correction": ("none", "reconstruction", "both"),
-                   "kv_source": ("reconstruction", "inversion")}  # fmt: skip
+        choices = {
+            "loss": ("top_quantile_mse", "relaxed_l1"),
+            "reweight": ("mask", "attention"),
+            "multiword": ("product_map", "sum_of_losses"),
+            "trajectory_correction": ("none", "reconstruction", "both"),
+            "kv_source": ("reconstruction", "inversion"),
+        }
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"method.{key}={getattr(self, key)} is not one of {', '.join(allowed)}")

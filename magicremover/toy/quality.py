@@ -32,8 +32,12 @@ class ToyCase:
 
     @property
     def sample(self) -> RemovalSample:
-        return RemovalSample(Image.fromarray(self.scene.image), self.scene.caption, self.obj.phrase,
-                             sample_id=f"toy{self.scene.seed}_{self.obj.phrase.replace(' ', '_')}")  # fmt: skip
+        return RemovalSample(
+            Image.fromarray(self.scene.image),
+            self.scene.caption,
+            self.obj.phrase,
+            sample_id=f"toy{self.scene.seed}_{self.obj.phrase.replace(' ', '_')}",
+        )
 
 
 def held_out_cases(n: int, first_seed: int = HELD_OUT_SEED, kind: str | None = None) -> list[ToyCase]:

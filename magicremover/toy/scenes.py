@@ -36,8 +36,20 @@ GLASS_ALPHA, SHADOW_ALPHA = 0.5, 0.4
 # Object radii in pixels: 12-16 rather than the first design's 8-16. The attention gate scores a map's top-20 % region
 # (819 px) against the object's mask, an IoU of at most area / 819, so smaller objects cap it below 0.5 for any map.
 RADIUS = (12.0, 16.0)
-VOCABULARY = sorted({"a", "photo", "of", "and", "on", "glass", "disc", *COLOURS, *SHAPES,
-                     *(w for phrase in BACKGROUNDS.values() for w in phrase.split())})  # fmt: skip
+VOCABULARY = sorted(
+    {
+        "a",
+        "photo",
+        "of",
+        "and",
+        "on",
+        "glass",
+        "disc",
+        *COLOURS,
+        *SHAPES,
+        *(w for phrase in BACKGROUNDS.values() for w in phrase.split()),
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -206,17 +218,31 @@ def render_scene(
             shadow = np.zeros_like(mask)
             shadow[offset:, offset:] = mask[:-offset, :-offset]
             shadow *= 1 - mask
-        layers.append({"colour": colour, "shape": shape, "rgb": COLOURS[colour], "mask": mask, "shadow": shadow,
-                       "alpha": GLASS_ALPHA if glass else 1.0})  # fmt: skip
+        layers.append(
+            {
+                "colour": colour,
+                "shape": shape,
+                "rgb": COLOURS[colour],
+                "mask": mask,
+                "shadow": shadow,
+                "alpha": GLASS_ALPHA if glass else 1.0,
+            }
+        )
     objects = []
     for index, layer in enumerate(layers):
         mask = _downsample(layer["mask"])
         shadow = _downsample(layer["shadow"]) if layer["shadow"] is not None else np.zeros_like(mask)
-        objects.append(ToyObject(
-            colour=layer["colour"], shape=layer["shape"], phrase=f"{layer['colour']} {layer['shape']}",
-            mask=mask, shadow_mask=np.maximum(mask, shadow), soft_mask=mask * layer["alpha"],
-            removed=_compose(background, layers, skip=index),
-        ))  # fmt: skip
+        objects.append(
+            ToyObject(
+                colour=layer["colour"],
+                shape=layer["shape"],
+                phrase=f"{layer['colour']} {layer['shape']}",
+                mask=mask,
+                shadow_mask=np.maximum(mask, shadow),
+                soft_mask=mask * layer["alpha"],
+                removed=_compose(background, layers, skip=index),
+            )
+        )
     phrases = " and ".join(f"a {o.phrase}" for o in objects)
     caption = f"a photo of {phrases} on {BACKGROUNDS[kind]}"
     return ToyScene(seed, _compose(background, layers), caption, kind, tuple(objects), _compose(background, []))

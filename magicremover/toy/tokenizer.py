@@ -42,5 +42,12 @@ def build_toy_tokenizer(model_max_length: int = 32) -> CLIPTokenizer:
 
 def _make(vocab: dict[str, int], merges: list[tuple[str, str]], model_max_length: int) -> CLIPTokenizer:
     full = dict(vocab) | {BOS: len(vocab), EOS: len(vocab) + 1}
-    return CLIPTokenizer(vocab=full, merges=list(merges), unk_token=EOS, bos_token=BOS, eos_token=EOS, pad_token=EOS,
-                         model_max_length=model_max_length)  # fmt: skip
+    return CLIPTokenizer(
+        vocab=full,
+        merges=list(merges),
+        unk_token=EOS,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=EOS,
+        model_max_length=model_max_length,
+    )

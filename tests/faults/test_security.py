@@ -43,8 +43,12 @@ def test_urls_and_secret_keys_are_redacted():
     assert redact_url("/models/big-lama.pt") == "/models/big-lama.pt"
     assert redact_url("openai/clip-vit-base-patch16") == "openai/clip-vit-base-patch16"
     config = {"api_key": "k", "wandb": {"token": "t", "tokenizer": "bert"}, "paths": ["s3://a:b@bucket/x"], "n": 3}
-    assert redact(config) == {"api_key": "***", "wandb": {"token": "***", "tokenizer": "bert"},
-                              "paths": ["s3://***@bucket/x"], "n": 3}  # fmt: skip
+    assert redact(config) == {
+        "api_key": "***",
+        "wandb": {"token": "***", "tokenizer": "bert"},
+        "paths": ["s3://***@bucket/x"],
+        "n": 3,
+    }
 
 
 def test_only_used_weights_are_logged_and_never_their_secrets(monkeypatch):

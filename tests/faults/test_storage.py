@@ -170,10 +170,23 @@ def test_a_full_cache_and_an_undeletable_entry_are_not_failures(tiny, image_tens
 
 
 def _evaluate_cli(out: Path, cache: Path) -> subprocess.Popen:
-    args = [f"out_dir={out}", f"cache_dir={cache}", "data.size=3", "device=cpu", "num_inference_steps=4",
-            "inversion=negative_prompt", f"hydra.run.dir={out.parent / 'hydra'}"]  # fmt: skip
-    return subprocess.Popen([sys.executable, "-m", "magicremover.experiments.evaluate", *args], env=ENV, cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    args = [
+        f"out_dir={out}",
+        f"cache_dir={cache}",
+        "data.size=3",
+        "device=cpu",
+        "num_inference_steps=4",
+        "inversion=negative_prompt",
+        f"hydra.run.dir={out.parent / 'hydra'}",
+    ]
+    return subprocess.Popen(
+        [sys.executable, "-m", "magicremover.experiments.evaluate", *args],
+        env=ENV,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
-"""Inversion followed by plain reconstruction: the identity "removal", and the reference every edit starts from."""
+"""The base of every remover that inverts the image first (:class:`InvertingRemover`), and the plainest of them:
+inversion followed by reconstruction (:class:`Reconstruction`), the identity "removal" every edit starts from."""
 
 from __future__ import annotations
 
