@@ -25,12 +25,16 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
 
 from magicremover.eval.distribution import inception_discriminative_scores
+from magicremover.eval.features import extractor_description
 from magicremover.outputs import atomic_write
 
 PAD = 2  # torchvision.utils.make_grid's default padding (pad_value 0)
 LAYOUTS = ("grid", "strip")
+FEATURE_KEYS = tuple(f"{kind}{part}" for kind in ("original", "reconstruction", "written") for part in ("", "_result"))
 
 
 def grid(first: np.ndarray, second: np.ndarray) -> np.ndarray:
@@ -93,7 +97,7 @@ class Sample:
     truth: np.ndarray | None = None
 
 
-class AuthorsScores:
+class AuthorsScores(Metric):
     """FID against both references, U-IDS / P-IDS and CLIP similarity on the authors' files and crops.
 
     For each reference (original, reconstruction) the sample's file is built with that image in the reference slot;
@@ -107,13 +111,16 @@ class AuthorsScores:
         directory: where each sample's file is written as ``<sample_id>.png`` (so their scripts can be run on it).
     """
 
+    higher_is_better = False
+    full_state_update = False
+
     def __init__(self, features=None, clip=None, directory: Path | None = None):
+        super().__init__()
         self.features, self.clip, self.directory = features, clip, directory
-        self.feats: dict[str, list[np.ndarray]] = {
-            f"{kind}{part}": [] for kind in ("original", "reconstruction", "written") for part in ("", "_result")
-        }
-        self.layouts: set[str] = set()
-        self.count = 0
+        for key in FEATURE_KEYS:
+            self.add_state(key, default=[], dist_reduce_fx="cat")
+        self.add_state("layout_counts", default=torch.zeros(len(LAYOUTS), dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.tensor(0), dist_reduce_fx="sum")
 
     @torch.no_grad()
     def update(self, samples: list[Sample]) -> None:
@@ -124,7 +131,7 @@ class AuthorsScores:
                 raise ValueError(f"layout {sample.layout} is not one of {', '.join(LAYOUTS)}")
             if sample.layout == "grid" and sample.reconstruction is None:
                 raise ValueError(f"sample {sample.sample_id}: a grid needs the method's own reconstruction")
-            self.layouts.add(sample.layout)
+            self.layout_counts[LAYOUTS.index(sample.layout)] += 1
             file = file_for(sample.layout, _written(sample), sample.output, sample.mask)
             if self.directory is not None:
                 atomic_write(self.directory / f"{sample.sample_id}.png", _png(file))
@@ -137,13 +144,13 @@ class AuthorsScores:
                     continue
                 pairs = [_crop_pair(samples[i], getattr(samples[i], kind)) for i in rows]
                 reference, result = (self._features([pair[part] for pair in pairs]) for part in (0, 1))
-                self.feats[kind].append(reference)
-                self.feats[kind + "_result"].append(result)
+                getattr(self, kind).append(torch.from_numpy(reference))
+                getattr(self, kind + "_result").append(torch.from_numpy(result))
                 written |= {
                     i: (reference[j], result[j]) for j, i in enumerate(rows) if _written_kind(samples[i]) == kind
                 }
-            self.feats["written"].append(np.stack([written[i][0] for i in range(len(samples))]))
-            self.feats["written_result"].append(np.stack([written[i][1] for i in range(len(samples))]))
+            self.written.append(torch.from_numpy(np.stack([written[i][0] for i in range(len(samples))])))
+            self.written_result.append(torch.from_numpy(np.stack([written[i][1] for i in range(len(samples))])))
         if self.clip is not None:
             self.clip.update(clip_crops, [s.text for s in samples])
 
@@ -155,31 +162,35 @@ class AuthorsScores:
         unless every sample has one), ``authors_u_ids``, ``authors_p_ids``, ``authors_clip_similarity`` and
         ``authors_settings``."""
         report: dict = {}
-        if self.features is not None and self.count >= 2:
-            feats = {key: np.concatenate(value) if value else None for key, value in self.feats.items()}
+        count = int(self.count)
+        layouts = [layout for layout, n in zip(LAYOUTS, self.layout_counts.tolist()) if n]
+        if self.features is not None and count >= 2:
+            feats = {
+                key: dim_zero_cat(getattr(self, key)).numpy() if getattr(self, key) else None for key in FEATURE_KEYS
+            }
             for kind in ("original", "reconstruction"):
-                complete = feats[kind] is not None and len(feats[kind]) == self.count
+                complete = feats[kind] is not None and len(feats[kind]) == count
                 report[f"authors_fid_{kind}"] = (
                     frechet_distance(feats[kind], feats[kind + "_result"]) if complete else None
                 )
             # one layout: the written file is one of the two already scored (sqrtm at 2048² takes ~20 s on a core)
             written = {"grid": "authors_fid_reconstruction", "strip": "authors_fid_original"}
-            if len(self.layouts) == 1 and report[written[next(iter(self.layouts))]] is not None:
-                report["authors_fid"] = report[written[next(iter(self.layouts))]]
+            if len(layouts) == 1 and report[written[layouts[0]]] is not None:
+                report["authors_fid"] = report[written[layouts[0]]]
             else:
                 report["authors_fid"] = frechet_distance(feats["written"], feats["written_result"])
             ids = inception_discriminative_scores(feats["written"], feats["written_result"])
             report |= {f"authors_{key}": value for key, value in ids.items()}
-        if self.clip is not None and self.count:
+        if self.clip is not None and count:
             report["authors_clip_similarity"] = float(self.clip.compute())
-        layout = "/".join(sorted(self.layouts))
+        layout = "/".join(sorted(layouts))
         report["authors_settings"] = {
             "layout": layout,
             "files": str(self.directory) if self.directory else None,
             "crops": "reference [:, 0:s]; result [:, s:2s] on grids, [:, 2s:3s] on strips; CLIP from the result's start",
             "authors_fid": "against the reconstruction on grids, the original on strips (what evaluate.py prints)",
             "statistics": "np.cov + pytorch_fid calculate_frechet_distance (scipy sqrtm, eps 1e-6 fallback)",
-            "extractor": getattr(self.features, "description", type(self.features).__name__),
+            "extractor": extractor_description(self.features),
         }
         return report
 

@@ -17,6 +17,8 @@ from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
 from magicremover.errors import ConfigError, ModelLoadError
@@ -96,6 +98,11 @@ def tiny_clip(seed: int = 0) -> ClipLoader:
     return load
 
 
+def clip_description(loader: ClipLoader) -> str:
+    """What to record as the CLIP model: the loader's ``description`` (its hub id or folder), else ``custom``."""
+    return getattr(loader, "description", "custom")
+
+
 def clip_scores(loader: ClipLoader, protocols: Sequence[str]) -> list:
     """One metric per entry of ``protocols``, all sharing one model (e.g. outputs and inputs vs the class name). Update
     each with uint8 ``(3, H, W)`` images and one text per image; ``compute()`` is the mean: in [0, 100] under
@@ -115,16 +122,20 @@ def clip_scores(loader: ClipLoader, protocols: Sequence[str]) -> list:
     ]
 
 
-class AuthorsClipSimilarity:
+class AuthorsClipSimilarity(Metric):
     """The authors' CLIP similarity (``evaluate.py``, task ``cs``): mean cosine of image and class-name embeddings."""
 
+    higher_is_better = False  # for removal: less of the object left
+    full_state_update = False
+
     def __init__(self, clip: CLIPModel, processor: CLIPProcessor):
+        super().__init__()
         self.clip, self.tokenizer = clip, processor.tokenizer
         images = processor.image_processor
         self.side = images.crop_size["height"] if getattr(images, "crop_size", None) else images.size["shortest_edge"]
         self.mean = torch.tensor(images.image_mean).view(1, 3, 1, 1)
         self.std = torch.tensor(images.image_std).view(1, 3, 1, 1)
-        self.cosines: list[torch.Tensor] = []
+        self.add_state("cosines", default=[], dist_reduce_fx="cat")
 
     @torch.no_grad()
     def update(self, images: list[torch.Tensor], texts: list[str]) -> None:
@@ -138,4 +149,37 @@ class AuthorsClipSimilarity:
         self.cosines.append(F.cosine_similarity(image, text))
 
     def compute(self) -> torch.Tensor:
-        return torch.cat(self.cosines).mean()
+        return dim_zero_cat(self.cosines).mean()
+
+
+class ClipSimilarity(Metric):
+    """``clip_similarity`` (outputs) and ``clip_similarity_input`` (inputs) to the class name, the CLIP model and the
+    protocol: two metrics of :func:`clip_scores` sharing one model. Lower is better for removal.
+
+    Args:
+        loader: a CLIP loader; protocol: ``torchmetrics`` or ``authors``.
+    """
+
+    higher_is_better = False
+    full_state_update = False
+
+    def __init__(self, loader: ClipLoader, protocol: str = "torchmetrics"):
+        super().__init__()
+        self.loader, self.protocol = loader, protocol
+        self.outputs, self.inputs = clip_scores(loader, [protocol, protocol])
+
+    def update(self, samples: list) -> None:
+        """``samples``: :class:`magicremover.eval.authors.Sample` s (uint8 ``(H, W, 3)`` images)."""
+        texts = [s.text for s in samples]
+        for metric, key in ((self.outputs, "output"), (self.inputs, "original")):
+            metric.update([torch.from_numpy(getattr(s, key)).permute(2, 0, 1).contiguous() for s in samples], texts)
+
+    def compute(self) -> dict:
+        if not self.outputs.update_called:
+            return {}
+        return {
+            "clip_similarity": float(self.outputs.compute()),
+            "clip_similarity_input": float(self.inputs.compute()),
+            "clip_model": clip_description(self.loader),
+            "clip_protocol": self.protocol,
+        }

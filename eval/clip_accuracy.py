@@ -16,6 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
 
 from magicremover.eval.clip import _tensor
 from magicremover.fullsize import mask_box
@@ -48,45 +50,73 @@ def clip_at_n(source_logits: torch.Tensor, output_logits: torch.Tensor, n: int) 
     return float((top != seen).all(1).float().mean())
 
 
-class ClipAccuracy:
-    """Accumulates the box crops' CLIP image embeddings; ``compute()`` scores them against every class seen.
+NAME_BYTES = 128  # a class name's UTF-8 bytes in the synced state (longer names are cut there)
+
+
+def _encoded(name: str) -> torch.Tensor:
+    return torch.tensor(list(name.encode()[:NAME_BYTES].ljust(NAME_BYTES, b"\0")), dtype=torch.uint8)[None]
+
+
+def _decoded(row: torch.Tensor) -> str:
+    return bytes(row.tolist()).rstrip(b"\0").decode(errors="replace")
+
+
+class ClipAccuracy(Metric):
+    """Accumulates the box crops' CLIP image embeddings; ``compute()`` scores them against every class seen:
+    ``clip_acc@1/3/5`` (higher: the object is no longer recognised) and ``clip_distance``.
 
     Args:
         clip, processor: a transformers CLIP model and its processor (see :mod:`magicremover.eval.clip`).
+        model: what to record as the CLIP model in ``clip_accuracy_settings``.
     """
 
-    def __init__(self, clip, processor):
-        self.clip, self.processor = clip, processor
-        self.embeddings: dict[str, list[torch.Tensor]] = {"original": [], "output": []}
-        self.classes: list[str] = []
+    higher_is_better = True
+    full_state_update = False
+
+    def __init__(self, clip, processor, model: str = "custom"):
+        super().__init__()
+        self.clip, self.processor, self.model = clip, processor, model
+        self.add_state("original", default=[], dist_reduce_fx="cat")
+        self.add_state("output", default=[], dist_reduce_fx="cat")
+        self.add_state("classes", default=[], dist_reduce_fx="cat")  # each class name's bytes, one row per sample
 
     @torch.no_grad()
-    def add(self, original: np.ndarray, output: np.ndarray, mask: np.ndarray | None, class_name: str) -> None:
-        """One sample (uint8 ``(s, s, 3)`` images); skipped without a non-empty mask."""
-        crops = {"original": box_crop(original, mask), "output": box_crop(output, mask)} if mask is not None else {}
-        if not crops or crops["original"] is None:
-            return
-        for key, crop in crops.items():
-            pixels = self.processor(images=crop, return_tensors="pt")["pixel_values"]
-            self.embeddings[key].append(F.normalize(_tensor(self.clip.get_image_features(pixel_values=pixels)), dim=-1))
-        self.classes.append(class_name)
+    def update(self, samples: list) -> None:
+        """``samples``: :class:`magicremover.eval.authors.Sample` s (uint8 ``(s, s, 3)`` images); those without a
+        non-empty mask are skipped."""
+        for sample in samples:
+            mask = sample.object_mask
+            crops = (
+                {key: box_crop(getattr(sample, key), mask) for key in ("original", "output")}
+                if mask is not None
+                else {}
+            )
+            if not crops or crops["original"] is None:
+                continue
+            for key, crop in crops.items():
+                pixels = self.processor(images=crop, return_tensors="pt")["pixel_values"]
+                embedding = _tensor(self.clip.get_image_features(pixel_values=pixels))
+                getattr(self, key).append(F.normalize(embedding, dim=-1))
+            self.classes.append(_encoded(sample.text))
 
     @torch.no_grad()
     def compute(self) -> dict:
         """``clip_acc@1/3/5`` and ``clip_distance`` over the scored samples (``None`` when there are none)."""
         if not self.classes:
             return {f"clip_acc@{n}": None for n in TOP_N} | {"clip_distance": None}
-        names = sorted(set(self.classes))
+        classes = [_decoded(row) for row in dim_zero_cat(self.classes)]
+        names = sorted(set(classes))
         tokens = self.processor.tokenizer([f"a photo of a {name}" for name in names], padding=True, return_tensors="pt")
         text = F.normalize(_tensor(self.clip.get_text_features(**tokens)), dim=-1)
         scale = self.clip.logit_scale.exp()
-        source, output = (scale * torch.cat(self.embeddings[key]) @ text.T for key in ("original", "output"))
-        own = torch.tensor([names.index(name) for name in self.classes])[:, None]
+        source, output = (scale * dim_zero_cat(getattr(self, key)) @ text.T for key in ("original", "output"))
+        own = torch.tensor([names.index(name) for name in classes])[:, None]
         report = {f"clip_acc@{n}": clip_at_n(source, output, n) for n in TOP_N}
         report["clip_distance"] = float((source.gather(1, own) - output.gather(1, own)).mean())
         report["clip_accuracy_settings"] = {
             "crop": f"the mask's box at {EVAL_RESOLUTION}², padded to a centred black square (Inst-Inpaint)",
             "classes": len(names),
-            "n": len(self.classes),
+            "n": len(classes),
+            "model": self.model,
         }
         return report

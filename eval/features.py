@@ -133,3 +133,8 @@ class TinyFeatures(nn.Module):
         if images.dtype != torch.uint8:
             raise TypeError(f"feature extractors take uint8 images, got {images.dtype}")
         return self.net(images.float() / 127.5 - 1).flatten(1)
+
+
+def extractor_description(features: nn.Module) -> str:
+    """What to record as the FID extractor: its ``description``, else its class name."""
+    return getattr(features, "description", type(features).__name__)

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
 
 from magicremover.errors import ModelLoadError
 
@@ -39,23 +41,36 @@ def load_lpips(backbone: str | Path | None = None, net: str = "alex") -> Lpips |
     return Lpips(backbone, net)
 
 
+def tiny_lpips(seed: int = 0) -> Lpips:
+    """LPIPS on a random AlexNet backbone (torchmetrics' own linear layers): for offline tests of the plumbing; its
+    numbers mean nothing."""
+    torch.manual_seed(seed)
+    return Lpips(None, "alex")
+
+
 class Lpips:
     """Per-image LPIPS of uint8 ``(N, H, W, 3)`` pairs.
 
     Args:
-        backbone: torchvision's ImageNet state dict for ``net`` (e.g. ``alexnet-owt-7be5be79.pth``).
+        backbone: torchvision's ImageNet state dict for ``net`` (e.g. ``alexnet-owt-7be5be79.pth``); ``None`` keeps
+            a random backbone (:func:`tiny_lpips`).
         net: ``alex`` (LPIPS's default), ``vgg`` or ``squeeze``.
     """
 
-    def __init__(self, backbone: str | Path, net: str = "alex"):
+    def __init__(self, backbone: str | Path | None, net: str = "alex"):
+        # The private network, because torchmetrics' public LPIPS downloads torchvision's backbone itself; this one
+        # takes it from a local file (or leaves it random), so nothing is downloaded.
         from torchmetrics.functional.image.lpips import _NoTrainLpips
 
+        self.net = _NoTrainLpips(pretrained=True, net=net, pnet_rand=True).eval()  # random backbone, replaced below
+        if backbone is None:
+            self.description = f"LPIPS {net}, random backbone (tiny stand-in), torchmetrics linear layers"
+            return
         path = Path(backbone).expanduser()
         if not path.is_file():
             raise ModelLoadError(
                 f"weights.lpips_backbone={backbone} does not exist; give torchvision's {BACKBONE_FILES[net]}"
             )
-        self.net = _NoTrainLpips(pretrained=True, net=net, pnet_rand=True).eval()  # random backbone, replaced below
         try:  # torchmetrics keeps torchvision's layer indices: slice<k>.<index>.<param> is features.<index>.<param>
             state = torch.load(path, map_location="cpu", weights_only=True)
             mapped = {key: state[f"features.{key.split('.', 1)[1]}"] for key in self.net.net.state_dict()}
@@ -76,3 +91,49 @@ def outside_only(output: np.ndarray, original: np.ndarray, mask: np.ndarray) -> 
     """``output`` with the object region (``mask`` > 127) put back to ``original``'s pixels."""
     inside = (mask.max(-1) if mask.ndim == 3 else mask) > 127
     return np.where(inside[..., None], original, output)
+
+
+class LpipsScores(Metric):
+    """``lpips_outside`` (input vs the output with the object put back, over samples with a mask) and ``lpips_gt``
+    (ground truth vs output, over samples with one), means of the per-image scores, and ``lpips_settings``. Lower
+    is better.
+
+    Args:
+        lpips: the network (:class:`Lpips`).
+    """
+
+    higher_is_better = False
+    full_state_update = False
+
+    def __init__(self, lpips: Lpips):
+        super().__init__()
+        self.lpips = lpips
+        self.add_state("outside", default=[], dist_reduce_fx="cat")
+        self.add_state("gt", default=[], dist_reduce_fx="cat")
+
+    def update(self, samples: list) -> None:
+        """``samples``: :class:`magicremover.eval.authors.Sample` s."""
+        masked = [s for s in samples if s.object_mask is not None]
+        if masked:
+            composites = np.stack([outside_only(s.output, s.original, s.object_mask) for s in masked])
+            self.outside.append(torch.from_numpy(self.lpips(np.stack([s.original for s in masked]), composites)))
+        truths = [s for s in samples if s.truth is not None]
+        if truths:
+            scores = self.lpips(np.stack([s.truth for s in truths]), np.stack([s.output for s in truths]))
+            self.gt.append(torch.from_numpy(scores))
+
+    def compute(self) -> dict:
+        values = {
+            key: dim_zero_cat(getattr(self, key)).numpy() if getattr(self, key) else [] for key in ("outside", "gt")
+        }
+        return {
+            "lpips_outside": float(np.mean(values["outside"])) if len(values["outside"]) else None,
+            "lpips_gt": float(np.mean(values["gt"])) if len(values["gt"]) else None,
+            "lpips_settings": {
+                "network": self.lpips.description,
+                "outside": "input vs the output with the object region put back to the input (the mask applied)",
+                "gt": "ground truth vs output, whole image (the mask ignored)",
+                "n_outside": len(values["outside"]),
+                "n_gt": len(values["gt"]),
+            },
+        }

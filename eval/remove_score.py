@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
 
 from magicremover.errors import ModelLoadError
 from magicremover.fullsize import mask_box
@@ -57,6 +59,30 @@ def grid_masks(mask: np.ndarray, covered: tuple[int, int], grid: int) -> tuple[t
     inside[:rows, :cols] = torch.from_numpy(resized)
     outside[:rows, :cols] = torch.from_numpy(~resized)
     return inside, outside
+
+
+TINY_SAM = {  # SAM's vision encoder at toy size: 128-px input, an 8×8 feature grid
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "output_channels": 16,
+    "image_size": 128,
+    "patch_size": 16,
+    "global_attn_indexes": [1],
+    "window_size": 4,
+    "num_pos_feats": 8,
+    "mlp_dim": 64,
+}
+
+
+def tiny_remove_score(seed: int = 0) -> RemoveScore:
+    """ReMOVE on a random SAM of the real architecture at toy size: for offline tests of the plumbing; its numbers
+    mean nothing."""
+    from transformers import SamConfig, SamModel
+
+    torch.manual_seed(seed)
+    return RemoveScore(SamModel(SamConfig(vision_config=TINY_SAM)), description="tiny random SAM")
 
 
 def load_remove_score(path: str | Path | None) -> RemoveScore | None:
@@ -122,3 +148,48 @@ class RemoveScore:
             return None
         pooled = [features[:, region].mean(1) for region in (inside, outside)]
         return float(torch.nn.functional.cosine_similarity(pooled[0], pooled[1], dim=0))
+
+
+class RemoveScores(Metric):
+    """``remove_score`` (outputs) and ``remove_score_input`` (the inputs, the same masks), means over the samples whose
+    mask both can score, and ``remove_score_settings``. Higher is better.
+
+    Args:
+        score: the scorer (:class:`RemoveScore`).
+    """
+
+    higher_is_better = True
+    full_state_update = False
+
+    def __init__(self, score: RemoveScore):
+        super().__init__()
+        self.score = score
+        self.add_state("output", default=[], dist_reduce_fx="cat")
+        self.add_state("original", default=[], dist_reduce_fx="cat")
+
+    def update(self, samples: list) -> None:
+        """``samples``: :class:`magicremover.eval.authors.Sample` s; those without a mask are left out."""
+        for sample in samples:
+            if sample.object_mask is None:
+                continue
+            scores = {key: self.score(getattr(sample, key), sample.object_mask) for key in ("output", "original")}
+            if None not in scores.values():
+                for key, value in scores.items():
+                    getattr(self, key).append(torch.tensor([value], dtype=torch.float64))
+
+    def compute(self) -> dict:
+        scored = {
+            key: dim_zero_cat(getattr(self, key)) if getattr(self, key) else None for key in ("output", "original")
+        }
+        return {
+            "remove_score": float(np.mean(scored["output"].numpy())) if scored["output"] is not None else None,
+            "remove_score_input": float(np.mean(scored["original"].numpy()))
+            if scored["original"] is not None
+            else None,
+            "remove_score_settings": {
+                "sam": self.score.description,
+                "crop": f"ReMOVE's: the mask's smallest bounding square + {MARGIN} px where the image allows",
+                "mask": "mapped onto the feature cells the resized crop covers (SAM's padding in neither region)",
+                "n": 0 if scored["output"] is None else len(scored["output"]),
+            },
+        }

@@ -149,7 +149,7 @@ def test_the_toy_acceptance_command_composes_the_authors_protocol_with_pytorch_f
 
     from magicremover.config import compose_config
 
-    assert instantiate(compose_config("evaluate", ["data=toy"]).metrics).features is None  # ground truth only
+    assert "frechet" not in instantiate(compose_config("evaluate", ["data=toy"]).metrics).metrics  # ground truth only
     overrides = [
         "data=toy",
         "metrics.protocol=authors",
@@ -158,4 +158,5 @@ def test_the_toy_acceptance_command_composes_the_authors_protocol_with_pytorch_f
         "metrics.clip=null",
     ]
     scores = instantiate(compose_config("evaluate", overrides).metrics)
-    assert scores.protocol == "authors" and scores.authors is not None and "pytorch-fid" in scores.features.description
+    authors, frechet = scores.metrics["authors"], scores.metrics["frechet"]
+    assert frechet.protocol == "authors" and "pytorch-fid" in authors.features.description

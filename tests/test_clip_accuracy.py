@@ -6,6 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
+from magicremover.eval.authors import Sample
 from magicremover.eval.clip import tiny_clip
 from magicremover.eval.clip_accuracy import ClipAccuracy, box_crop, clip_at_n
 
@@ -53,8 +54,10 @@ def _samples():
 def test_the_scores_equal_an_independent_computation_on_a_tiny_clip():
     clip, processor = tiny_clip(seed=5)()
     accuracy = ClipAccuracy(clip, processor)
-    for sample in _samples():
-        accuracy.add(*sample)
+    samples = _samples()
+    accuracy.update(
+        [Sample(str(i), out, orig, None, name, object_mask=mask) for i, (orig, out, mask, name) in enumerate(samples)]
+    )
     report = accuracy.compute()
     # By hand: every crop through CLIP, logits against "a photo of a cat" / "... dog" (sorted), then the rule.
     names = ["cat", "dog"]

@@ -180,3 +180,43 @@ def test_set_scores_against_identical_sets_and_missing_reconstructions():
     assert abs(report["fid_original"]) < 1e-6 and report["fid_reconstruction"] is None
     assert report["clip_similarity"] == pytest.approx(report["clip_similarity_input"])
     assert report["fid_settings"]["n"] == 6
+
+
+def test_the_tiny_metrics_cover_every_family_and_each_is_a_torchmetrics_metric():
+    """``metrics=tiny`` is the offline plumbing run of ``metrics=standard``: every family, every key with a value."""
+    from hydra.utils import instantiate
+    from torchmetrics import Metric
+
+    from magicremover.config import compose_config
+
+    scores = instantiate(compose_config("evaluate", ["metrics=tiny"]).metrics)
+    assert set(scores.metrics) == {"frechet", "clip", "lpips", "clip_accuracy", "remove_score"}
+    assert all(isinstance(m, Metric) and isinstance(m.higher_is_better, bool) for m in scores.metrics.values())
+    rng = np.random.default_rng(2)
+    mask = np.zeros((64, 64), np.uint8)
+    mask[20:44, 16:40] = 255
+    for i in range(5):
+        original = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+        output = np.where(mask[..., None] > 0, original // 2, original)
+        scores.add(Sample(str(i), output, original, original, "dog", object_mask=mask, truth=original))
+    report = scores.compute()
+    keys = [
+        "fid_original",
+        "fid_reconstruction",
+        "fid_local",
+        "u_ids",
+        "p_ids",
+        "clip_similarity",
+        "clip_similarity_input",
+        "lpips_outside",
+        "lpips_gt",
+        "clip_acc@1",
+        "clip_distance",
+        "remove_score",
+        "remove_score_input",
+    ]
+    assert not [key for key in keys if report.get(key) is None], report
+    assert report["lpips_settings"]["n_gt"] == 5 and report["remove_score_settings"]["n"] == 5
+    scores.metrics.reset()  # torchmetrics' reset empties every family's synced states
+    assert int(scores.metrics["frechet"].count) == 0 and not scores.metrics["lpips"].gt
+    assert not scores.metrics["remove_score"].output and not scores.metrics["clip_accuracy"].classes

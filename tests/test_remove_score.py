@@ -7,7 +7,7 @@ import torch
 from oracles.remove_crop import find_smallest_bounding_square
 from PIL import Image
 
-from magicremover.eval.remove_score import RemoveScore, bounding_square, grid_masks, load_remove_score
+from magicremover.eval.remove_score import TINY_SAM, RemoveScore, bounding_square, grid_masks, load_remove_score
 
 
 def _mask(shape, box):
@@ -51,20 +51,7 @@ def test_on_a_square_crop_the_grid_mask_is_removes_and_on_a_tall_one_the_padding
 def sam_folder(tmp_path_factory):
     from transformers import SamConfig, SamModel
 
-    vision = {
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
-        "output_channels": 16,
-        "image_size": 128,
-        "patch_size": 16,
-        "global_attn_indexes": [1],
-        "window_size": 4,
-        "num_pos_feats": 8,
-        "mlp_dim": 64,
-        "initializer_range": 0.02,
-    }
+    vision = {**TINY_SAM, "initializer_range": 0.02}
     torch.manual_seed(0)
     model = SamModel(SamConfig(vision_config=vision))
     folder = tmp_path_factory.mktemp("sam")
