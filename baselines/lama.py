@@ -10,7 +10,6 @@ half precision, so it always runs in float32.
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 from typing import ClassVar
 
@@ -19,7 +18,9 @@ import torch.nn.functional as F
 
 from magicremover.errors import ConfigError, ImageError, ModelLoadError
 from magicremover.images import Resize, dilate, fit_mask, fit_to_model, load_image
+from magicremover.method.settings import Settings
 from magicremover.models import resolve_device
+from magicremover.outputs import cache_root
 from magicremover.remover_base import InvertingRemover
 from magicremover.secrets import redact_url
 from magicremover.types import RemovalResult, RemovalSample
@@ -73,7 +74,7 @@ class LaMa:
         resolution: side the image and mask are fitted to (the evaluation resolution, 512 in the paper).
         resize: ``stretch`` or ``center_crop``, as for every other method.
         device: ``auto``, ``cpu``, ``cuda``…
-        cache_dir: where a URL is downloaded to (default: ``$MAGICREMOVER_CACHE/lama``, as the configs).
+        cache_dir: where a URL is downloaded to (default: ``lama`` in :func:`~magicremover.outputs.cache_root`).
         allow_http: accept a plain-http URL (off: only https or a local file).
     """
 
@@ -91,8 +92,8 @@ class LaMa:
         cache_dir: str | Path | None = None,
         allow_http: bool = False,
     ):
-        if cache_dir is None:  # as the configs: beside the inversion cache
-            cache_dir = Path(os.environ.get("MAGICREMOVER_CACHE", "~/.cache/magicremover")) / "lama"
+        if cache_dir is None:  # beside the inversion cache
+            cache_dir = cache_root() / "lama"
         path = resolve_weights(weights, cache_dir, allow_http)
         if md5 is not None and (found := file_md5(path)) != md5:
             raise ModelLoadError(
@@ -139,7 +140,7 @@ class AttentionLaMa(InvertingRemover):
         components: the diffusion model whose attention picks the region.
         inversion: inversion settings (the mask is read on its t = 1 latent).
         lama: a :class:`LaMa` (its ``resolution`` is replaced by the model's).
-        mask_threshold: M₀ = normalised attention > threshold.
+        mask_threshold: M₀ = normalised attention > threshold (MagicRemover's default).
         resize: image fitting.
         cache_dir: inversion cache folder.
     """
@@ -149,7 +150,7 @@ class AttentionLaMa(InvertingRemover):
         components,
         inversion,
         lama: LaMa,
-        mask_threshold: float = 0.25,
+        mask_threshold: float = Settings.mask_threshold,
         resize: Resize = "stretch",
         cache_dir=None,
     ):

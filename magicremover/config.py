@@ -26,12 +26,16 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from magicremover.errors import ConfigError
+from magicremover.outputs import cache_root
 from magicremover.types import Remover
 
 _PACKAGED = Path(__file__).resolve().parent / "conf"
 _CHECKOUT = Path(__file__).resolve().parents[1] / "conf"
 CONFIG_DIR = _PACKAGED if _PACKAGED.is_dir() else _CHECKOUT
 """The folder holding ``remove.yaml``, ``evaluate.yaml``, … (for ``@hydra.main(config_path=...)``)."""
+
+# ``${magicremover_cache:}`` in conf/shared.yaml: the one default of the cache folder (:func:`cache_root`).
+OmegaConf.register_new_resolver("magicremover_cache", lambda: str(cache_root()), replace=True)
 
 SIGNATURE_GROUP = "signature"
 """The config group of the generated signature nodes (``conf/signature/<module>.<name>.yaml``)."""

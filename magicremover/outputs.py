@@ -18,6 +18,12 @@ from magicremover.images import to_pil
 _TEMP = ".tmp-"
 
 
+def cache_root() -> Path:
+    """Where magicremover keeps what it computes or downloads (inversions, weights fetched from a URL):
+    ``$MAGICREMOVER_CACHE``, else ``~/.cache/magicremover``. The configs' ``cache_root`` reads it too."""
+    return Path(os.environ.get("MAGICREMOVER_CACHE") or "~/.cache/magicremover").expanduser()
+
+
 def _temp_prefix() -> str:
     """Temporary names carry host and pid, so concurrent writers never collide and orphans can be told apart."""
     return f"{_TEMP}{socket.gethostname()}-{os.getpid()}-"

@@ -5,6 +5,7 @@ from pathlib import Path
 import yaml
 
 from magicremover.config import CONFIG_DIR, compose_config
+from magicremover.outputs import cache_root
 
 SHARED = yaml.safe_load((CONFIG_DIR / "shared.yaml").read_text())
 
@@ -24,5 +25,7 @@ def test_every_cache_follows_magicremover_cache(monkeypatch, tmp_path):
     monkeypatch.setenv("MAGICREMOVER_CACHE", str(tmp_path))
     for root in ("remove", "evaluate", "app"):
         assert Path(compose_config(root, []).cache_dir) == tmp_path / "inversions"
-    assert Path(compose_config("remove", ["method=lama"]).method.cache_dir) == tmp_path / "lama"
-    assert Path(compose_config("remove", ["method=attn_lama"]).method.lama.cache_dir) == tmp_path / "lama"
+    # LaMa downloads a URL into cache_root()/lama, its own default, which no preset restates.
+    assert compose_config("remove", ["method=lama"]).method.cache_dir is None
+    assert compose_config("remove", ["method=attn_lama"]).method.lama.cache_dir is None
+    assert cache_root() == tmp_path == Path(compose_config("remove", []).cache_root)
