@@ -66,7 +66,9 @@ def signature_defaults(target: str) -> dict:
             values[name] = value
     settings_type = getattr(obj, "settings_type", None)
     for item in dataclasses.fields(settings_type) if settings_type else ():
-        default = item.default
+        if item.default is dataclasses.MISSING and item.default_factory is dataclasses.MISSING:
+            continue  # a required field: the preset must give it
+        default = item.default if item.default is not dataclasses.MISSING else item.default_factory()
         values[item.name] = _yaml_value(dataclasses.astuple(default) if dataclasses.is_dataclass(default) else default)
     return values
 
