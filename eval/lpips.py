@@ -9,6 +9,7 @@ ground truth, on datasets that have it (the mask ignored, as Attentive Eraser sc
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 
@@ -41,11 +42,13 @@ def load_lpips(backbone: str | Path | None = None, net: str = "alex") -> Lpips |
     return Lpips(backbone, net)
 
 
+@functools.cache  # stateless: one network per seed serves every run of a process (a sweep's jobs)
 def tiny_lpips(seed: int = 0) -> Lpips:
     """LPIPS on a random AlexNet backbone (torchmetrics' own linear layers): for offline tests of the plumbing; its
     numbers mean nothing."""
-    torch.manual_seed(seed)
-    return Lpips(None, "alex")
+    with torch.random.fork_rng():  # seeded without moving the caller's random state
+        torch.manual_seed(seed)
+        return Lpips(None, "alex")
 
 
 class Lpips:

@@ -14,6 +14,7 @@ SAM comes from a local folder of transformers' ``SamModel`` (e.g. ``facebook/sam
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -76,13 +77,15 @@ TINY_SAM = {  # SAM's vision encoder at toy size: 128-px input, an 8×8 feature 
 }
 
 
+@functools.cache  # stateless: one model per seed serves every run of a process (a sweep's jobs)
 def tiny_remove_score(seed: int = 0) -> RemoveScore:
     """ReMOVE on a random SAM of the real architecture at toy size: for offline tests of the plumbing; its numbers
     mean nothing."""
     from transformers import SamConfig, SamModel
 
-    torch.manual_seed(seed)
-    return RemoveScore(SamModel(SamConfig(vision_config=TINY_SAM)), description="tiny random SAM")
+    with torch.random.fork_rng():  # seeded without moving the caller's random state
+        torch.manual_seed(seed)
+        return RemoveScore(SamModel(SamConfig(vision_config=TINY_SAM)), description="tiny random SAM")
 
 
 def load_remove_score(path: str | Path | None) -> RemoveScore | None:
