@@ -26,10 +26,19 @@ CPU_NODE = [
 pytestmark = pytest.mark.skipif(unavailable() is not None, reason=str(unavailable()))
 
 
-def _evaluate(args, cwd, env, **kwargs):
+def _evaluate(args, cwd: Path, env: dict, log: Path) -> subprocess.Popen:
+    """``evaluate`` in the background, its output into ``log`` (a pipe nobody reads could fill and stall it)."""
     env = env | {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "magicremover.experiments.evaluate", *args]
-    return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    with open(log, "w") as out:
+        return subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def _finish(process: subprocess.Popen, log: Path) -> str:
+    process.wait(timeout=600)
+    text = log.read_text()
+    assert process.returncode == 0, text[-3000:]
+    return text
 
 
 def _records(folder: Path) -> list[dict]:
@@ -59,33 +68,37 @@ def test_two_slurm_shards_one_requeued_mid_run_match_one_process(tmp_path):
             ],
             tmp_path,
             env,
+            tmp_path / "launch.log",
         )
-        first = sharded / "manifest-shard000-of-002.jsonl"
-        deadline = time.monotonic() + 300
-        while not (first.is_file() and first.read_text().strip()) and launch.poll() is None:
-            assert time.monotonic() < deadline, "shard 0 finished no sample in 300 s"
-            time.sleep(0.1)
-        done_before = len(first.read_text().splitlines())
-        assert done_before < 3, "shard 0 finished before it could be requeued: give it more samples"
-        (job,) = [
-            line.split()[0]
-            for line in subprocess.run(
-                ["squeue", "-h", "-o", "%i %K"], env=env, capture_output=True, text=True
-            ).stdout.splitlines()
-            if line.split()[1] == "0"
-        ]
-        _scontrol(env, "requeue", job)
-        log, _ = launch.communicate(timeout=600)
-        assert launch.returncode == 0, log[-3000:]
-        restarts = _scontrol(env, "show", "job", job)
+        try:
+            first = sharded / "manifest-shard000-of-002.jsonl"
+            deadline = time.monotonic() + 300
+            while not (first.is_file() and first.read_text().strip()) and launch.poll() is None:
+                assert time.monotonic() < deadline, "shard 0 finished no sample in 300 s"
+                time.sleep(0.1)
+            assert launch.poll() is None, (tmp_path / "launch.log").read_text()[-3000:]
+            done_before = len(first.read_text().splitlines())
+            assert done_before < 3, "shard 0 finished before it could be requeued: give it more samples"
+            (job,) = [
+                line.split()[0]
+                for line in subprocess.run(
+                    ["squeue", "-h", "-o", "%i %K"], env=env, capture_output=True, text=True
+                ).stdout.splitlines()
+                if line.split()[1] == "0"
+            ]
+            _scontrol(env, "requeue", job)
+            log = _finish(launch, tmp_path / "launch.log")
+            restarts = _scontrol(env, "show", "job", job)
+        finally:  # a failed check leaves no launcher polling a stopped cluster
+            if launch.poll() is None:
+                launch.kill()
     assert "Restarts=1" in restarts, restarts
     assert "Later sacct errors are not shown" in log and "Call #2 - Bypassing sacct error" not in log, log[-3000:]
 
-    single_run = _evaluate(
-        [f"out_dir={single}", *COMMON], tmp_path, os.environ | {"MAGICREMOVER_CACHE": str(tmp_path / "cache-b")}
+    own_cache = os.environ | {"MAGICREMOVER_CACHE": str(tmp_path / "cache-b")}  # it must invert too
+    _finish(
+        _evaluate([f"out_dir={single}", *COMMON], tmp_path, own_cache, tmp_path / "single.log"), tmp_path / "single.log"
     )
-    single_log, _ = single_run.communicate(timeout=600)
-    assert single_run.returncode == 0, single_log[-3000:]
 
     records = _records(sharded)
     ids = [r["sample_id"] for r in records]
