@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -104,12 +105,31 @@ PartitionName={PARTITION} Nodes=ALL Default=YES MaxTime=INFINITE State=UP
     return conf
 
 
-def _wait(check, what: str, timeout: float, logs: list[Path]) -> None:
+def _queue(env: dict) -> str:
+    return subprocess.run(["squeue", "-h"], env=env, capture_output=True, text=True).stdout.strip()
+
+
+def _steps_in(root: Path) -> list[int]:
+    """The PIDs of slurmstepd processes running in ``root`` (slurmd's folder)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and Path(os.readlink(proc / "cwd")) == root:
+                if b"slurmstepd" in (proc / "cmdline").read_bytes():
+                    pids.append(int(proc.name))
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+    return pids
+
+
+def _wait(check, what: str, timeout: float, logs: list[Path], fail: bool = True) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if check():
             return
         time.sleep(0.2)
+    if not fail:
+        return
     tails = "\n".join(f"{p}: {p.read_text()[-800:]}" for p in logs if p.is_file())
     raise RuntimeError(f"{what} did not come up in {timeout:.0f} s\n{tails}")
 
@@ -133,8 +153,9 @@ def one_node_cluster(cpus: int = 2, memory_mb: int = 8000):
         as_munge = [_binary("setpriv"), "--reuid=munge", "--regid=munge", "--init-groups"]
         processes.append(subprocess.Popen([*as_munge, *munged], **quiet))
         _wait(munge["munge.socket"].exists, "munged", 20, logs)
-        processes.append(subprocess.Popen([_binary("slurmctld"), "-D", "-i"], env=env, **quiet))
-        processes.append(subprocess.Popen([_binary("slurmd"), "-D", "-N", "ci-node"], env=env, **quiet))
+        # In the cluster's folder, so the job steps slurmd forks (slurmstepd, daemonised) can be found there.
+        processes.append(subprocess.Popen([_binary("slurmctld"), "-D", "-i"], env=env, cwd=root, **quiet))
+        processes.append(subprocess.Popen([_binary("slurmd"), "-D", "-N", "ci-node"], env=env, cwd=root, **quiet))
 
         def node_idle() -> bool:
             shown = subprocess.run(["sinfo", "-h", "-o", "%t"], env=env, capture_output=True, text=True)
@@ -143,6 +164,8 @@ def one_node_cluster(cpus: int = 2, memory_mb: int = 8000):
         _wait(node_idle, "the SLURM node", 60, logs)
         yield env
     finally:
+        if processes:
+            _wait(lambda: not _queue(env), "an empty queue", 30, [], fail=False)  # let finished steps report
         for process in reversed(processes):
             process.terminate()
         for process in reversed(processes):
@@ -151,4 +174,6 @@ def one_node_cluster(cpus: int = 2, memory_mb: int = 8000):
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+        for pid in _steps_in(root):  # a step that outlived slurmd waits for it forever
+            os.kill(pid, signal.SIGKILL)
         shutil.rmtree(root, ignore_errors=True)
