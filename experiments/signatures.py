@@ -15,11 +15,10 @@ from pathlib import Path
 
 import yaml
 
-from magicremover.config import SIGNATURE_GROUP, signature_defaults
+from magicremover.config import CONFIG_DIR, SIGNATURE_GROUP, signature_defaults
 
 TARGET = re.compile(r"^\s*_target_:\s*(magicremover\.[\w.]+)\s*$", re.MULTILINE)
 LISTED = re.compile(rf"^\s*-\s*/{SIGNATURE_GROUP}/(magicremover\.[\w.]+)@", re.MULTILINE)  # a defaults entry
-CHECKOUT_CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 def named_targets(conf: Path) -> list[str]:
@@ -52,7 +51,7 @@ def expected_files(conf: Path) -> dict[Path, str]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--conf", type=Path, default=CHECKOUT_CONF, help="the conf/ folder to write into")
+    parser.add_argument("--conf", type=Path, default=CONFIG_DIR, help="the conf/ folder to write into")
     conf = parser.parse_args(argv).conf
     expected = expected_files(conf)
     for stale in set((conf / SIGNATURE_GROUP).glob("*.yaml")) - set(expected):

@@ -1,13 +1,11 @@
 """The research loop: an Optuna search returning the optimised metric, W&B per-sample logging with groups and
 artifacts (read back from the offline run file), progress lines in logs without a terminal, and comparison grids."""
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from commands import evaluate
 from hydra import compose, initialize_config_dir
 from wandb_records import history, of_type
 
@@ -19,23 +17,9 @@ ROOT = Path(__file__).resolve().parents[1]
 FAST = ["inversion=negative_prompt", "num_inference_steps=10", "device=cpu"]
 
 
-def _run(tmp_path, *args) -> subprocess.CompletedProcess:
-    env = os.environ | {"PYTHONPATH": str(ROOT), "MAGICREMOVER_CACHE": str(tmp_path / "cache")}
-    done = subprocess.run(
-        [sys.executable, "-m", "magicremover.experiments.evaluate", *args],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done
-
-
 def test_an_optuna_search_returns_the_metric_and_keeps_the_best_trial(tmp_path):
     sweep = tmp_path / "search"
-    _run(
+    evaluate(
         tmp_path,
         "-m",
         "hparams_search=toy_optuna",
@@ -96,7 +80,7 @@ def test_an_offline_wandb_run_holds_a_step_per_sample_the_group_and_the_artifact
 
 
 def test_progress_lines_with_an_eta_in_a_log_without_a_terminal(tmp_path):
-    done = _run(tmp_path, "data.size=3", "progress_every=0", *FAST, f"out_dir={tmp_path / 'run'}")
+    done = evaluate(tmp_path, "data.size=3", "progress_every=0", *FAST, f"out_dir={tmp_path / 'run'}")
     log = done.stdout + done.stderr
     lines = [line for line in log.splitlines() if " - samples " in line]
     assert len(lines) == 3 and "samples 1/3 (33%)" in lines[0] and "ETA" in lines[0]
@@ -106,7 +90,7 @@ def test_progress_lines_with_an_eta_in_a_log_without_a_terminal(tmp_path):
 
 def test_fig6_writes_a_grid_with_the_papers_columns(tmp_path):
     sweep = tmp_path / "fig6"
-    _run(tmp_path, "-m", "+artefact=fig6", "data=toy", "data.size=2", *FAST, f"hydra.sweep.dir={sweep}")
+    evaluate(tmp_path, "-m", "+artefact=fig6", "data=toy", "data.size=2", *FAST, f"hydra.sweep.dir={sweep}")
     assert (sweep / "fig6_grid.png").is_file()
     spec = {
         "rows": {
