@@ -83,6 +83,7 @@ def _write_their_files(folder, layout: str, outputs, originals, reconstructions)
             )
 
 
+@pytest.mark.slow  # 90 s: runs pytorch-fid's own script
 def test_the_authors_fid_equals_their_script_on_pytorch_fids_network(tmp_path, pytorch_fid_weights):
     from pytorch_fid import inception as pytorch_fid
 

@@ -102,6 +102,7 @@ def test_a_two_config_sweep_inverts_each_image_once_and_draws_its_artefact(tmp_p
     assert "| 0.3 |" in (sweep / "fig9.md").read_text() and (sweep / "fig9.png").is_file()
 
 
+@pytest.mark.slow  # 40 s; the sota command test covers the report path by default
 def test_the_table1_command_produces_its_table_on_the_coco_fixture(
     tmp_path, coco_root, lama_weights, inpaint_dir, inst_inpaint_weights, bert_vocab
 ):

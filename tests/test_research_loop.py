@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FAST = ["inversion=negative_prompt", "num_inference_steps=10", "device=cpu"]
 
 
+@pytest.mark.slow  # 32 s: a real Optuna study
 def test_an_optuna_search_returns_the_metric_and_keeps_the_best_trial(tmp_path):
     sweep = tmp_path / "search"
     evaluate(
@@ -79,6 +80,7 @@ def test_an_offline_wandb_run_holds_a_step_per_sample_the_group_and_the_artifact
     assert any(a.type == "run_table" for a in of_type(file, "artifact"))  # the image table
 
 
+@pytest.mark.slow  # 24 s: a three-sample evaluation for its log lines
 def test_progress_lines_with_an_eta_in_a_log_without_a_terminal(tmp_path):
     done = evaluate(tmp_path, "data.size=3", "progress_every=0", *FAST, f"out_dir={tmp_path / 'run'}")
     log = done.stdout + done.stderr
@@ -88,6 +90,7 @@ def test_progress_lines_with_an_eta_in_a_log_without_a_terminal(tmp_path):
     assert "samples:" not in log and "denoising:" not in log  # no tqdm bar in a log
 
 
+@pytest.mark.slow  # 44 s: a two-method sweep
 def test_fig6_writes_a_grid_with_the_papers_columns(tmp_path):
     sweep = tmp_path / "fig6"
     evaluate(tmp_path, "-m", "+artefact=fig6", "data=toy", "data.size=2", *FAST, f"hydra.sweep.dir={sweep}")

@@ -2,11 +2,13 @@
 
 import json
 
+import pytest
 from commands import evaluate
 
 COMMON = ["data.size=4", "num_inference_steps=4", "inversion=negative_prompt", "device=cpu"]
 
 
+@pytest.mark.slow  # 65 s; test_slurm.py proves the same merge through SLURM by default
 def test_two_joblib_shards_match_one_unsharded_run(tmp_path):
     sharded, single = tmp_path / "sharded", tmp_path / "single"
     launcher = ["-m", "hydra/launcher=local_shards", "data.num_shards=2", "data.shard_index=0,1"]

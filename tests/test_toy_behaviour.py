@@ -58,13 +58,14 @@ def test_magicremover_beats_p2p_reweight_on_the_same_scenes(run):
     assert ours["psnr_out_vs_input"] > p2p["psnr_out_vs_input"] + 2.0, (ours, p2p)
 
 
-@pytest.mark.parametrize("kind", ["glass", "shadow"])
+@pytest.mark.parametrize("kind", ["glass", pytest.param("shadow", marks=pytest.mark.slow)])  # 50 s each
 def test_glass_discs_and_shadows_are_removed_too(run, kind):
     scores = run("magicremover", held_out_cases(3, kind=kind))
     assert scores["gain"] >= 6.0, (kind, scores)
     assert scores["psnr_out_vs_input"] >= 27.0, (kind, scores)
 
 
+@pytest.mark.slow  # 30 s; test_costs.py checks the fast preset's output by default
 def test_the_fast_preset_removes_nearly_as_well_as_the_default(run):
     cases = held_out_cases(3)
     fast, default = run("magicremover_fast", cases), run("magicremover", cases)
