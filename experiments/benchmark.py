@@ -41,7 +41,8 @@ from magicremover.experiments.device_cost import (
 from magicremover.images import psnr
 from magicremover.inversion import InversionConfig, invert, reconstruct
 from magicremover.inversion.cache import entry_bytes
-from magicremover.models import SDComponents, build_tiny, load_pretrained
+from magicremover.models import SDComponents, load_pretrained
+from magicremover.tiny import build_tiny
 from magicremover.toy.quality import held_out_cases, to_uint8
 from magicremover.types import RemovalSample
 

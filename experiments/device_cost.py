@@ -26,7 +26,8 @@ from transformers import CLIPTextModel
 from magicremover.clip_tokenizer import build_clip_tokenizer
 from magicremover.config import build_remover, compose_config
 from magicremover.errors import NonFiniteError
-from magicremover.models import SDComponents, build_ddim_scheduler, build_tiny, text_config_for
+from magicremover.models import SDComponents, build_ddim_scheduler, text_config_for
+from magicremover.tiny import build_tiny
 from magicremover.toy.quality import held_out_cases
 
 COST_PRESETS = ("magicremover", "magicremover_fast", "magicremover_paper", "p2p_reweight")  # conf/method/*

@@ -11,15 +11,27 @@ from typing import Literal
 import torch
 
 from magicremover.models import SDComponents
+from magicremover.sdxl import encode_text_xl, unet_inputs_xl
 
 
 @torch.no_grad()
 def encode_text(c: SDComponents, prompts: list[str]) -> torch.Tensor:
-    """Prompts → text-encoder hidden states ``(B, L, D)`` (L = 77 for SD), padded to the full context."""
+    """Prompts → text-encoder hidden states ``(B, L, D)`` (L = 77 for SD), padded to the full context; for SDXL
+    ``(B, L + 1, D)``, the pooled embedding in the last row (:func:`~magicremover.sdxl.encode_text_xl`).
+    The unconditional input of classifier-free guidance is :func:`unconditional_embedding`."""
+    if c.is_xl:
+        return encode_text_xl(c, prompts)
     ids = c.tokenizer(
         prompts, padding="max_length", max_length=c.tokenizer.model_max_length, truncation=True, return_tensors="pt"
     ).input_ids
     return c.text_encoder(ids.to(c.device))[0].float()
+
+
+def unconditional_embedding(c: SDComponents) -> torch.Tensor:
+    """``(1, L, D)`` (SDXL ``(1, L + 1, D)``): the CFG pipelines' default negative input, the encoded ``""``, or
+    zeros for a model saved with ``force_zeros_for_empty_prompt`` (SDXL base), as its pipeline does."""
+    empty = encode_text(c, [""])
+    return torch.zeros_like(empty) if c.zero_empty_prompt else empty
 
 
 @torch.no_grad()
@@ -31,7 +43,7 @@ def encode_image(
     ``mean`` takes the posterior mean (deterministic, the null-text reference); ``sample`` draws from the
     posterior with a generator seeded by ``seed`` (the authors' code, unseeded there).
     """
-    posterior = c.vae.encode((image * 2 - 1).to(c.device, c.dtype)).latent_dist
+    posterior = c.vae.encode((image * 2 - 1).to(c.device, c.vae.dtype)).latent_dist
     if mode == "mean":
         latent = posterior.mean
     elif mode == "sample":
@@ -44,13 +56,21 @@ def encode_image(
 @torch.no_grad()
 def decode_latents(c: SDComponents, latents: torch.Tensor) -> torch.Tensor:
     """Scaled latents ``(B, C, h, w)`` → images ``(B, 3, h*f, w*f)`` in [0, 1]."""
-    images = c.vae.decode((latents / c.vae.config.scaling_factor).to(c.dtype)).sample
+    images = c.vae.decode((latents / c.vae.config.scaling_factor).to(c.vae.dtype)).sample
     return (images.float() / 2 + 0.5).clamp(0, 1)
 
 
 def unet_eps(c: SDComponents, latents: torch.Tensor, t: int, embeddings: torch.Tensor) -> torch.Tensor:
-    """One UNet call: noise prediction ``(B, C, h, w)`` float32 for latents ``(B, C, h, w)``, embeddings ``(B, L, D)``."""
-    return c.unet(latents.to(c.dtype), t, encoder_hidden_states=embeddings.to(c.dtype)).sample.float()
+    """One UNet call: noise prediction ``(B, C, h, w)`` float32 for latents ``(B, C, h, w)`` and embeddings from
+    :func:`encode_text` (``(B, L, D)``; SDXL's ``(B, L + 1, D)`` become its tokens and added conditioning)."""
+    embeddings = embeddings.to(c.dtype)
+    text = unet_inputs_xl(c, embeddings, latents.shape[-2:]) if c.is_xl else {"encoder_hidden_states": embeddings}
+    return c.unet(latents.to(c.dtype), t, **text).sample.float()
+
+
+def text_rows(c: SDComponents) -> int:
+    """How many rows of an embedding are tokens (the rest, SDXL's pooled row, is not read by attention)."""
+    return c.tokenizer.model_max_length
 
 
 def cfg_eps(

@@ -1,7 +1,9 @@
 """The model zoo: Stable Diffusion components from the hub, a local folder, or built tiny and random.
 
 Every model, whatever its source, comes back as :class:`SDComponents` with frozen weights, the DDIM scheduler
-built with SD's settings, and a :class:`~magicremover.unet_calls.UNetCalls` counter on its UNet.
+built with SD's settings, and a :class:`~magicremover.unet_calls.UNetCalls` counter on its UNet. Two families load:
+SD 1.x/2.x (one CLIP encoder) and SDXL (two, and a pooled embedding; :mod:`magicremover.sdxl`), told apart by the
+folder's ``model_index.json``.
 """
 
 from __future__ import annotations
@@ -14,13 +16,13 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-from magicremover.clip_tokenizer import build_clip_tokenizer
 from magicremover.errors import ConfigError, ModelLoadError
 from magicremover.unet_calls import UNetCalls
 
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer")
+XL_COMPONENTS = ("text_encoder_2", "tokenizer_2")  # SDXL's second encoder (OpenCLIP ViT-bigG) and its tokenizer
 _WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "model.safetensors")
 # The noise schedule every SD 1.x/2.x checkpoint was trained with (and the toy model copies).
 SD_BETAS = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
@@ -36,6 +38,10 @@ class SDComponents:
         text_encoder / tokenizer: CLIP text model and its tokenizer.
         scheduler: DDIM with SD's settings (eta 0, leading spacing, ``steps_offset=1``).
         identity: a string that changes whenever the weights do (keys the inversion cache).
+        text_encoder_2 / tokenizer_2: SDXL's second encoder (with the pooled projection) and its tokenizer; ``None``
+            for SD 1.x/2.x.
+        zero_empty_prompt: the unconditional input is zeros rather than the encoded ``""`` (SDXL base's
+            ``force_zeros_for_empty_prompt``).
         calls: per-stage UNet call counter.
     """
 
@@ -45,11 +51,15 @@ class SDComponents:
     tokenizer: CLIPTokenizer
     scheduler: DDIMScheduler
     identity: str
+    text_encoder_2: CLIPTextModelWithProjection | None = None
+    tokenizer_2: CLIPTokenizer | None = None
+    zero_empty_prompt: bool = False
     calls: UNetCalls = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        for module in (self.unet, self.vae, self.text_encoder):
-            module.requires_grad_(False).eval()
+        for module in (self.unet, self.vae, self.text_encoder, self.text_encoder_2):
+            if module is not None:
+                module.requires_grad_(False).eval()
         self.calls = UNetCalls(self.unet)
         check_components(self)
 
@@ -62,12 +72,22 @@ class SDComponents:
         return self.unet.dtype
 
     @property
+    def is_xl(self) -> bool:
+        """SDXL: two text encoders, and a pooled embedding and size ids beside the tokens."""
+        return self.text_encoder_2 is not None
+
+    @property
+    def components(self) -> tuple[str, ...]:
+        """The names of the folders a saved copy has."""
+        return COMPONENTS + (XL_COMPONENTS if self.is_xl else ())
+
+    @property
     def vae_scale_factor(self) -> int:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     @property
     def resolution(self) -> int:
-        """The image side the UNet was trained at (512 for SD 1.5, 64 for the toy and tiny models)."""
+        """The image side the UNet was trained at (512 for SD 1.5, 1024 for SDXL, 64 for the toy and tiny models)."""
         return self.unet.config.sample_size * self.vae_scale_factor
 
     def save_pretrained(self, directory: str | Path, dtype: torch.dtype | None = None) -> None:
@@ -79,15 +99,23 @@ class SDComponents:
                 them to the dtype it is asked for.
         """
         directory = Path(directory)
-        for name in COMPONENTS:
+        for name in self.components:
             part = getattr(self, name)
             if dtype is not None and isinstance(part, torch.nn.Module):
                 part = copy.deepcopy(part).to(dtype)
             part.save_pretrained(directory / name)
         self.scheduler.save_pretrained(directory / "scheduler")
-        index = {"_class_name": "StableDiffusionPipeline", "_diffusers_version": _version("diffusers")}
-        index |= {name: _library_and_class(getattr(self, name)) for name in (*COMPONENTS, "scheduler")}
-        index |= {"safety_checker": [None, None], "feature_extractor": [None, None], "requires_safety_checker": False}
+        pipeline = "StableDiffusionXLPipeline" if self.is_xl else "StableDiffusionPipeline"
+        index = {"_class_name": pipeline, "_diffusers_version": _version("diffusers")}
+        index |= {name: _library_and_class(getattr(self, name)) for name in (*self.components, "scheduler")}
+        if self.is_xl:
+            index |= {"force_zeros_for_empty_prompt": self.zero_empty_prompt}
+        else:
+            index |= {
+                "safety_checker": [None, None],
+                "feature_extractor": [None, None],
+                "requires_safety_checker": False,
+            }
         (directory / "model_index.json").write_text(json.dumps(index, indent=2))
 
 
@@ -103,11 +131,15 @@ def check_components(c: SDComponents) -> None:
         raise ModelLoadError(
             f"tokenizer has {n_tokens} tokens but the text encoder embeds {c.text_encoder.config.vocab_size}"
         )
-    if c.unet.config.cross_attention_dim != c.text_encoder.config.hidden_size:
+    text_width = c.text_encoder.config.hidden_size + (c.text_encoder_2.config.hidden_size if c.is_xl else 0)
+    if c.unet.config.cross_attention_dim != text_width:
         raise ModelLoadError(
             f"UNet cross_attention_dim {c.unet.config.cross_attention_dim} != text encoder hidden size "
-            f"{c.text_encoder.config.hidden_size}: the components come from different models"
+            f"{text_width}: the components come from different models"
+            + ("" if c.is_xl else " (an SDXL UNet needs text_encoder_2/ and tokenizer_2/ beside it)")
         )
+    if c.is_xl:
+        _check_xl(c)
     if c.unet.config.in_channels != c.vae.config.latent_channels:
         raise ModelLoadError(
             f"UNet takes {c.unet.config.in_channels} channels but the VAE makes {c.vae.config.latent_channels}: "
@@ -115,6 +147,24 @@ def check_components(c: SDComponents) -> None:
         )
     if c.tokenizer.model_max_length > c.text_encoder.config.max_position_embeddings:
         raise ModelLoadError("tokenizer context is longer than the text encoder's position embeddings")
+
+
+def _check_xl(c: SDComponents) -> None:
+    """SDXL's added conditioning must fit the UNet, and both tokenizers must split text alike (the target word's
+    positions are found once, with the first)."""
+    projection = c.text_encoder_2.config.projection_dim
+    added = getattr(c.unet, "add_embedding", None)
+    expected = c.unet.config.addition_time_embed_dim * 6 + projection if added is not None else None
+    if added is None or added.linear_1.in_features != expected:
+        raise ModelLoadError(
+            f"the UNet takes no SDXL size-and-pooled conditioning of width {expected}: "
+            "unet/ and text_encoder_2/ come from different models"
+        )
+    if projection > c.unet.config.cross_attention_dim:
+        raise ModelLoadError(f"text_encoder_2 projects to {projection}, wider than the token embedding")
+    probe = "a photo of a fire hydrant"
+    if c.tokenizer(probe).input_ids != c.tokenizer_2(probe).input_ids:
+        raise ModelLoadError("tokenizer/ and tokenizer_2/ split text differently; they must share one vocabulary")
 
 
 def build_ddim_scheduler(prediction_type: str = "epsilon") -> DDIMScheduler:
@@ -158,7 +208,8 @@ def load_pretrained(
 
     Args:
         source: hub id, e.g. ``stable-diffusion-v1-5/stable-diffusion-v1-5``.
-        path: a local folder with ``unet/ vae/ text_encoder/ tokenizer/``; wins over ``source``.
+        path: a local folder with ``unet/ vae/ text_encoder/ tokenizer/`` (and ``text_encoder_2/ tokenizer_2/``
+            for SDXL, as its ``model_index.json`` says); wins over ``source``.
         revision: hub revision (branch, tag or commit).
         variant: weight variant to read, e.g. ``fp16``.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:1`` …
@@ -168,73 +219,28 @@ def load_pretrained(
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
     kwargs = {"torch_dtype": torch_dtype, "variant": variant}
+    index = _pipeline_index(folder)
+    xl = "XL" in index.get("_class_name", "") or (folder / "text_encoder_2").is_dir()
+    parts = {}
     try:
-        unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", **kwargs)
-        vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", **kwargs)
-        text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", dtype=torch_dtype)
-        tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
+        parts["unet"] = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", **kwargs)
+        parts["vae"] = AutoencoderKL.from_pretrained(folder, subfolder="vae", **kwargs)
+        parts["text_encoder"] = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", dtype=torch_dtype)
+        parts["tokenizer"] = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
+        if xl:
+            parts["text_encoder_2"] = CLIPTextModelWithProjection.from_pretrained(
+                folder, subfolder="text_encoder_2", dtype=torch_dtype
+            )
+            parts["tokenizer_2"] = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer_2")
     except (OSError, ValueError) as err:
         raise ModelLoadError(f"could not load the model from {folder}: {str(err).splitlines()[0]}") from err
+    if xl and torch_dtype == torch.float16 and parts["vae"].config.force_upcast:
+        parts["vae"] = parts["vae"].float()  # SDXL's VAE overflows in fp16; its pipeline runs it in fp32 too
     return SDComponents(
-        unet=unet.to(dev),
-        vae=vae.to(dev),
-        text_encoder=text_encoder.to(dev),
-        tokenizer=tokenizer,
+        **{name: part.to(dev) if isinstance(part, torch.nn.Module) else part for name, part in parts.items()},
         scheduler=build_ddim_scheduler(_prediction_type(folder)),
         identity=f"{source if not path else 'local'}:{_fingerprint(folder)}:{variant}:{torch_dtype}",
-    )
-
-
-def build_tiny(seed: int = 0, device: str = "auto", dtype: str = "float32") -> SDComponents:
-    """A random-weight model with SD's architecture at toy size, built offline and deterministically.
-
-    UNet with cross-attention at two resolutions plus the mid block (7 self- and 7 cross-attention layers),
-    an f8 ``AutoencoderKL`` (64 px images ↔ 8×8×4 latents, like SD's geometry), a 5-layer CLIP text encoder over
-    the real 49,408-token tokenizer. About 2.6 M parameters; a UNet call takes milliseconds on a CPU.
-    """
-    dev = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, dev)
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=4,
-        norm_num_groups=16,
-    )
-    torch.manual_seed(seed)
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(16, 16, 32, 32),
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        latent_channels=4,
-        norm_num_groups=8,
-        layers_per_block=1,
-        sample_size=64,
-        scaling_factor=4.5,  # random-init latents have std ≈ 0.22; SD scales its latents to std ≈ 1
-    )
-    torch.manual_seed(seed)
-    tokenizer = build_clip_tokenizer()
-    text_encoder = CLIPTextModel(
-        text_config_for(tokenizer, hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=5)
-    )
-    unet, vae, text_encoder = (
-        m.to(dev) if torch_dtype == torch.float32 else m.to(dev, torch_dtype) for m in (unet, vae, text_encoder)
-    )
-    return SDComponents(
-        unet=unet,
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        scheduler=build_ddim_scheduler(),
-        identity=f"tiny:seed={seed}:{torch_dtype}",
+        zero_empty_prompt=xl and index.get("force_zeros_for_empty_prompt", True),
     )
 
 
@@ -278,7 +284,7 @@ def _hub_folder(source: str | None, revision: str | None, variant: str | None, k
         raise ConfigError(f"no model given: set {key}.source=<hub id> or {key}.path=<local folder>")
     suffix = f".{variant}.safetensors" if variant else ".safetensors"
     patterns = ["model_index.json", "scheduler/*.json"]
-    for name in COMPONENTS:
+    for name in COMPONENTS + XL_COMPONENTS:  # patterns that match nothing (an SD 1.5 repository's *_2/) cost nothing
         patterns += [f"{name}/*.json", f"{name}/*.txt"] + [
             f"{name}/{f.removesuffix('.safetensors')}{suffix}" for f in _WEIGHT_FILES
         ]
@@ -289,6 +295,12 @@ def _hub_folder(source: str | None, revision: str | None, variant: str | None, k
             f"weights for {source} are neither cached nor downloadable here ({type(err).__name__}); "
             f"download them where the hub is reachable (hf download {source}) and pass {key}.path=DIR"
         ) from None
+
+
+def _pipeline_index(folder: Path) -> dict:
+    """The folder's ``model_index.json`` (which pipeline it was saved from, and its options), or ``{}``."""
+    file = folder / "model_index.json"
+    return json.loads(file.read_text()) if file.is_file() else {}
 
 
 def _prediction_type(folder: Path) -> str:

@@ -21,7 +21,7 @@ torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 @pytest.fixture(scope="session")
 def tiny():
     """The tiny random SD-architecture model (built once; tests must leave it as they found it)."""
-    from magicremover.models import build_tiny
+    from magicremover.tiny import build_tiny
 
     return build_tiny(seed=0, device="cpu")
 

@@ -7,7 +7,8 @@ import torch
 
 from magicremover.attention import CrossAttentionStore, controlled_attention
 from magicremover.errors import ConfigError, ModelLoadError
-from magicremover.models import build_tiny, check_components, load_pretrained, resolve_device, resolve_dtype
+from magicremover.models import check_components, load_pretrained, resolve_device, resolve_dtype
+from magicremover.tiny import build_tiny
 
 
 def test_tiny_has_sd_geometry_and_frozen_weights(tiny):
@@ -81,7 +82,7 @@ def test_missing_hub_weights_fail_fast_with_the_fix():
 
 
 def _parts(tiny, **changes):
-    parts = dict(unet=tiny.unet, vae=tiny.vae, text_encoder=tiny.text_encoder, tokenizer=tiny.tokenizer)
+    parts = dict(unet=tiny.unet, vae=tiny.vae, text_encoder=tiny.text_encoder, tokenizer=tiny.tokenizer, is_xl=False)
     return SimpleNamespace(**(parts | changes))
 
 

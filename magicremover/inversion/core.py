@@ -10,7 +10,17 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from magicremover.diffusion import alpha_bar, cfg_eps, ddim_step, encode_image, encode_text, step_size, unet_eps
+from magicremover.diffusion import (
+    alpha_bar,
+    cfg_eps,
+    ddim_step,
+    encode_image,
+    encode_text,
+    step_size,
+    text_rows,
+    unconditional_embedding,
+    unet_eps,
+)
 from magicremover.errors import ConfigError
 from magicremover.models import SDComponents
 from magicremover.unet_calls import StageCount, UNetCalls
@@ -138,23 +148,26 @@ def null_text_optimize(
     """Eq. 6: per timestep, fit the unconditional embedding ∅_t so the CFG step lands on the inversion latent.
 
     Warm-started from the previous step's result; UNet weights stay frozen, so only the embedding gets a gradient.
-    Returns the per-step embeddings ``(N, L, D)``.
+    Only the token rows are optimised: on SDXL the unconditional pooled row (zeros for SDXL base) and the size ids
+    stay the pipeline's, since MagicRemover's attention reads the tokens and the pooled vector shifts every block
+    of the UNet at once. Returns the per-step embeddings ``(N, L, D)`` (SDXL: ``(N, L + 1, D)``).
     """
     n_steps, step = len(timesteps), step_size(c)
     z, embeddings = trajectory[-1:], []
+    pooled = uncond[:, text_rows(c) :]  # empty for SD 1.x/2.x
     bar = tqdm(timesteps.tolist(), desc="null-text", leave=False, disable=None)  # the longest stage: show it
     for i, t in enumerate(bar):
         alpha_t, alpha_prev = alpha_bar(c, t), alpha_bar(c, t - step)
         target = trajectory[n_steps - i - 1 : n_steps - i]
         with torch.no_grad():
             eps_c = unet_eps(c, z, t, cond)
-        uncond = uncond.detach().clone().requires_grad_(True)  # Adam updates in place: never share storage
-        optimizer = torch.optim.Adam([uncond], lr=config.lr * (1 - i / (2 * n_steps)))
+        tokens = uncond[:, : text_rows(c)].detach().clone().requires_grad_(True)  # Adam updates in place
+        optimizer = torch.optim.Adam([tokens], lr=config.lr * (1 - i / (2 * n_steps)))
         threshold = config.early_stop + i * config.early_stop_growth
         inner = 0
         for inner in range(1, config.inner_steps + 1):
             with torch.enable_grad():
-                eps_u = unet_eps(c, z, t, uncond)
+                eps_u = unet_eps(c, z, t, torch.cat([tokens, pooled], dim=1))
                 eps = eps_u + config.guidance_scale * (eps_c - eps_u)
                 loss = F.mse_loss(ddim_step(z, eps, alpha_t, alpha_prev), target)  # Eq. 6
                 optimizer.zero_grad()
@@ -163,7 +176,7 @@ def null_text_optimize(
             if loss.item() < threshold:
                 break
         bar.set_postfix(inner=inner, refresh=False)  # Adam iterations this step took (early stop)
-        uncond = uncond.detach()
+        uncond = torch.cat([tokens.detach(), pooled], dim=1)
         embeddings.append(uncond)
         with torch.no_grad():
             z = ddim_step(z, cfg_eps(c, z, t, uncond, cond, config.guidance_scale), alpha_t, alpha_prev)
@@ -183,7 +196,7 @@ def invert(
     """
     before = c.calls.totals()
     timesteps = set_timesteps(c, config.num_inference_steps)
-    cond, uncond = encode_text(c, [prompt]), encode_text(c, [""])
+    cond, uncond = encode_text(c, [prompt]), unconditional_embedding(c)
     z0 = encode_image(c, image, config.encode, config.seed)
     with c.calls.stage("inversion"):
         trajectory = ddim_invert(c, z0, cond, timesteps, after_call)

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from magicremover.attention import CrossAttentionStore, controlled_attention, token_maps
-from magicremover.diffusion import decode_latents, encode_image, encode_text, unet_eps
+from magicremover.diffusion import decode_latents, encode_image, encode_text, unconditional_embedding, unet_eps
 from magicremover.images import psnr
 from magicremover.inversion import InversionConfig, invert, reconstruct
 from magicremover.models import SDComponents
@@ -161,7 +161,7 @@ def sample_scores(
     c.scheduler.set_timesteps(steps)
     generator, images = torch.Generator().manual_seed(seed), []
     size = c.unet.config.sample_size
-    uncond = encode_text(c, [""])
+    uncond = unconditional_embedding(c)
     for scene in scenes:
         cond, z = encode_text(c, [scene.caption]), torch.randn(1, 4, size, size, generator=generator)
         for t in c.scheduler.timesteps.tolist():

@@ -15,7 +15,7 @@ from magicremover.baselines.p2p import PromptToPrompt
 from magicremover.experiments import evaluate as ev
 from magicremover.inversion import InversionConfig, invert_cached
 from magicremover.method import MagicRemover
-from magicremover.models import build_tiny
+from magicremover.tiny import build_tiny
 from magicremover.types import RemovalSample
 
 INVERSION = InversionConfig(method="null_text", num_inference_steps=4, inner_steps=2)

@@ -1,0 +1,167 @@
+"""SDXL as a model family: a standard diffusers SDXL folder (saved by diffusers' own pipeline from tiny random
+weights) loads through ``model=local``, its text plumbing equals ``StableDiffusionXLPipeline.encode_prompt``, our
+CFG DDIM steps equal the pipeline's, null-text keeps the pipeline's pooled and size conditioning, and the remove and
+evaluate commands run on it."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from commands import ROOT, evaluate
+from diffusers import DDIMScheduler, EulerDiscreteScheduler, StableDiffusionXLPipeline
+from PIL import Image
+from transformers import CLIPTextModelWithProjection
+
+from magicremover.diffusion import alpha_bar, cfg_eps, ddim_step, encode_text, step_size, unconditional_embedding
+from magicremover.errors import ModelLoadError
+from magicremover.inversion import InversionConfig, invert, reconstruct, set_timesteps
+from magicremover.models import load_pretrained, text_config_for
+from magicremover.tiny import build_tiny, build_tiny_xl
+
+PROMPT = "a photo of a red circle on horizontal stripes"
+SMALL = {"hidden_size": 32, "intermediate_size": 37, "num_attention_heads": 4, "num_hidden_layers": 5}
+
+
+def xl_pipeline(c, scheduler=None) -> StableDiffusionXLPipeline:
+    """diffusers' SDXL pipeline over ``c``'s modules (with SDXL base's Euler scheduler unless one is given)."""
+    if scheduler is None:
+        scheduler = EulerDiscreteScheduler(
+            beta_start=0.00085,
+            beta_end=0.012,
+            beta_schedule="scaled_linear",
+            steps_offset=1,
+            timestep_spacing="leading",
+        )
+    pipe = StableDiffusionXLPipeline(
+        vae=c.vae,
+        text_encoder=c.text_encoder,
+        text_encoder_2=c.text_encoder_2,
+        tokenizer=c.tokenizer,
+        tokenizer_2=c.tokenizer_2,
+        unet=c.unet,
+        scheduler=scheduler,
+        force_zeros_for_empty_prompt=c.zero_empty_prompt,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def xl():
+    return build_tiny_xl(seed=0, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def xl_folder(xl, tmp_path_factory):
+    """A standard SDXL folder as diffusers writes it (model_index.json, unet/, vae/, text_encoder(_2)/,
+    tokenizer(_2)/, scheduler/), made outside the repository."""
+    folder = tmp_path_factory.mktemp("sdxl") / "tiny-sdxl"
+    xl_pipeline(xl).save_pretrained(folder)
+    return folder
+
+
+def test_a_diffusers_sdxl_folder_loads_as_the_sdxl_family_with_the_same_weights(xl, xl_folder):
+    index = json.loads((xl_folder / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionXLPipeline" and index["force_zeros_for_empty_prompt"] is True
+    c = load_pretrained(path=str(xl_folder), device="cpu", dtype="float32")
+    assert c.is_xl and c.zero_empty_prompt and c.resolution == 128
+    z, cond = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(0)), encode_text(c, [PROMPT] * 2)
+    assert torch.equal(
+        cfg_eps(c, z[:1], 500, cond[:1], cond[:1], 7.5), cfg_eps(xl, z[:1], 500, cond[:1], cond[:1], 7.5)
+    )
+    ours = xl_folder.parent / "ours"
+    xl.save_pretrained(ours)  # our writer makes the same layout, read back the same way
+    assert {p.name for p in ours.iterdir()} == {p.name for p in xl_folder.iterdir()}
+    again = load_pretrained(path=str(ours), device="cpu")
+    assert again.is_xl and torch.equal(encode_text(again, [PROMPT]), encode_text(c, [PROMPT]))
+
+
+@pytest.mark.parametrize("zeros", [True, False])
+def test_text_embeddings_equal_the_pipelines_encode_prompt(xl, zeros):
+    c = build_tiny_xl(seed=0, device="cpu") if zeros else xl
+    c.zero_empty_prompt = zeros
+    pipe = xl_pipeline(c)
+    prompt, negative, pooled, negative_pooled = pipe.encode_prompt(PROMPT, device="cpu")
+    ours, null = encode_text(c, [PROMPT]), unconditional_embedding(c)
+    projection = c.text_encoder_2.config.projection_dim
+    assert (
+        ours.shape == (1, 78, 64)
+        and torch.equal(ours[:, :-1], prompt)
+        and torch.equal(ours[:, -1, :projection], pooled)
+    )
+    assert torch.equal(null[:, :-1], negative) and torch.equal(null[:, -1, :projection], negative_pooled)
+    assert not ours[:, -1, projection:].any() and (null.abs().max() == 0) == zeros
+    # Both tokenizers put the target at the same positions ("!" padding only differs after the end token).
+    ids, ids_2 = (
+        c.tokenizer("a photo of a fire hydrant").input_ids,
+        c.tokenizer_2("a photo of a fire hydrant").input_ids,
+    )
+    assert ids == ids_2
+
+
+def test_our_cfg_ddim_steps_equal_the_sdxl_pipelines(xl):
+    pipe = xl_pipeline(xl, DDIMScheduler.from_config(xl.scheduler.config))
+    start = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(1))
+    direct = pipe(PROMPT, num_inference_steps=3, guidance_scale=7.5, latents=start, output_type="latent").images
+    z, cond, null = start, encode_text(xl, [PROMPT]), unconditional_embedding(xl)
+    set_timesteps(xl, 3)
+    for t in xl.scheduler.timesteps.tolist():
+        eps = cfg_eps(xl, z, t, null, cond, 7.5)
+        z = ddim_step(z, eps, alpha_bar(xl, t), alpha_bar(xl, t - step_size(xl)))
+    assert (z - direct).abs().max() < 1e-5, (z - direct).abs().max()
+
+
+def test_null_text_fits_the_token_rows_and_keeps_the_pooled_row_and_reconstructs(xl, example_image):
+    from magicremover.images import to_tensor
+
+    image = to_tensor(example_image.resize((128, 128)))
+    inversion = invert(xl, image, PROMPT, InversionConfig(num_inference_steps=10))
+    null = inversion.null_embeddings
+    assert null.shape == (10, 78, 64) and not null[:, -1].any()  # SDXL base's zero pooled row, untouched
+    assert null[:, :-1].abs().amax() > 0  # the tokens moved off zeros
+    plain = invert(xl, image, PROMPT, InversionConfig(method="ddim", num_inference_steps=10))
+    assert torch.equal(plain.trajectory, inversion.trajectory)
+    fitted, drifted = ((reconstruct(xl, i, 7.5) - i.trajectory[:1]).pow(2).mean() for i in (inversion, plain))
+    # Measured on the tiny SDXL (10 steps, CFG 7.5): plain DDIM 7.2, null-text 3.6 (latent MSE).
+    assert fitted < 0.6 * drifted, (fitted, drifted)
+
+
+def test_components_from_different_families_are_one_line_errors(xl):
+    sd = build_tiny(seed=0, device="cpu")
+    with pytest.raises(ModelLoadError, match="text_encoder_2/ and tokenizer_2/"):
+        type(sd)(xl.unet, xl.vae, sd.text_encoder, sd.tokenizer, sd.scheduler, identity="mixed")
+    narrow = CLIPTextModelWithProjection(text_config_for(xl.tokenizer_2, projection_dim=16, **SMALL))
+    with pytest.raises(ModelLoadError, match="size-and-pooled conditioning"):
+        type(sd)(xl.unet, xl.vae, xl.text_encoder, xl.tokenizer, sd.scheduler, "mixed", narrow, xl.tokenizer_2)
+
+
+def test_the_vae_is_upcast_in_half_precision_and_bfloat16_runs_on_the_cpu(xl_folder):
+    half = load_pretrained(path=str(xl_folder), device="cpu", dtype="float16")
+    assert half.unet.dtype == torch.float16 and half.vae.dtype == torch.float32  # force_upcast, as the pipeline
+    bf16 = load_pretrained(path=str(xl_folder), device="cpu", dtype="bfloat16")
+    eps = cfg_eps(bf16, torch.randn(1, 4, 16, 16), 500, unconditional_embedding(bf16), encode_text(bf16, [PROMPT]), 7.5)
+    assert eps.dtype == torch.float32 and torch.isfinite(eps).all() and bf16.vae.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("method", ["magicremover", pytest.param("magicremover_fast", marks=pytest.mark.slow)])
+def test_remove_runs_on_a_local_sdxl_folder_at_the_inputs_size(xl_folder, example_image, tmp_path, method):
+    photo = tmp_path / "photo.png"
+    example_image.resize((150, 100)).save(photo)
+    env = os.environ | {"PYTHONPATH": str(ROOT), "MAGICREMOVER_CACHE": str(tmp_path / "cache")}
+    args = [f"model.path={xl_folder}", f"method={method}", f"image={photo}", f"out_dir={tmp_path / 'out'}"]
+    command = [sys.executable, "-m", "magicremover.experiments.remove", "model=local", "device=cpu", *args]
+    done = subprocess.run(command + ["num_inference_steps=6"], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert Image.open(tmp_path / "out" / "output.png").size == (150, 100)
+    record = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert record["unet_calls"]["edit"]["calls"] > 0
+
+
+def test_evaluate_finishes_its_samples_on_a_local_sdxl_folder(xl_folder, tmp_path):
+    args = ["data=toy", "data.size=2", "model=local", f"model.path={xl_folder}", "device=cpu"]
+    evaluate(tmp_path, *args, "inversion=negative_prompt", "num_inference_steps=4", f"out_dir={tmp_path / 'run'}")
+    lines = (tmp_path / "run" / "manifest.jsonl").read_text().splitlines()
+    assert len(lines) == 2 and all(json.loads(line)["status"] == "ok" for line in lines)
