@@ -2,7 +2,9 @@
 
 The authors ran ``runwayml/stable-diffusion-inpainting`` (removed from the hub; the mirror is
 ``stable-diffusion-v1-5/stable-diffusion-inpainting``) with prompt ``" "``, strength 1.0, 50 steps, CFG 7.5, the GT
-mask dilated by a 20×20 kernel, and no paste-back of unmasked pixels.
+mask dilated by a 20×20 kernel, and no paste-back of unmasked pixels. An SDXL inpainting folder (e.g.
+``diffusers/stable-diffusion-xl-1.0-inpainting-0.1``, ``model_index.json`` naming an SDXL pipeline) runs through
+``StableDiffusionXLInpaintPipeline`` instead, at ``resolution=1024``.
 """
 
 from __future__ import annotations
@@ -10,16 +12,16 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
-from diffusers import StableDiffusionInpaintPipeline
+from diffusers import StableDiffusionInpaintPipeline, StableDiffusionXLInpaintPipeline
 
 from magicremover.errors import ConfigError, ImageError, ModelLoadError
 from magicremover.images import Resize, dilate, fit_mask, fit_to_model, load_image, to_pil, to_tensor
-from magicremover.models import model_folder, resolve_device, resolve_dtype
+from magicremover.models import model_folder, pipeline_index, resolve_device, resolve_dtype
 from magicremover.types import RemovalResult, RemovalSample
 
 
 class SDInpaint:
-    """Mask-based inpainting with a 9-channel Stable Diffusion inpainting UNet.
+    """Mask-based inpainting with a 9-channel Stable Diffusion (1.x/2.x or XL) inpainting UNet.
 
     Args:
         source / path: hub id, or a local diffusers folder (wins).
@@ -56,12 +58,12 @@ class SDInpaint:
             raise ConfigError(f"method.strength={strength} must be in (0, 1]")
         folder = model_folder(source, path, key="method")
         self.device = resolve_device(device)
+        xl = "XL" in pipeline_index(folder).get("_class_name", "")
+        pipeline = StableDiffusionXLInpaintPipeline if xl else StableDiffusionInpaintPipeline
+        no_checker = {} if xl else {"safety_checker": None, "requires_safety_checker": False}  # SDXL has none
         try:
-            self.pipe = StableDiffusionInpaintPipeline.from_pretrained(
-                folder,
-                torch_dtype=resolve_dtype(dtype, self.device),
-                safety_checker=None,
-                requires_safety_checker=False,
+            self.pipe = pipeline.from_pretrained(
+                folder, torch_dtype=resolve_dtype(dtype, self.device), **no_checker
             ).to(self.device)
         except (OSError, ValueError) as err:
             raise ModelLoadError(

@@ -219,7 +219,7 @@ def load_pretrained(
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
     kwargs = {"torch_dtype": torch_dtype, "variant": variant}
-    index = _pipeline_index(folder)
+    index = pipeline_index(folder)
     xl = "XL" in index.get("_class_name", "") or (folder / "text_encoder_2").is_dir()
     parts = {}
     try:
@@ -297,7 +297,7 @@ def _hub_folder(source: str | None, revision: str | None, variant: str | None, k
         ) from None
 
 
-def _pipeline_index(folder: Path) -> dict:
+def pipeline_index(folder: Path) -> dict:
     """The folder's ``model_index.json`` (which pipeline it was saved from, and its options), or ``{}``."""
     file = folder / "model_index.json"
     return json.loads(file.read_text()) if file.is_file() else {}

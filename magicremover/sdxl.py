@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from magicremover.models import SDComponents
 
+
 @torch.no_grad()
 def encode_text_xl(c: SDComponents, prompts: list[str]) -> torch.Tensor:
     """Prompts → ``(B, L + 1, D)`` float32: both encoders' penultimate layers joined, then the pooled row."""

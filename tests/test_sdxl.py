@@ -17,6 +17,7 @@ from transformers import CLIPTextModelWithProjection
 
 from magicremover.diffusion import alpha_bar, cfg_eps, ddim_step, encode_text, step_size, unconditional_embedding
 from magicremover.errors import ModelLoadError
+from magicremover.images import to_tensor
 from magicremover.inversion import InversionConfig, invert, reconstruct, set_timesteps
 from magicremover.models import load_pretrained, text_config_for
 from magicremover.tiny import build_tiny, build_tiny_xl
@@ -115,8 +116,6 @@ def test_our_cfg_ddim_steps_equal_the_sdxl_pipelines(xl):
 
 
 def test_null_text_fits_the_token_rows_and_keeps_the_pooled_row_and_reconstructs(xl, example_image):
-    from magicremover.images import to_tensor
-
     image = to_tensor(example_image.resize((128, 128)))
     inversion = invert(xl, image, PROMPT, InversionConfig(num_inference_steps=10))
     null = inversion.null_embeddings
@@ -165,3 +164,28 @@ def test_evaluate_finishes_its_samples_on_a_local_sdxl_folder(xl_folder, tmp_pat
     evaluate(tmp_path, *args, "inversion=negative_prompt", "num_inference_steps=4", f"out_dir={tmp_path / 'run'}")
     lines = (tmp_path / "run" / "manifest.jsonl").read_text().splitlines()
     assert len(lines) == 2 and all(json.loads(line)["status"] == "ok" for line in lines)
+
+
+def test_sd_inpaint_runs_an_sdxl_inpainting_folder_through_the_sdxl_pipeline(xl, tmp_path):
+    from diffusers import StableDiffusionXLInpaintPipeline, UNet2DConditionModel
+    from PIL import ImageDraw
+
+    from magicremover.baselines.sd_inpaint import SDInpaint
+    from magicremover.types import RemovalSample
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel.from_config(xl.unet.config, in_channels=9)  # noise, mask and masked-image latents
+    parts = {name: getattr(xl, name) for name in ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")}
+    StableDiffusionXLInpaintPipeline(unet=unet, scheduler=xl.scheduler, **parts).save_pretrained(tmp_path / "inpaint")
+    image, mask = Image.new("RGB", (128, 128), (40, 120, 200)), Image.new("L", (128, 128), 0)
+    ImageDraw.Draw(image).ellipse([40, 40, 80, 80], fill=(220, 30, 30))
+    ImageDraw.Draw(mask).ellipse([40, 40, 80, 80], fill=255)
+    remover = SDInpaint(
+        path=str(tmp_path / "inpaint"), num_inference_steps=2, resolution=128, paste_back=True, device="cpu"
+    )
+    assert type(remover.pipe).__name__ == "StableDiffusionXLInpaintPipeline"
+    result = remover(RemovalSample(image, "a photo of a red circle", "circle", mask=mask))
+    assert result.image.shape == (1, 3, 128, 128) and result.mask.sum() > 40 * 40 * 0.785
+    keep = (result.mask == 0).expand(1, 3, 128, 128)
+    assert torch.equal(result.image[keep], to_tensor(image)[keep])  # pasted back outside the hole
+    assert (result.image - to_tensor(image)).abs().amax() > 0.05  # and changed inside it
