@@ -9,7 +9,9 @@ self-attention "suppression" of the object). The step's noise is ε_normal + s �
 
 * ``sip`` (its ``inference/SIP.py``): start from the input's latent noised to ``strength`` (0.8: the last 40 of 50
   DDIM steps); after each step, outside the (nearest-resized) mask, the input's latent noised to the next timestep with
-  the same noise (the clean latent after the last step).
+  the same noise (the clean latent after the last step). On SDXL, as its diffusers community pipeline
+  (``StableDiffusionXL_AE_Pipeline``): the latent mask is max-pooled (``max_pool2d(mask, 8)``) and AAS edits the
+  decoder's self-attention (its layers 34–69 of 70); that pipeline's example runs no FreeU (``method.freeu=null``).
 * ``dip`` (``inference/DIP.py``): DDIM inversion of the input under ``""`` first (strength 1); before each step,
   outside the (max-pooled) mask, the inversion's latent at that timestep; after the last, the input's latent.
 
@@ -90,6 +92,9 @@ class AttentiveEraser:
         prompt: the text for both halves (``""``).
         resize: how image and mask are fitted to the model's square.
         seed: VAE posterior sample and SIP noise.
+        latent_mask: how SIP brings the mask to the latent grid: ``nearest`` (the SD scripts), ``max_pool`` (the SDXL
+            community pipeline: a latent cell is inside when any of its pixels is), ``auto`` (the one of the model's
+            family).
     """
 
     requires: ClassVar[frozenset[str]] = frozenset({"mask"})
@@ -110,6 +115,7 @@ class AttentiveEraser:
         prompt: str = "",
         resize: Resize = "stretch",
         seed: int = 0,
+        latent_mask: Literal["auto", "nearest", "max_pool"] = "auto",
     ):
         if variant not in ("sip", "dip"):
             raise ConfigError(f"method.variant={variant} is not sip or dip")
@@ -117,6 +123,8 @@ class AttentiveEraser:
             raise ConfigError(f"method.strength={strength} must be in (0, 1] (and 1 for variant=dip)")
         if mask_blur and mask_blur % 2 == 0:
             raise ConfigError(f"method.mask_blur={mask_blur} must be an odd kernel size in pixels (or 0)")
+        if latent_mask not in ("auto", "nearest", "max_pool"):
+            raise ConfigError(f"method.latent_mask={latent_mask} is not auto, nearest or max_pool")
         if freeu is not None and len(freeu) != 4:
             raise ConfigError(f"method.freeu={list(freeu)} must be [b1, b2, s1, s2] or null")
         self.components, self.variant, self.steps, self.strength = components, variant, num_inference_steps, strength
@@ -128,6 +136,7 @@ class AttentiveEraser:
         )
         self.mask_blur, self.mask_threshold, self.freeu = mask_blur, mask_threshold, freeu
         self.prompt, self.resize, self.seed = prompt, resize, seed
+        self.latent_mask = ("max_pool" if components.is_xl else "nearest") if latent_mask == "auto" else latent_mask
 
     @property
     def resolution(self) -> int:
@@ -164,7 +173,12 @@ class AttentiveEraser:
             mask=mask.cpu(),
             calls=calls,
             seconds={name: count.seconds for name, count in calls.items()} | {"total": time.perf_counter() - start},
-            extras={"variant": self.variant, "strength": self.strength, "prompt": self.prompt},
+            extras={
+                "variant": self.variant,
+                "strength": self.strength,
+                "prompt": self.prompt,
+                "latent_mask": self.latent_mask,
+            },
         )
 
     @torch.no_grad()
@@ -182,7 +196,10 @@ class AttentiveEraser:
             keep = F.max_pool2d(mask, c.vae_scale_factor).round()  # its DIP pipeline's latent mask
         else:
             clean = encode_image(c, image, mode="sample", seed=self.seed)
-            keep = F.interpolate(mask, size=tuple(clean.shape[-2:]))  # its SIP pipeline's (nearest)
+            if self.latent_mask == "max_pool":  # the SDXL pipeline's
+                keep = F.max_pool2d(mask, c.vae_scale_factor).round()
+            else:  # its SD SIP pipeline's
+                keep = F.interpolate(mask, size=tuple(clean.shape[-2:]))
             noise = torch.randn(clean.shape, generator=torch.Generator().manual_seed(self.seed)).to(c.device)
         timesteps = set_timesteps(c, self.steps).tolist()
         first = self.steps - int(self.steps * self.strength)

@@ -1,4 +1,5 @@
-"""LEDITS++ (Brack et al., CVPR 2024) as a remover: diffusers' ``LEditsPPPipelineStableDiffusion`` on the shared model.
+"""LEDITS++ (Brack et al., CVPR 2024) as a remover: diffusers' ``LEditsPPPipelineStableDiffusion`` (or its ``…XL``
+twin on an SDXL model) on the shared model.
 
 Text-only and mask-free: edit-friendly DDPM inversion (``invert``), then removal as the target word's editing prompt
 in the reverse direction (``editing_prompt=[target]``, ``reverse_editing_direction=True``), with the pipeline's
@@ -25,12 +26,31 @@ from magicremover.unet_calls import UNetCalls
 
 def ledits_pipeline(c: SDComponents):
     """diffusers' LEDITS++ pipeline over ``c``'s modules, with its own DPM-Solver++ SDE scheduler (the pipeline
-    rewrites its scheduler's config, so the shared DDIM scheduler is not handed to it)."""
-    from diffusers import DPMSolverMultistepScheduler, LEditsPPPipelineStableDiffusion
+    rewrites its scheduler's config, so the shared DDIM scheduler is not handed to it). On SDXL, no invisible
+    watermark: an evaluated removal must differ from its input only where the method changed it."""
+    from diffusers import (
+        DPMSolverMultistepScheduler,
+        LEditsPPPipelineStableDiffusion,
+        LEditsPPPipelineStableDiffusionXL,
+    )
 
     scheduler = DPMSolverMultistepScheduler.from_config(
         c.scheduler.config, algorithm_type="sde-dpmsolver++", solver_order=2
     )
+    if c.is_xl:
+        pipe = LEditsPPPipelineStableDiffusionXL(
+            c.vae,
+            c.text_encoder,
+            c.text_encoder_2,
+            c.tokenizer,
+            c.tokenizer_2,
+            c.unet,
+            scheduler,
+            force_zeros_for_empty_prompt=c.zero_empty_prompt,
+            add_watermarker=False,
+        )
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
     pipe = LEditsPPPipelineStableDiffusion(
         c.vae,
         c.text_encoder,

@@ -27,6 +27,14 @@ def tiny():
 
 
 @pytest.fixture(scope="session")
+def tiny_xl():
+    """The tiny random SDXL-architecture model (built once; tests must leave it as they found it)."""
+    from magicremover.tiny import build_tiny_xl
+
+    return build_tiny_xl(seed=0, device="cpu")
+
+
+@pytest.fixture(scope="session")
 def toy():
     """The committed toy model (loaded once; tests must leave it as they found it)."""
     from magicremover.toy import load_toy

@@ -51,8 +51,8 @@ def xl_pipeline(c, scheduler=None) -> StableDiffusionXLPipeline:
 
 
 @pytest.fixture(scope="module")
-def xl():
-    return build_tiny_xl(seed=0, device="cpu")
+def xl(tiny_xl):
+    return tiny_xl
 
 
 @pytest.fixture(scope="module")
@@ -189,3 +189,30 @@ def test_sd_inpaint_runs_an_sdxl_inpainting_folder_through_the_sdxl_pipeline(xl,
     keep = (result.mask == 0).expand(1, 3, 128, 128)
     assert torch.equal(result.image[keep], to_tensor(image)[keep])  # pasted back outside the hole
     assert (result.image - to_tensor(image)).abs().amax() > 0.05  # and changed inside it
+
+
+def test_ledits_pp_on_sdxl_equals_diffusers_xl_pipeline_called_directly(xl):
+    from diffusers import DPMSolverMultistepScheduler, LEditsPPPipelineStableDiffusionXL
+
+    from magicremover.config import build_remover, compose_config
+    from magicremover.images import fit_to_model, load_image, to_pil
+    from magicremover.toy.quality import held_out_cases
+
+    sample = held_out_cases(1)[0].sample
+    config = compose_config("remove", ["method=ledits_pp", "device=cpu", "method.num_inversion_steps=8"])
+    ours = build_remover(config, xl)(sample)
+    scheduler = DPMSolverMultistepScheduler.from_config(
+        xl.scheduler.config, algorithm_type="sde-dpmsolver++", solver_order=2
+    )
+    parts = [xl.vae, xl.text_encoder, xl.text_encoder_2, xl.tokenizer, xl.tokenizer_2, xl.unet, scheduler]
+    pipe = LEditsPPPipelineStableDiffusionXL(*parts, add_watermarker=False)
+    pipe.set_progress_bar_config(disable=True)
+    image = to_pil(fit_to_model(load_image(sample.image), 128, "stretch"))
+    generator = torch.Generator().manual_seed(0)
+    pipe.invert(image, num_inversion_steps=8, skip=0.15, generator=generator, height=128, width=128)
+    direct = pipe(
+        editing_prompt=[sample.target], reverse_editing_direction=[True], edit_guidance_scale=5.0, edit_threshold=0.9
+    ).images[0]
+    assert (ours.image - to_tensor(direct)).abs().max() < 1e-6
+    assert (ours.image - to_tensor(image)).abs().max() > 0.02  # it edited something
+    assert ours.calls["inversion"].calls == 8 and ours.calls["edit"].calls > 0
