@@ -2,6 +2,7 @@
 
     python -m magicremover.experiments.cost                  # the toy model, the example scene, 3 alternating rounds (~5 min)
     python -m magicremover.experiments.cost --repeats 5 --out cost.json
+    python -m magicremover.experiments.cost --flops          # FLOPs per removal at real size (magicremover.experiments.flops)
 
 A call can be batch 1 or 2, with or without a backward pass, so calls are a poor proxy for what a GPU pays.
 Forward-equivalents = forward samples + 2 × backward samples + the forwards gradient checkpointing recomputes
@@ -146,8 +147,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--model", default="toy", help="toy (default) or a diffusers folder")
     parser.add_argument("--repeats", type=int, default=3, help="alternating rounds of every preset")
     parser.add_argument("--out", type=Path, default=Path("cost.json"))
+    parser.add_argument("--flops", action="store_true", help="FLOPs per removal of every method on SD 1.5 and SDXL")
+    parser.add_argument("--steps", type=int, default=None, help="with --flops: steps instead of each preset's own")
     args = parser.parse_args(argv)
     apply_thread_default()
+    if args.flops:
+        from magicremover.experiments.flops import main as flops_main
+
+        return flops_main(args.steps, args.out)
     if args.model == "toy":
         from magicremover.toy import load_toy
 

@@ -216,3 +216,18 @@ def test_ledits_pp_on_sdxl_equals_diffusers_xl_pipeline_called_directly(xl):
     assert (ours.image - to_tensor(direct)).abs().max() < 1e-6
     assert (ours.image - to_tensor(image)).abs().max() > 0.02  # it edited something
     assert ours.calls["inversion"].calls == 8 and ours.calls["edit"].calls > 0
+
+
+def test_flops_per_removal_are_meta_device_flops_times_the_counted_calls():
+    from magicremover.experiments.flops import calls_per_removal, markdown, per_call_flops
+
+    # SIP at 5 steps and strength 0.8: 4 calls of two halves, one VAE encode and one decode.
+    calls = calls_per_removal("sdxl", "attentive_eraser", steps=5)
+    assert calls == {"forward_equivalents": 8, "vae_encode": 1, "vae_decode": 1}
+    sd15, sdxl = per_call_flops("sd15"), per_call_flops("sdxl")
+    assert 0.79e12 < sd15["unet"] < 0.81e12 and 6.7e12 < sdxl["unet"] < 6.8e12  # 2 × MACs of the public configs
+    assert 3.9 < sdxl["vae_encode"] / sd15["vae_encode"] < 4.5  # convolutions scale with pixels, attention faster
+    row = {"family": "sdxl", "method": "attentive_eraser", **calls, "unet_tflops_per_call": sdxl["unet"] / 1e12}
+    row |= {"unet_tflops": 8 * sdxl["unet"] / 1e12, "vae_tflops": 1.0, "h100_seconds": 0.2}
+    table = markdown({"rows": [row], "utilisation": 0.4, "h100_bf16_dense_flops": 989e12})
+    assert "| SDXL (1024²) | attentive_eraser | 8 | 6.76 | 54 | 1.0 | 0.2 |" in table and "396 TFLOP/s" in table
