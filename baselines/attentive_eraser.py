@@ -11,7 +11,7 @@ self-attention "suppression" of the object). The step's noise is ε_normal + s �
   DDIM steps); after each step, outside the (nearest-resized) mask, the input's latent noised to the next timestep with
   the same noise (the clean latent after the last step). On SDXL, as its diffusers community pipeline
   (``StableDiffusionXL_AE_Pipeline``): the latent mask is max-pooled (``max_pool2d(mask, 8)``) and AAS edits the
-  decoder's self-attention (its layers 34–69 of 70); that pipeline's example runs no FreeU (``method.freeu=null``).
+  decoder's self-attention (its layers 34–69 of 70); that pipeline's example runs no FreeU (``freeu=auto``: none).
 * ``dip`` (``inference/DIP.py``): DDIM inversion of the input under ``""`` first (strength 1); before each step,
   outside the (max-pooled) mask, the inversion's latent at that timestep; after the last, the input's latent.
 
@@ -88,7 +88,8 @@ class AttentiveEraser:
         places: UNet parts whose self-attention AAS edits (the decoder).
         mask_blur / mask_threshold: the mask's Gaussian kernel in pixels and its threshold (13, 0.1); 0 disables
             the blur.
-        freeu: FreeU's ``(b1, b2, s1, s2)`` for the call (``None``: off).
+        freeu: FreeU's ``(b1, b2, s1, s2)`` for the call, ``None`` (off) or ``auto``: the SD scripts' (1.4, 1.6,
+            0.9, 0.2) on SD 1.x/2.x, off on SDXL (its community pipeline's example).
         prompt: the text for both halves (``""``).
         resize: how image and mask are fitted to the model's square.
         seed: VAE posterior sample and SIP noise.
@@ -111,7 +112,7 @@ class AttentiveEraser:
         places: Sequence[str] = ("up",),
         mask_blur: int = 13,
         mask_threshold: float = 0.1,
-        freeu: Sequence[float] | None = (1.4, 1.6, 0.9, 0.2),
+        freeu: Sequence[float] | Literal["auto"] | None = "auto",
         prompt: str = "",
         resize: Resize = "stretch",
         seed: int = 0,
@@ -125,6 +126,8 @@ class AttentiveEraser:
             raise ConfigError(f"method.mask_blur={mask_blur} must be an odd kernel size in pixels (or 0)")
         if latent_mask not in ("auto", "nearest", "max_pool"):
             raise ConfigError(f"method.latent_mask={latent_mask} is not auto, nearest or max_pool")
+        if freeu == "auto":
+            freeu = None if components.is_xl else (1.4, 1.6, 0.9, 0.2)
         if freeu is not None and len(freeu) != 4:
             raise ConfigError(f"method.freeu={list(freeu)} must be [b1, b2, s1, s2] or null")
         self.components, self.variant, self.steps, self.strength = components, variant, num_inference_steps, strength

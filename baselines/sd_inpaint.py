@@ -4,7 +4,7 @@ The authors ran ``runwayml/stable-diffusion-inpainting`` (removed from the hub; 
 ``stable-diffusion-v1-5/stable-diffusion-inpainting``) with prompt ``" "``, strength 1.0, 50 steps, CFG 7.5, the GT
 mask dilated by a 20×20 kernel, and no paste-back of unmasked pixels. An SDXL inpainting folder (e.g.
 ``diffusers/stable-diffusion-xl-1.0-inpainting-0.1``, ``model_index.json`` naming an SDXL pipeline) runs through
-``StableDiffusionXLInpaintPipeline`` instead, at ``resolution=1024``.
+``StableDiffusionXLInpaintPipeline`` instead, at its native 1024².
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ class SDInpaint:
         num_inference_steps, guidance_scale, strength: pipeline settings (50, 7.5, 1.0: start from pure noise).
         mask_dilation: square kernel applied to the binarised mask first (20).
         paste_back: copy the unmasked input pixels over the output (the authors did not).
-        resolution / resize: how image and mask are fitted (512 stretch, like every other method).
+        resolution / resize: how image and mask are fitted (``None``: the UNet's native side, 512 for SD 1.5 and 2.x
+            inpainting, 1024 for SDXL's; stretched, like every other method).
         seed: generator seed per call.
         device / dtype: as for ``model=`` (fp16 on CUDA).
     """
@@ -48,7 +49,7 @@ class SDInpaint:
         strength: float = 1.0,
         mask_dilation: int = 20,
         paste_back: bool = False,
-        resolution: int = 512,
+        resolution: int | None = None,
         resize: Resize = "stretch",
         seed: int = 0,
         device: str = "auto",
@@ -76,10 +77,11 @@ class SDInpaint:
         self.pipe.set_progress_bar_config(disable=True)
         self.prompt, self.negative_prompt = prompt, negative_prompt
         self.steps, self.guidance_scale, self.strength = num_inference_steps, guidance_scale, strength
+        native = self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
         self.mask_dilation, self.paste_back, self.resolution, self.resize, self.seed = (
             mask_dilation,
             paste_back,
-            resolution,
+            resolution or native,
             resize,
             seed,
         )
