@@ -163,11 +163,17 @@ def test_the_report_command_redraws_a_sweep_and_names_what_is_missing(tmp_path):
     )
 
 
-def test_the_sota_command_compares_every_remover_on_the_same_samples(tmp_path, coco_root, lama_weights, inpaint_dir):
+@pytest.mark.parametrize(
+    "model", ["model=toy", pytest.param("model=tiny_xl", marks=pytest.mark.slow)], ids=["toy", "sdxl"]
+)  # the SDXL rows: every UNet method on the tiny SDXL, LaMa and SD-Inpaint with their own weights (40 s)
+def test_the_sota_command_compares_every_remover_on_the_same_samples(
+    tmp_path, coco_root, lama_weights, inpaint_dir, model
+):
     sweep = tmp_path / "sota"
     _sweep(
         tmp_path,
         "+artefact=sota",
+        model,
         f"hydra.sweep.dir={sweep}",
         "data=coco",
         f"data.root={coco_root}",
