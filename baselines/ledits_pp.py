@@ -65,14 +65,6 @@ def ledits_pipeline(c: SDComponents):
     return pipe
 
 
-def attention_grids(c: SDComponents) -> set[int]:
-    """The sides of the UNet's cross-attention grids at the model's resolution (SD-1.5 at 512²: 64, 32, 16, 8)."""
-    side = c.resolution // c.vae_scale_factor
-    blocks = c.unet.config.down_block_types
-    grids = {side // 2**i for i, block in enumerate(blocks) if "CrossAttn" in block}
-    return grids | ({side // 2 ** (len(blocks) - 1)} if "CrossAttn" in c.unet.config.mid_block_type else set())
-
-
 class LeditsPP:
     """Removal by LEDITS++ with its paper's removal settings as defaults.
 
@@ -109,7 +101,7 @@ class LeditsPP:
             raise ConfigError(f"method.skip={skip} must be a fraction of the inversion steps in [0, 1)")
         if not 0 <= edit_threshold <= 1:
             raise ConfigError(f"method.edit_threshold={edit_threshold} must be a quantile in [0, 1]")
-        grids = attention_grids(components)
+        grids = {components.resolution // components.vae_scale_factor // k for k in components.cross_attention_strides}
         quarter = components.resolution // components.vae_scale_factor // 4
         if use_intersect_mask not in (True, False, "auto"):
             raise ConfigError(f"method.use_intersect_mask={use_intersect_mask} is not true, false or auto")

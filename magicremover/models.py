@@ -82,6 +82,15 @@ class SDComponents:
         return COMPONENTS + (XL_COMPONENTS if self.is_xl else ())
 
     @property
+    def cross_attention_strides(self) -> set[int]:
+        """How many times smaller than the latent grid each cross-attention layer's query grid is (SD 1.5: 1, 2, 4,
+        8; SDXL: 2, 4)."""
+        blocks = self.unet.config.down_block_types
+        strides = {2**i for i, block in enumerate(blocks) if "CrossAttn" in block}
+        mid = "CrossAttn" in (self.unet.config.mid_block_type or "")
+        return strides | ({2 ** (len(blocks) - 1)} if mid else set())
+
+    @property
     def vae_scale_factor(self) -> int:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 

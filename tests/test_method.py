@@ -252,3 +252,16 @@ def test_blending_keeps_the_reconstruction_outside_the_region_whatever_the_gradi
     assert torch.equal(z_edit[outside], z_rec[outside])
     assert (z_edit[inside] - z_rec[inside]).abs().max() > 1e-3
     assert torch.equal(result.mask, F.interpolate(region, size=(64, 64), mode="bilinear").clamp(0, 1))
+
+
+def test_map_strides_choose_the_layers_the_maps_read(remove):
+    every = remove()
+    both = remove(map_strides=[1, 2])  # the tiny UNet's grids: 8² (stride 1) and 4² (stride 2, and the mid block)
+    assert torch.equal(every.image, both.image) and torch.equal(every.attention, both.attention)
+    fine = remove(map_strides=[1])
+    assert (fine.attention - every.attention).abs().max() > 1e-3 and not torch.equal(fine.image, every.image)
+    message = r"map_strides=\[1, 8\]: this model has cross-attention at strides \[1, 2\] only"
+    with pytest.raises(ConfigError, match=message):
+        remove(map_strides=[1, 8])
+    with pytest.raises(ConfigError, match="must be positive integers"):
+        remove(map_strides=[0])

@@ -1,6 +1,6 @@
 """Attention control: per-layer processors, controllers, and map aggregation."""
 
-from magicremover.attention.aggregate import layer_token_maps, token_maps
+from magicremover.attention.aggregate import layer_token_maps, select_strides, token_maps
 from magicremover.attention.controller import (
     AttentionController,
     AttnContext,
@@ -20,5 +20,6 @@ __all__ = [
     "SelfAttentionKV",
     "controlled_attention",
     "layer_token_maps",
+    "select_strides",
     "token_maps",
 ]

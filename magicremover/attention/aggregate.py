@@ -42,6 +42,19 @@ def token_maps(
     return total / count if reduce == "mean" else total
 
 
+def select_strides(
+    maps: Mapping[str, torch.Tensor],
+    shapes: Mapping[str, tuple[int, int]],
+    latent_hw: tuple[int, int],
+    strides: Sequence[int] | None,
+) -> dict[str, torch.Tensor]:
+    """The layers whose query grid is the latent grid divided by one of ``strides`` (``None``: every layer; the
+    model's strides are :attr:`~magicremover.models.SDComponents.cross_attention_strides`)."""
+    if strides is None:
+        return dict(maps)
+    return {name: probs for name, probs in maps.items() if latent_hw[0] // shapes[name][0] in strides}
+
+
 def layer_token_maps(probs: torch.Tensor, shape: tuple[int, int], tokens: Sequence[int]) -> torch.Tensor:
     """One layer's cross-attention of chosen tokens at the layer's own query grid, heads summed.
 

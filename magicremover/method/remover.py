@@ -16,6 +16,7 @@ from magicremover.attention import (
     CrossAttentionStore,
     SelfAttentionKV,
     controlled_attention,
+    select_strides,
     token_maps,
 )
 from magicremover.diffusion import cfg_eps, ddim_step, decode_latents, encode_image, encode_text, unet_eps
@@ -79,7 +80,12 @@ class MagicRemover(InvertingRemover):
         super().__init__(components, inversion, resize, cache_dir)
         self.settings = Settings(**settings)
         self.needs_full_trajectory = self.settings.trajectory_correction != "none"
-        n_steps = inversion.num_inference_steps
+        n_steps, strides = inversion.num_inference_steps, self.settings.map_strides
+        if strides is not None and not set(strides) <= components.cross_attention_strides:
+            raise ConfigError(
+                f"method.map_strides={list(strides)}: this model has cross-attention at strides "
+                f"{sorted(components.cross_attention_strides)} only"
+            )
         if edit_start(n_steps, self.settings.t_ratio) >= n_steps:  # found now, not after the inversion has run
             raise ConfigError(
                 f"method.t_ratio={self.settings.t_ratio} edits none of num_inference_steps={n_steps} steps; "
@@ -101,7 +107,7 @@ class MagicRemover(InvertingRemover):
         inversion, inversion_kv = self._invert(sample, image)
         latent_hw = tuple(inversion.trajectory.shape[-2:])
         # 3. The t = 1 attention of the target: the soft map, and M₀ (or the user's mask, Eq. 13).
-        soft, fixed = t1_attention(c, inversion, target, latent_hw, s.mask_threshold)
+        soft, fixed = t1_attention(c, inversion, target, latent_hw, s.mask_threshold, s.map_strides)
         if user_mask is not None:
             fixed = F.interpolate(user_mask, size=latent_hw, mode="bilinear", align_corners=False).to(c.device)
         state = _State(target, latent_hw, tuple(image.shape[-2:]), fixed, user_mask is not None)
@@ -144,9 +150,8 @@ class MagicRemover(InvertingRemover):
         _, image = self.fit(sample)
         latent = encode_image(c, image)
         t = int(c.scheduler.config.get("steps_offset", 0))  # DDIM's last timestep
-        soft = target_attention(
-            c, latent, t, encode_text(c, [sample.prompt]), target, tuple(latent.shape[-2:]), "locate"
-        )
+        text, latent_hw = encode_text(c, [sample.prompt]), tuple(latent.shape[-2:])
+        soft = target_attention(c, latent, t, text, target, latent_hw, "locate", self.settings.map_strides)
         return _to_image(soft, tuple(image.shape[-2:]))
 
     def _invert(self, sample: RemovalSample, image: torch.Tensor) -> tuple[Inversion, dict | None]:
@@ -205,9 +210,10 @@ class MagicRemover(InvertingRemover):
         store.enabled = True  # stays on through the backward pass: checkpointed blocks recompute with the same path
         with torch.enable_grad():
             eps = cfg_eps(c, z, t, null, cond, self.inversion.guidance_scale, fold=self.settings.fold_cfg)
-            # Each word's map at the latent grid: every layer resized to it, heads and layers summed.
+            # Each word's map at the latent grid: every chosen layer resized to it, heads and layers summed.
+            maps = select_strides(store.maps, store.shapes, state.latent_hw, s.map_strides)
             word_maps = [
-                token_maps(store.maps, store.shapes, word, state.latent_hw).sum(1, keepdim=True)
+                token_maps(maps, store.shapes, word, state.latent_hw).sum(1, keepdim=True)
                 for word in state.target.words
             ]
             loss, region = self._loss(word_maps, state)
@@ -319,29 +325,44 @@ class _Branches:
 
 @torch.no_grad()
 def t1_attention(
-    c: SDComponents, inversion: Inversion, target: TargetTokens, latent_hw: tuple[int, int], threshold: float
+    c: SDComponents,
+    inversion: Inversion,
+    target: TargetTokens,
+    latent_hw: tuple[int, int],
+    threshold: float,
+    strides: tuple[int, ...] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The target's attention on the inversion latent at the last timestep (t = 1), as the released code builds M₀.
 
-    One conditional UNet call; the map is :func:`~magicremover.method.guidance.fixed_mask_map`.
+    One conditional UNet call; the map is :func:`~magicremover.method.guidance.fixed_mask_map` over the layers of
+    ``strides`` (``Settings.map_strides``).
 
     Returns:
         ``(soft, fixed)``: the soft map in [0, 1] and M₀ = soft > ``threshold``, both ``(1, 1, h, w)``.
     """
     latent, t = inversion.trajectory[1:2], int(inversion.timesteps[-1])
-    soft = target_attention(c, latent, t, inversion.cond_embedding, target, latent_hw, "attention_mask")
+    soft = target_attention(c, latent, t, inversion.cond_embedding, target, latent_hw, "attention_mask", strides)
     return soft, (soft > threshold).float()
 
 
 @torch.no_grad()
 def target_attention(
-    c: SDComponents, latent, t: int, cond: torch.Tensor, target: TargetTokens, latent_hw: tuple[int, int], stage: str
+    c: SDComponents,
+    latent,
+    t: int,
+    cond: torch.Tensor,
+    target: TargetTokens,
+    latent_hw: tuple[int, int],
+    stage: str,
+    strides: tuple[int, ...] | None = None,
 ) -> torch.Tensor:
-    """The target's cross-attention map ``(1, 1, h, w)`` in [0, 1] from one conditional UNet call on ``latent``."""
+    """The target's cross-attention map ``(1, 1, h, w)`` in [0, 1] from one conditional UNet call on ``latent``, over
+    the layers of ``strides`` (``None``: every layer)."""
     store = CrossAttentionStore()
     with controlled_attention(c.unet, store), c.calls.stage(stage):
         unet_eps(c, latent, t, cond)
-    return G.fixed_mask_map(store.maps, store.shapes, target.words, latent_hw)
+    maps = select_strides(store.maps, store.shapes, latent_hw, strides)
+    return G.fixed_mask_map(maps, store.shapes, target.words, latent_hw)
 
 
 @contextmanager

@@ -24,6 +24,10 @@ class Settings:
         lambda_: λ — the quantile of the top region (code) or the relaxation level (paper); 0.8.
         map_scale: Â = A / max₀ · map_scale (15 in the released code).
         mask_threshold: M₀ = normalised t = 1 attention > threshold (0.25; 0.3 in the COCO script).
+        map_strides: the cross-attention layers M_t and M₀ read, by their grid's stride below the latent grid
+            (SD 1.5 at 512²: 1, 2, 4, 8 = 64² … 8²; SDXL at 1024²: 2, 4 = 64², 32²); ``None``: every layer (the
+            released code; on the toy model the coarse grid alone removes worse, the fine one alone no better:
+            ``docs/method.md``).
         reweight: ``mask`` (binary gate M = top region ∪ M₀, released code) or ``attention`` (Eq. 8/9).
         multiword: ``product_map`` (one loss on Π_n A_n, released code) or ``sum_of_losses`` (Eq. 9: ∇ Σ_n g_n).
         blend: after each edited step keep the reconstruction latent outside M (released code; not in the paper).
@@ -62,6 +66,7 @@ class Settings:
     lambda_: float = 0.8
     map_scale: float = 15.0
     mask_threshold: float = 0.25
+    map_strides: tuple[int, ...] | None = None
     reweight: Literal["mask", "attention"] = "mask"
     multiword: Literal["product_map", "sum_of_losses"] = "product_map"
     blend: bool = True
@@ -101,6 +106,13 @@ class Settings:
             )
         if not 0 <= self.lambda_ < 1:
             raise ConfigError(f"method.lambda_={self.lambda_} must be in [0, 1)")
+        if self.map_strides is not None:
+            strides = tuple(self.map_strides)
+            if not strides or any(not isinstance(k, int) or k < 1 for k in strides):
+                raise ConfigError(
+                    f"method.map_strides={list(strides)} must be positive integers, or null for every layer"
+                )
+            object.__setattr__(self, "map_strides", strides)
         if not 0 <= self.mask_threshold < 1:
             raise ConfigError(f"method.mask_threshold={self.mask_threshold} must be in [0, 1)")
         if self.classifier_optimization_steps < 0 or self.map_scale <= 0:
