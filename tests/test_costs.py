@@ -87,6 +87,7 @@ def test_the_fast_preset_folds_its_cfg_halves_to_the_same_image_at_the_hand_coun
     assert sum(folded.values()) == 266 and sum(batched.values()) == 481  # 45 % less UNet work
 
 
+@pytest.mark.slow  # 47 s: the command's paired rounds; the counts it prints are pinned by the tests above
 def test_the_cost_command_counts_forward_equivalents_and_pairs_wall_time(tiny):
     from magicremover.experiments import cost
 

@@ -145,18 +145,61 @@ def test_the_vae_is_upcast_in_half_precision_and_bfloat16_runs_on_the_cpu(xl_fol
     assert eps.dtype == torch.float32 and torch.isfinite(eps).all() and bf16.vae.dtype == torch.bfloat16
 
 
-@pytest.mark.parametrize("method", ["magicremover", pytest.param("magicremover_fast", marks=pytest.mark.slow)])
+SLOW_METHODS = ("magicremover_fast", "attentive_eraser", "ledits_pp")  # 20 s each; the default runs by default
+
+
+@pytest.mark.parametrize("method", ["magicremover", *(pytest.param(m, marks=pytest.mark.slow) for m in SLOW_METHODS)])
 def test_remove_runs_on_a_local_sdxl_folder_at_the_inputs_size(xl_folder, example_image, tmp_path, method):
-    photo = tmp_path / "photo.png"
+    photo, mask = tmp_path / "photo.png", tmp_path / "mask.png"
     example_image.resize((150, 100)).save(photo)
+    Image.new("L", (150, 100)).save(mask)  # Attentive Eraser needs one: an empty mask keeps the photo as it is
     env = os.environ | {"PYTHONPATH": str(ROOT), "MAGICREMOVER_CACHE": str(tmp_path / "cache")}
     args = [f"model.path={xl_folder}", f"method={method}", f"image={photo}", f"out_dir={tmp_path / 'out'}"]
+    args += [f"mask={mask}"] if method == "attentive_eraser" else []
     command = [sys.executable, "-m", "magicremover.experiments.remove", "model=local", "device=cpu", *args]
     done = subprocess.run(command + ["num_inference_steps=6"], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert Image.open(tmp_path / "out" / "output.png").size == (150, 100)
     record = json.loads((tmp_path / "out" / "result.json").read_text())
     assert record["unet_calls"]["edit"]["calls"] > 0
+
+
+@pytest.mark.parametrize("preset", ["magicremover_paper", "p2p_reweight", "p2p_refine"])
+def test_the_other_presets_and_p2p_run_on_sdxl(xl, preset):
+    from magicremover.config import build_remover, compose_config
+    from magicremover.toy.quality import held_out_cases
+
+    overrides = [
+        f"method={preset}",
+        "device=cpu",
+        "num_inference_steps=4",
+        "inversion=negative_prompt",
+        "cache_dir=null",
+    ]
+    result = build_remover(compose_config("remove", overrides), xl)(held_out_cases(1)[0].sample)
+    assert result.image.shape == (1, 3, 128, 128) and torch.isfinite(result.image).all()
+    assert result.calls["edit"].calls == 4
+
+
+def test_runs_are_deterministic_and_each_ablation_changes_the_output_on_sdxl(xl):
+    from magicremover.inversion import InversionConfig as Config
+    from magicremover.method import MagicRemover
+    from magicremover.toy.quality import held_out_cases
+
+    sample = held_out_cases(1)[0].sample
+
+    def run(**settings):
+        return MagicRemover(xl, Config(method="negative_prompt", num_inference_steps=6), **settings)(sample).image
+
+    default = run()
+    assert torch.equal(default, run())
+    for ablation in (
+        "relax_constraints",
+        "reweight_perturbation",
+        "self_attention_guidance",
+        "classifier_optimization",
+    ):
+        assert not torch.equal(default, run(**{ablation: False})), ablation
 
 
 def test_evaluate_finishes_its_samples_on_a_local_sdxl_folder(xl_folder, tmp_path):
