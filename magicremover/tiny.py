@@ -13,6 +13,8 @@ from transformers import CLIPTextModel, CLIPTextModelWithProjection
 from magicremover.clip_tokenizer import build_clip_tokenizer
 from magicremover.models import SDComponents, build_ddim_scheduler, resolve_device, resolve_dtype, text_config_for
 
+TEXT_SIZE = {"hidden_size": 32, "intermediate_size": 37, "num_attention_heads": 4, "num_hidden_layers": 5}
+
 
 def build_tiny(seed: int = 0, device: str = "auto", dtype: str = "float32") -> SDComponents:
     """A random-weight model with SD's architecture at toy size, built offline and deterministically.
@@ -36,27 +38,11 @@ def build_tiny(seed: int = 0, device: str = "auto", dtype: str = "float32") -> S
         attention_head_dim=4,
         norm_num_groups=16,
     )
-    torch.manual_seed(seed)
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(16, 16, 32, 32),
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        latent_channels=4,
-        norm_num_groups=8,
-        layers_per_block=1,
-        sample_size=64,
-        scaling_factor=4.5,  # random-init latents have std ≈ 0.22; SD scales its latents to std ≈ 1
-    )
+    vae = _tiny_vae(seed, image_side=64)
     torch.manual_seed(seed)
     tokenizer = build_clip_tokenizer()
-    text_encoder = CLIPTextModel(
-        text_config_for(tokenizer, hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=5)
-    )
-    unet, vae, text_encoder = (
-        m.to(dev) if torch_dtype == torch.float32 else m.to(dev, torch_dtype) for m in (unet, vae, text_encoder)
-    )
+    text_encoder = CLIPTextModel(text_config_for(tokenizer, **TEXT_SIZE))
+    unet, vae, text_encoder = _placed((unet, vae, text_encoder), dev, torch_dtype)
     return SDComponents(
         unet=unet,
         vae=vae,
@@ -93,26 +79,12 @@ def build_tiny_xl(seed: int = 0, device: str = "auto", dtype: str = "float32") -
         cross_attention_dim=64,
         norm_num_groups=1,
     )
-    torch.manual_seed(seed)
-    vae = AutoencoderKL(
-        block_out_channels=(16, 16, 32, 32),
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        latent_channels=4,
-        norm_num_groups=8,
-        layers_per_block=1,
-        sample_size=128,
-        scaling_factor=4.5,  # random-init latents have std ≈ 0.22; SDXL scales its latents to std ≈ 1
-    )
-    size = {"hidden_size": 32, "intermediate_size": 37, "num_attention_heads": 4, "num_hidden_layers": 5}
+    vae = _tiny_vae(seed, image_side=128)
     tokenizer, tokenizer_2 = build_clip_tokenizer(), build_clip_tokenizer(pad_token="!")
     torch.manual_seed(seed)
-    text_encoder = CLIPTextModel(text_config_for(tokenizer, **size))
-    text_encoder_2 = CLIPTextModelWithProjection(text_config_for(tokenizer_2, projection_dim=32, **size))
-    modules = [
-        m.to(dev) if torch_dtype == torch.float32 else m.to(dev, torch_dtype)
-        for m in (unet, vae, text_encoder, text_encoder_2)
-    ]
+    text_encoder = CLIPTextModel(text_config_for(tokenizer, **TEXT_SIZE))
+    text_encoder_2 = CLIPTextModelWithProjection(text_config_for(tokenizer_2, projection_dim=32, **TEXT_SIZE))
+    modules = _placed((unet, vae, text_encoder, text_encoder_2), dev, torch_dtype)
     return SDComponents(
         *modules[:3],
         tokenizer=tokenizer,
@@ -122,3 +94,23 @@ def build_tiny_xl(seed: int = 0, device: str = "auto", dtype: str = "float32") -
         tokenizer_2=tokenizer_2,
         zero_empty_prompt=True,  # as SDXL base
     )
+
+
+def _tiny_vae(seed: int, image_side: int) -> AutoencoderKL:
+    """An f8 ``AutoencoderKL`` (images of ``image_side`` ↔ latents of ``image_side / 8``), seeded."""
+    torch.manual_seed(seed)
+    return AutoencoderKL(
+        block_out_channels=(16, 16, 32, 32),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        norm_num_groups=8,
+        layers_per_block=1,
+        sample_size=image_side,
+        scaling_factor=4.5,  # random-init latents have std ≈ 0.22; SD and SDXL scale their latents to std ≈ 1
+    )
+
+
+def _placed(modules, device: torch.device, dtype: torch.dtype) -> list[torch.nn.Module]:
+    """The modules on ``device`` in ``dtype`` (float32 ones only moved: diffusers warns on a no-op cast)."""
+    return [m.to(device) if dtype == torch.float32 else m.to(device, dtype) for m in modules]
