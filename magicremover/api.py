@@ -24,7 +24,7 @@ from omegaconf import DictConfig
 from PIL import Image
 
 from magicremover import fullsize
-from magicremover.config import build_remover, compose_config
+from magicremover.config import CONFIG_DIR, build_remover, compose_config
 from magicremover.errors import ConfigError, NonFiniteError
 from magicremover.fullsize import Box
 from magicremover.images import fit_to_model, load_image, to_pil, to_tensor
@@ -39,7 +39,7 @@ from magicremover.unet_calls import UNetCalls
 
 MaskInput = ImageInput
 PROMPT_TEMPLATE = "a photo of a {target}"  # COCO's caption template, used when no prompt is given
-_PRESETS = ("toy", "tiny", "sd15", "sd21base")
+_PRESETS = tuple(sorted(p.stem for p in (CONFIG_DIR / "model").glob("*.yaml") if p.stem != "local"))  # model=
 log = logging.getLogger("magicremover")
 Frame = tuple[Box, dict, dict]  # the box the model sees, what decided it (``framing``), the locate passes' UNet calls
 
@@ -71,7 +71,8 @@ class Pipeline:
         """Load a model and a method.
 
         Args:
-            model: a preset (``toy``, ``tiny``, ``sd15``, ``sd21base``), a local diffusers folder, or a hub id.
+            model: a preset (``toy``, ``tiny``, ``tiny_xl``, ``sd15``, ``sd21base``, ``sdxl``), a local diffusers
+                folder, or a hub id (its family, SD or SDXL, read from its ``model_index.json``).
             method: a ``conf/method`` preset (``magicremover``, ``magicremover_paper``, ``p2p_reweight``, ``lama``, …).
             overrides: Hydra overrides of ``conf/remove.yaml``, e.g. ``["method.lambda_=0.7", "num_inference_steps=25"]``.
             device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.

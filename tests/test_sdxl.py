@@ -272,3 +272,12 @@ def test_flops_per_removal_are_meta_device_flops_times_the_counted_calls():
     row |= {"unet_tflops": 8 * sdxl["unet"] / 1e12, "vae_tflops": 1.0, "h100_seconds": 0.2}
     table = markdown({"rows": [row], "utilisation": 0.4, "h100_bf16_dense_flops": 989e12})
     assert "| SDXL (1024²) | attentive_eraser | 8 | 6.76 | 54 | 1.0 | 0.2 |" in table and "396 TFLOP/s" in table
+
+
+def test_the_api_loads_the_sdxl_presets_by_name(example_image):
+    from magicremover import Pipeline
+
+    pipe = Pipeline.from_pretrained("tiny_xl", "magicremover_fast", ["num_inference_steps=4", "cache_dir=null"], "cpu")
+    assert pipe.remover.components.is_xl and pipe.remover.resolution == 128
+    removal = pipe(example_image.resize((200, 150)), "circle", PROMPT)
+    assert removal.image.size == (200, 150) and removal.record["unet_calls"]["edit"]["calls"] == 3  # t_ratio 0.85 of 4
