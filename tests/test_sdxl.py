@@ -20,10 +20,9 @@ from magicremover.errors import ModelLoadError
 from magicremover.images import to_tensor
 from magicremover.inversion import InversionConfig, invert, reconstruct, set_timesteps
 from magicremover.models import load_pretrained, text_config_for
-from magicremover.tiny import build_tiny, build_tiny_xl
+from magicremover.tiny import TEXT_SIZE, build_tiny, build_tiny_xl
 
 PROMPT = "a photo of a red circle on horizontal stripes"
-SMALL = {"hidden_size": 32, "intermediate_size": 37, "num_attention_heads": 4, "num_hidden_layers": 5}
 
 
 def xl_pipeline(c, scheduler=None) -> StableDiffusionXLPipeline:
@@ -52,7 +51,7 @@ def xl_pipeline(c, scheduler=None) -> StableDiffusionXLPipeline:
 
 @pytest.fixture(scope="module")
 def xl(tiny_xl):
-    return tiny_xl
+    return tiny_xl  # the session's tiny SDXL, shorter
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +131,7 @@ def test_components_from_different_families_are_one_line_errors(xl):
     sd = build_tiny(seed=0, device="cpu")
     with pytest.raises(ModelLoadError, match="text_encoder_2/ and tokenizer_2/"):
         type(sd)(xl.unet, xl.vae, sd.text_encoder, sd.tokenizer, sd.scheduler, identity="mixed")
-    narrow = CLIPTextModelWithProjection(text_config_for(xl.tokenizer_2, projection_dim=16, **SMALL))
+    narrow = CLIPTextModelWithProjection(text_config_for(xl.tokenizer_2, projection_dim=16, **TEXT_SIZE))
     with pytest.raises(ModelLoadError, match="size-and-pooled conditioning"):
         type(sd)(xl.unet, xl.vae, xl.text_encoder, xl.tokenizer, sd.scheduler, "mixed", narrow, xl.tokenizer_2)
 
