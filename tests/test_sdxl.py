@@ -151,7 +151,9 @@ SLOW_METHODS = ("magicremover_fast", "attentive_eraser", "ledits_pp")  # 20 s ea
 def test_remove_runs_on_a_local_sdxl_folder_at_the_inputs_size(xl_folder, example_image, tmp_path, method):
     photo, mask = tmp_path / "photo.png", tmp_path / "mask.png"
     example_image.resize((150, 100)).save(photo)
-    Image.new("L", (150, 100)).save(mask)  # Attentive Eraser needs one: an empty mask keeps the photo as it is
+    box = Image.new("L", (150, 100))
+    box.paste(255, (60, 30, 100, 70))
+    box.save(mask)  # Attentive Eraser needs one
     env = os.environ | {"PYTHONPATH": str(ROOT), "MAGICREMOVER_CACHE": str(tmp_path / "cache")}
     args = [f"model.path={xl_folder}", f"method={method}", f"image={photo}", f"out_dir={tmp_path / 'out'}"]
     args += [f"mask={mask}"] if method == "attentive_eraser" else []
