@@ -101,13 +101,14 @@ class LeditsPP:
             raise ConfigError(f"method.skip={skip} must be a fraction of the inversion steps in [0, 1)")
         if not 0 <= edit_threshold <= 1:
             raise ConfigError(f"method.edit_threshold={edit_threshold} must be a quantile in [0, 1]")
-        grids = {components.resolution // components.vae_scale_factor // k for k in components.cross_attention_strides}
-        quarter = components.resolution // components.vae_scale_factor // 4
+        strides = components.cross_attention_strides  # a quarter of the latent side is stride 4
         if use_intersect_mask not in (True, False, "auto"):
             raise ConfigError(f"method.use_intersect_mask={use_intersect_mask} is not true, false or auto")
         if use_intersect_mask == "auto":
-            use_intersect_mask = quarter in grids
-        elif use_intersect_mask and quarter not in grids:
+            use_intersect_mask = 4 in strides
+        elif use_intersect_mask and 4 not in strides:
+            side = components.resolution // components.vae_scale_factor
+            quarter, grids = side // 4, {side // k for k in strides}
             raise ConfigError(
                 f"LEDITS++ reads cross-attention at a quarter of the latent side ({quarter}²) and this model has it at "
                 f"{', '.join(f'{g}²' for g in sorted(grids))} only; set method.use_intersect_mask=auto or false"

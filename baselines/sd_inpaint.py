@@ -16,7 +16,7 @@ from diffusers import StableDiffusionInpaintPipeline, StableDiffusionXLInpaintPi
 
 from magicremover.errors import ConfigError, ImageError, ModelLoadError
 from magicremover.images import Resize, dilate, fit_mask, fit_to_model, load_image, to_pil, to_tensor
-from magicremover.models import model_folder, pipeline_index, resolve_device, resolve_dtype
+from magicremover.models import is_xl_folder, model_folder, resolve_device, resolve_dtype
 from magicremover.types import RemovalResult, RemovalSample
 
 
@@ -59,7 +59,7 @@ class SDInpaint:
             raise ConfigError(f"method.strength={strength} must be in (0, 1]")
         folder = model_folder(source, path, key="method")
         self.device = resolve_device(device)
-        xl = "XL" in pipeline_index(folder).get("_class_name", "")
+        xl = is_xl_folder(folder)
         pipeline = StableDiffusionXLInpaintPipeline if xl else StableDiffusionInpaintPipeline
         no_checker = {} if xl else {"safety_checker": None, "requires_safety_checker": False}  # SDXL has none
         try:

@@ -34,19 +34,45 @@ COST_PRESETS = ("magicremover", "magicremover_fast", "magicremover_paper", "p2p_
 DTYPES = {"fp16": "float16", "fp32": "float32"}
 
 
-def build_sd15_size(device: str, dtype: torch.dtype, seed: int = 0) -> SDComponents:
-    """SD-1.5's UNet (860 M parameters), VAE and CLIP ViT-L/14 text encoder, from their configs with random weights."""
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8)  # SD-1.5's blocks
-    vae = AutoencoderKL(
+def sd15_unet() -> UNet2DConditionModel:
+    """SD 1.5's UNet (``stable-diffusion-v1-5``'s ``unet/config.json``: diffusers' defaults but these)."""
+    return UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8)
+
+
+def sdxl_unet() -> UNet2DConditionModel:
+    """SDXL base 1.0's UNet (``stabilityai/stable-diffusion-xl-base-1.0``'s ``unet/config.json``)."""
+    return UNet2DConditionModel(
+        sample_size=128,
+        block_out_channels=(320, 640, 1280),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 2, 10),
+        attention_head_dim=(5, 10, 20),
+        cross_attention_dim=2048,
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=256,
+        projection_class_embeddings_input_dim=2816,
+    )
+
+
+def sd_vae() -> AutoencoderKL:
+    """The f8 KL autoencoder both families share the architecture of."""
+    return AutoencoderKL(
         block_out_channels=(128, 256, 512, 512),
         down_block_types=("DownEncoderBlock2D",) * 4,
         up_block_types=("UpDecoderBlock2D",) * 4,
         layers_per_block=2,
         latent_channels=4,
         sample_size=512,
-        scaling_factor=0.18215,
+        scaling_factor=0.18215,  # SD 1.5's (SDXL's is 0.13025; FLOPs do not depend on it)
     )
+
+
+def build_sd15_size(device: str, dtype: torch.dtype, seed: int = 0) -> SDComponents:
+    """SD-1.5's UNet (860 M parameters), VAE and CLIP ViT-L/14 text encoder, from their configs with random weights."""
+    torch.manual_seed(seed)
+    unet, vae = sd15_unet(), sd_vae()
     tokenizer = build_clip_tokenizer()
     text_encoder = CLIPTextModel(
         text_config_for(

@@ -20,11 +20,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, UNet2DConditionModel
 from PIL import Image, ImageDraw
 from torch.utils.flop_counter import FlopCounterMode
 
 from magicremover.config import build_remover, compose_config
+from magicremover.experiments.device_cost import sd15_unet, sd_vae, sdxl_unet
 from magicremover.tiny import build_tiny, build_tiny_xl
 from magicremover.toy.quality import held_out_cases
 
@@ -39,39 +39,6 @@ METHODS = (  # conf/method/*
 )
 H100_BF16_DENSE = 989e12  # FLOP/s, NVIDIA's H100 SXM figure without sparsity
 UTILISATION = 0.4
-
-
-def sd15_unet() -> UNet2DConditionModel:
-    """SD 1.5's UNet (``stable-diffusion-v1-5``'s ``unet/config.json``: diffusers' defaults but these)."""
-    return UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8)
-
-
-def sdxl_unet() -> UNet2DConditionModel:
-    """SDXL base 1.0's UNet (``stabilityai/stable-diffusion-xl-base-1.0``'s ``unet/config.json``)."""
-    return UNet2DConditionModel(
-        sample_size=128,
-        block_out_channels=(320, 640, 1280),
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        transformer_layers_per_block=(1, 2, 10),
-        attention_head_dim=(5, 10, 20),
-        cross_attention_dim=2048,
-        use_linear_projection=True,
-        addition_embed_type="text_time",
-        addition_time_embed_dim=256,
-        projection_class_embeddings_input_dim=2816,
-    )
-
-
-def sd_vae() -> AutoencoderKL:
-    """The f8 KL autoencoder both families share the architecture of."""
-    return AutoencoderKL(
-        block_out_channels=(128, 256, 512, 512),
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        layers_per_block=2,
-        latent_channels=4,
-    )
 
 
 def _flops(run) -> int:

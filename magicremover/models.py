@@ -228,8 +228,7 @@ def load_pretrained(
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
     kwargs = {"torch_dtype": torch_dtype, "variant": variant}
-    index = pipeline_index(folder)
-    xl = "XL" in index.get("_class_name", "") or (folder / "text_encoder_2").is_dir()
+    xl = is_xl_folder(folder)
     parts = {}
     try:
         parts["unet"] = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", **kwargs)
@@ -249,7 +248,7 @@ def load_pretrained(
         **{name: part.to(dev) if isinstance(part, torch.nn.Module) else part for name, part in parts.items()},
         scheduler=build_ddim_scheduler(_prediction_type(folder)),
         identity=f"{source if not path else 'local'}:{_fingerprint(folder)}:{variant}:{torch_dtype}",
-        zero_empty_prompt=xl and index.get("force_zeros_for_empty_prompt", True),
+        zero_empty_prompt=xl and pipeline_index(folder).get("force_zeros_for_empty_prompt", True),
     )
 
 
@@ -304,6 +303,12 @@ def _hub_folder(source: str | None, revision: str | None, variant: str | None, k
             f"weights for {source} are neither cached nor downloadable here ({type(err).__name__}); "
             f"download them where the hub is reachable (hf download {source}) and pass {key}.path=DIR"
         ) from None
+
+
+def is_xl_folder(folder: Path) -> bool:
+    """Whether a diffusers folder holds an SDXL pipeline: its ``model_index.json`` names one, or it has a
+    ``text_encoder_2/``."""
+    return "XL" in pipeline_index(folder).get("_class_name", "") or (folder / "text_encoder_2").is_dir()
 
 
 def pipeline_index(folder: Path) -> dict:
