@@ -32,24 +32,28 @@ def test_the_image_equals_diffusers_pipeline_called_directly(tiny):
     )
     pipe.set_progress_bar_config(disable=True)
     image = to_pil(fit_to_model(load_image(sample.image), 64, "stretch"))
-    pipe.invert(
-        image,
-        source_prompt="",
-        source_guidance_scale=3.5,
-        num_inversion_steps=12,
-        skip=0.15,
-        generator=torch.Generator().manual_seed(0),
-        height=64,
-        width=64,
-    )
-    direct = pipe(
-        editing_prompt=[sample.target],
-        reverse_editing_direction=[True],
-        edit_guidance_scale=5.0,
-        edit_threshold=0.9,
-        edit_warmup_steps=0,
-        use_intersect_mask=False,
-    ).images[0]
+    saved = dict(tiny.unet.attn_processors)  # the pipeline installs its own on the shared UNet
+    try:
+        pipe.invert(
+            image,
+            source_prompt="",
+            source_guidance_scale=3.5,
+            num_inversion_steps=12,
+            skip=0.15,
+            generator=torch.Generator().manual_seed(0),
+            height=64,
+            width=64,
+        )
+        direct = pipe(
+            editing_prompt=[sample.target],
+            reverse_editing_direction=[True],
+            edit_guidance_scale=5.0,
+            edit_threshold=0.9,
+            edit_warmup_steps=0,
+            use_intersect_mask=False,
+        ).images[0]
+    finally:
+        tiny.unet.set_attn_processor(saved)
     assert (ours.image - to_tensor(direct)).abs().max() < 1e-6
     assert (ours.image - to_tensor(image)).abs().max() > 0.02  # it edited something
     assert ours.calls["inversion"].calls == 12 and ours.calls["edit"].calls > 0 and ours.mask is None

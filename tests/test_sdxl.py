@@ -251,10 +251,17 @@ def test_ledits_pp_on_sdxl_equals_diffusers_xl_pipeline_called_directly(xl):
     pipe.set_progress_bar_config(disable=True)
     image = to_pil(fit_to_model(load_image(sample.image), 128, "stretch"))
     generator = torch.Generator().manual_seed(0)
-    pipe.invert(image, num_inversion_steps=8, skip=0.15, generator=generator, height=128, width=128)
-    direct = pipe(
-        editing_prompt=[sample.target], reverse_editing_direction=[True], edit_guidance_scale=5.0, edit_threshold=0.9
-    ).images[0]
+    saved = dict(xl.unet.attn_processors)  # the pipeline installs its own on the shared UNet
+    try:
+        pipe.invert(image, num_inversion_steps=8, skip=0.15, generator=generator, height=128, width=128)
+        direct = pipe(
+            editing_prompt=[sample.target],
+            reverse_editing_direction=[True],
+            edit_guidance_scale=5.0,
+            edit_threshold=0.9,
+        ).images[0]
+    finally:
+        xl.unet.set_attn_processor(saved)
     assert (ours.image - to_tensor(direct)).abs().max() < 1e-6
     assert (ours.image - to_tensor(image)).abs().max() > 0.02  # it edited something
     assert ours.calls["inversion"].calls == 8 and ours.calls["edit"].calls > 0
