@@ -83,3 +83,14 @@ def test_sip_on_sdxl_equals_the_community_pipelines_loop(xl256):
     assert (ours.image - expected).abs().max() < FINAL_IMAGE_TOLERANCE, (ours.image - expected).abs().max()
     # The edit did something inside the mask and nothing the VAE round trip would not do outside it.
     assert (ours.image - to_tensor(picture)).abs()[..., 64:160, 80:176].mean() > 0.01
+
+
+def test_a_latent_mask_rule_it_does_not_know_is_a_one_line_error(tiny_xl):
+    from magicremover.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="method.latent_mask=bilinear is not auto, nearest or max_pool"):
+        AttentiveEraser(tiny_xl, latent_mask="bilinear")
+    assert (
+        AttentiveEraser(tiny_xl).freeu is None
+        and AttentiveEraser(tiny_xl, latent_mask="nearest").latent_mask == "nearest"
+    )
