@@ -29,7 +29,7 @@ from magicremover.errors import ConfigError, NonFiniteError
 from magicremover.fullsize import Box
 from magicremover.images import fit_to_model, load_image, to_pil, to_tensor
 from magicremover.inputs import ImageInput, as_mask, as_pil
-from magicremover.locate import locate
+from magicremover.locate import Pass, locate
 from magicremover.outputs import heatmap, jsonable
 from magicremover.photo_meta import PhotoMeta, read_meta
 from magicremover.removal import Removal, combined
@@ -202,19 +202,7 @@ class Pipeline:
             return [(*fullsize.choose_box(None, photo.size, self.side, settings, source), {})]
         c = self.remover.components
         before = c.calls.totals()
-
-        def attend(square: Image.Image):
-            return self.remover.locate(RemovalSample(image=square, prompt=prompt, target=target, sample_id=name))
-
-        found = locate(
-            photo,
-            self.side,
-            attend,
-            settings.threshold,
-            settings.crop_margin,
-            settings.locate_passes,
-            settings.instances,
-        )
+        found = self.locate(photo, target, prompt, name)
         calls = {stage: n.record() for stage, n in UNetCalls.delta(c.calls.totals(), before).items()}
         if not found:
             return [(*fullsize.choose_box(None, photo.size, self.side, settings, "located"), calls)]
@@ -226,6 +214,20 @@ class Pipeline:
         if len(found) > 1:
             log.info("%s: %d separate instances located; each is removed in its own pass", target, len(found))
         return frames
+
+    def locate(self, photo: Image.Image, target: str, prompt: str, name: str = "") -> list[list[Pass]]:
+        """Where ``target`` is in ``photo`` (RGB, any size) from the text alone, by ``paste``'s settings: each instance
+        as its locate passes, coarse first (:func:`magicremover.locate.locate`; one UNet call per square read)."""
+        if not hasattr(self.remover, "locate"):
+            raise ConfigError(f"{self.method_name} has no locate pass: give a mask, or use method=magicremover")
+
+        def attend(square: Image.Image):
+            return self.remover.locate(RemovalSample(image=square, prompt=prompt, target=target, sample_id=name))
+
+        s = self.paste
+        return locate(
+            photo, self.side, attend, s.locate_threshold, s.crop_margin, s.locate_passes, s.instances, s.locate_tiles
+        )
 
     @property
     def method_name(self) -> str:

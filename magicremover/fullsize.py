@@ -39,14 +39,19 @@ class PasteSettings:
             photo, or the crop; at least one pixel); beyond it the photo is kept byte for byte.
         feather: width of the linear ramp from the output to the photo, as a fraction of the same side, ending at
             the dilated edge (0 = a hard edge).
-        threshold: the final mask, divided by its maximum, is binarised at this level (also the located map's).
+        threshold: the final mask, divided by its maximum, is binarised at this level.
+        locate_threshold: without a mask, the located attention, divided by its maximum, marks the object where it
+            exceeds this level; the marked region's box frames the crop.
         strategy: ``resize`` (the whole photo squeezed to the model's square), ``crop`` (a square around the object)
             or ``auto`` (crop when it enlarges the object at least 2×).
         crop_margin: the crop's side as a multiple of the object box's longer side (at least the model's side where
             the photo allows): the object spans 1 / ``crop_margin`` of the square the model sees.
-        locate_passes: without a mask, the target is located in at most this many passes, each one UNet call: the
-            whole photo, then crops around what the previous pass found while they zoom in at least 2×
-            (:mod:`magicremover.locate`); 1 locates on the whole photo only.
+        locate_passes: without a mask, the target is located in at most this many passes: the whole photo (and its
+            squares, ``locate_tiles``), then crops around what the previous pass found while they zoom in at least
+            2×, one UNet call each (:mod:`magicremover.locate`); 1 = no refining.
+        locate_tiles: the first locate pass reads the whole photo and squares of 1 / ``locate_tiles`` of its longer
+            side overlapping by half (``(2 · locate_tiles − 1)²`` squares on a square photo, one UNet call each),
+            so a small object is seen ``locate_tiles`` times larger; 1 reads the whole photo only.
         instances: without a mask, at most this many separate regions of the target's map are removed, each in its
             own framed pass.
     """
@@ -54,30 +59,28 @@ class PasteSettings:
     dilate: float = 0.03
     feather: float = 0.02
     threshold: float = 0.5
+    locate_threshold: float = 0.4
     strategy: str = "auto"
     crop_margin: float = 2.5
     locate_passes: int = 3
+    locate_tiles: int = 4
     instances: int = 4
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
             raise ConfigError(f"paste.strategy={self.strategy} is not one of {', '.join(STRATEGIES)}")
-        if not (
-            isinstance(self.locate_passes, int)
-            and self.locate_passes >= 1
-            and isinstance(self.instances, int)
-            and self.instances >= 1
-        ):
-            raise ConfigError(
-                f"paste.locate_passes={self.locate_passes} and paste.instances={self.instances} must be positive "
-                "integers"
-            )
+        counts = {"locate_passes": self.locate_passes, "locate_tiles": self.locate_tiles, "instances": self.instances}
+        if not all(isinstance(n, int) and n >= 1 for n in counts.values()):
+            given = ", ".join(f"paste.{key}={n}" for key, n in counts.items())
+            raise ConfigError(f"{given}: each must be a positive integer")
         if not self.crop_margin >= 1:
             raise ConfigError(f"paste.crop_margin={self.crop_margin} must be at least 1 (the crop holds the object)")
-        if not (0 <= self.feather <= self.dilate < 1) or not 0 < self.threshold < 1:
+        levels = (self.threshold, self.locate_threshold)
+        if not (0 <= self.feather <= self.dilate < 1) or not all(0 < level < 1 for level in levels):
             raise ConfigError(
-                f"paste.dilate={self.dilate}, paste.feather={self.feather}, paste.threshold={self.threshold} are "
-                "invalid; need 0 ≤ feather ≤ dilate < 1 and 0 < threshold < 1"
+                f"paste.dilate={self.dilate}, paste.feather={self.feather}, paste.threshold={self.threshold}, "
+                f"paste.locate_threshold={self.locate_threshold} are invalid; need 0 ≤ feather ≤ dilate < 1 and "
+                "0 < threshold, locate_threshold < 1"
             )
 
     def pixels(self, size: tuple[int, int]) -> tuple[int, int]:

@@ -1,6 +1,6 @@
 """Attention control: per-layer processors, controllers, and map aggregation."""
 
-from magicremover.attention.aggregate import layer_token_maps, select_strides, token_maps
+from magicremover.attention.aggregate import attention_level, layer_token_maps, select_strides, token_maps
 from magicremover.attention.controller import (
     AttentionController,
     AttnContext,
@@ -12,6 +12,7 @@ from magicremover.attention.controller import (
 from magicremover.attention.install import controlled_attention
 
 __all__ = [
+    "attention_level",
     "AttentionController",
     "AttnContext",
     "ComposedController",

@@ -42,6 +42,29 @@ def token_maps(
     return total / count if reduce == "mean" else total
 
 
+def attention_level(
+    maps: Mapping[str, torch.Tensor],
+    shapes: Mapping[str, tuple[int, int]],
+    words: Sequence[Sequence[int]],
+    size: tuple[int, int],
+) -> torch.Tensor:
+    """How strongly each place attends to a target, in probability units comparable across images (no per-image
+    normalisation, unlike the M₀ map): per word its tokens' probabilities summed, averaged over heads and layers
+    (:func:`token_maps` ``mean``); the words' minimum (every word of the target attends there at least this much).
+
+    Args:
+        maps: layer name → probabilities ``(1, heads, h*w, T)``.
+        shapes: layer name → ``(h, w)``.
+        words: the target's words, each a list of token positions.
+        size: output ``(H, W)``.
+
+    Returns:
+        ``(1, 1, H, W)`` in [0, 1].
+    """
+    per_word = [token_maps(maps, shapes, word, size, "mean").sum(1, keepdim=True) for word in words]
+    return torch.stack(per_word).amin(dim=0)
+
+
 def select_strides(
     maps: Mapping[str, torch.Tensor],
     shapes: Mapping[str, tuple[int, int]],

@@ -15,6 +15,7 @@ from magicremover.attention import (
     ComposedController,
     CrossAttentionStore,
     SelfAttentionKV,
+    attention_level,
     controlled_attention,
     select_strides,
     token_maps,
@@ -142,17 +143,18 @@ class MagicRemover(InvertingRemover):
 
     @torch.no_grad()
     def locate(self, sample: RemovalSample) -> torch.Tensor:
-        """Where the target is, before any inversion: its attention map ``(1, 1, H, W)`` in [0, 1] at the model's
-        resolution, from one conditional UNet call on the clean latent at the last timestep (where M₀ is read). The
-        locate pass of ``paste.strategy=crop|auto``."""
+        """How strongly each place of the image attends to the target, before any inversion: ``(1, 1, H, W)`` at the
+        image's resolution, in probability units comparable across images (:func:`~magicremover.attention.
+        attention_level`, over the layers of ``map_strides``), from one conditional UNet call on the clean latent at
+        DDIM's last timestep (where M₀ is read). The locate passes of ``paste.strategy=crop|auto``."""
         c = self.components
         target = find_target(c.tokenizer, sample.prompt, sample.target)
         _, image = self.fit(sample)
         latent = encode_image(c, image)
-        t = int(c.scheduler.config.get("steps_offset", 0))  # DDIM's last timestep
+        t = int(c.scheduler.config.get("steps_offset", 0))
         text, latent_hw = encode_text(c, [sample.prompt]), tuple(latent.shape[-2:])
-        soft = target_attention(c, latent, t, text, target, latent_hw, "locate", self.settings.map_strides)
-        return _to_image(soft, tuple(image.shape[-2:]))
+        maps, shapes = cross_attention(c, latent, t, text, latent_hw, "locate", self.settings.map_strides)
+        return _to_image(attention_level(maps, shapes, target.words, latent_hw), tuple(image.shape[-2:]))
 
     def _invert(self, sample: RemovalSample, image: torch.Tensor) -> tuple[Inversion, dict | None]:
         """The inversion, and with ``kv_source=inversion`` every self-attention layer's K/V of its DDIM call at each
@@ -341,28 +343,27 @@ def t1_attention(
         ``(soft, fixed)``: the soft map in [0, 1] and M₀ = soft > ``threshold``, both ``(1, 1, h, w)``.
     """
     latent, t = inversion.trajectory[1:2], int(inversion.timesteps[-1])
-    soft = target_attention(c, latent, t, inversion.cond_embedding, target, latent_hw, "attention_mask", strides)
+    maps, shapes = cross_attention(c, latent, t, inversion.cond_embedding, latent_hw, "attention_mask", strides)
+    soft = G.fixed_mask_map(maps, shapes, target.words, latent_hw)
     return soft, (soft > threshold).float()
 
 
 @torch.no_grad()
-def target_attention(
+def cross_attention(
     c: SDComponents,
     latent,
     t: int,
     cond: torch.Tensor,
-    target: TargetTokens,
     latent_hw: tuple[int, int],
     stage: str,
     strides: tuple[int, ...] | None = None,
-) -> torch.Tensor:
-    """The target's cross-attention map ``(1, 1, h, w)`` in [0, 1] from one conditional UNet call on ``latent``, over
-    the layers of ``strides`` (``None``: every layer)."""
+) -> tuple[dict[str, torch.Tensor], dict[str, tuple[int, int]]]:
+    """One conditional UNet call on ``latent``: its cross-attention probabilities ``(1, heads, h*w, T)`` and query
+    grids ``(h, w)`` per layer, over the layers of ``strides`` (``None``: every layer)."""
     store = CrossAttentionStore()
     with controlled_attention(c.unet, store), c.calls.stage(stage):
         unet_eps(c, latent, t, cond)
-    maps = select_strides(store.maps, store.shapes, latent_hw, strides)
-    return G.fixed_mask_map(maps, store.shapes, target.words, latent_hw)
+    return select_strides(store.maps, store.shapes, latent_hw, strides), store.shapes
 
 
 @contextmanager
