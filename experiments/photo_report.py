@@ -215,8 +215,8 @@ def figure(photos: list[int], path: Path, first_seed: int = PHOTO_SEED, cell: in
         boxes += [(p.region, (255, 40, 40) if p is chain[-1] else (40, 120, 255)) for chain in chains for p in chain]
         panels = [
             (photo.image, boxes, f"photo {index}"),
-            *((r.image, _crops(r.record), f"text {score(photo, r.image)['inside']:.1f} dB") for r in [text]),
-            *((r.image, _crops(r.record), f"mask {score(photo, r.image)['inside']:.1f} dB") for r in [masked]),
+            (text.image, _crops(text.record), f"text {score(photo, text.image)['inside']:.1f} dB"),
+            (masked.image, _crops(masked.record), f"mask {score(photo, masked.image)['inside']:.1f} dB"),
             (photo.truth, [], "truth"),
         ]
         row = Image.new("RGB", (len(panels) * (cell + 4) - 4, cell), "white")

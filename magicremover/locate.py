@@ -37,7 +37,7 @@ units comparable across squares (``remover.locate``: attention probabilities).""
 @dataclass(frozen=True)
 class Pass:
     """One locate pass: the ``window`` of the photo it covers, the ``region`` found in it (photo pixels), how many
-    squares it read (``looks``, one UNet call each) and the side of the smallest (``square``, photo pixels: the
+    squares it read (``looks``, one UNet call each) and the side of the smallest one (``square``, photo pixels: the
     region's resolution is ``square`` / the model's side)."""
 
     window: Box
@@ -57,7 +57,7 @@ def locate(
     margin: float,
     passes: int,
     instances: int,
-    tiles: int = 1,
+    tiles: int,
 ) -> list[list[Pass]]:
     """The target's instances in ``photo``, each as its passes, coarse first (the last one's region is the finest).
 

@@ -38,7 +38,9 @@ def _discs(size, *boxes) -> Image.Image:
 def test_refining_zooms_in_while_each_window_halves_and_finds_the_box_to_a_pixel():
     photo = _discs((6000, 4500), (3610, 900, 3650, 940))  # a 41-px disc: under half a pixel of a 64² squeeze
     calls = []
-    (chain,) = locate(photo, 64, lambda sq: calls.append(sq.size) or _redness(sq), 0.5, 2.5, passes=5, instances=4)
+    (chain,) = locate(
+        photo, 64, lambda sq: calls.append(sq.size) or _redness(sq), 0.5, 2.5, passes=5, instances=4, tiles=1
+    )
     windows = [_side(p.window) for p in chain]
     assert len(chain) == len(calls) >= 3 and windows[0] == 6000 and all(size == (64, 64) for size in calls)
     assert all(after <= 0.5 * before for before, after in zip(windows, windows[1:]))
@@ -46,7 +48,7 @@ def test_refining_zooms_in_while_each_window_halves_and_finds_the_box_to_a_pixel
     coarse, fine = np.array(chain[0].region), np.array(chain[-1].region)
     true = np.array([3610, 900, 3651, 941])
     assert np.abs(coarse - true).max() > 30 and np.abs(fine - true).max() <= 2
-    (one,) = locate(photo, 64, _redness, 0.5, 2.5, passes=1, instances=4)
+    (one,) = locate(photo, 64, _redness, 0.5, 2.5, passes=1, instances=4, tiles=1)
     assert len(one) == 1 and one[0].region == chain[0].region
 
 
@@ -56,11 +58,11 @@ def _side(box) -> int:
 
 def test_separate_regions_are_instances_most_attention_first_and_capped():
     photo = _discs((1600, 1200), (100, 100, 160, 160), (1300, 900, 1420, 1020), (700, 100, 740, 140))
-    found = locate(photo, 64, _redness, 0.5, 2.5, passes=3, instances=4)
+    found = locate(photo, 64, _redness, 0.5, 2.5, passes=3, instances=4, tiles=1)
     finest = [chain[-1].region for chain in found]
     assert len(found) == 3 and finest[0][0] >= 1290 and finest[1][0] <= 110 and 690 <= finest[2][0] <= 710
-    assert len(locate(photo, 64, _redness, 0.5, 2.5, passes=3, instances=2)) == 2
-    assert locate(Image.new("RGB", (300, 200), "grey"), 64, _redness, 0.5, 2.5, 3, 4) == []
+    assert len(locate(photo, 64, _redness, 0.5, 2.5, passes=3, instances=2, tiles=1)) == 2
+    assert locate(Image.new("RGB", (300, 200), "grey"), 64, _redness, 0.5, 2.5, 3, 4, 1) == []
 
 
 def test_the_tiled_first_pass_finds_a_small_object_that_loses_to_background_in_the_whole_squeeze():
@@ -113,6 +115,11 @@ def test_the_located_attention_is_comparable_across_images(toy):
     )
     assert with_object.shape == (1, 1, 64, 64) and 0 < with_object.max() < 1  # probabilities, not rescaled
     assert with_object.max() > 2 * without.max()  # the object attends to its word; its absence less
+
+
+def test_locating_with_a_method_that_has_no_locate_pass_names_the_fix(toy):
+    with pytest.raises(ConfigError, match="Reconstruction has no locate pass: give a mask, or use method=magicremover"):
+        pipeline(toy, method="reconstruction").locate(Image.new("RGB", (800, 600)), "circle", "a red circle")
 
 
 def test_locate_settings_are_checked():

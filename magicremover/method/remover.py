@@ -151,7 +151,7 @@ class MagicRemover(InvertingRemover):
         target = find_target(c.tokenizer, sample.prompt, sample.target)
         _, image = self.fit(sample)
         latent = encode_image(c, image)
-        t = int(c.scheduler.config.get("steps_offset", 0))
+        t = int(c.scheduler.config.get("steps_offset", 0))  # DDIM's last timestep
         text, latent_hw = encode_text(c, [sample.prompt]), tuple(latent.shape[-2:])
         maps, shapes = cross_attention(c, latent, t, text, latent_hw, "locate", self.settings.map_strides)
         return _to_image(attention_level(maps, shapes, target.words, latent_hw), tuple(image.shape[-2:]))
