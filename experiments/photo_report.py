@@ -26,7 +26,7 @@ from PIL import Image, ImageDraw
 from magicremover import Pipeline
 from magicremover.experiments._cli import apply_thread_default
 from magicremover.experiments.toy_report import paired_interval
-from magicremover.fullsize import choose_box, crop_box, mask_box, model_input, whole
+from magicremover.fullsize import choose_box, crop_box, longer_side, mask_box, model_input, whole
 from magicremover.images import psnr
 from magicremover.locate import locate
 from magicremover.toy.photos import PHOTO_SEED, held_out_photo
@@ -178,13 +178,14 @@ def _where_it_fails(by: dict, photos: list[int], text: str = "text, auto") -> li
     """Text-only against the mask, split by how the first located instance sits: its box within ``LOCATED`` of the
     true box's longer side (framed as a mask would frame it), its box off by more but holding the object's centre
     (found, framed looser or tighter), or not holding it (a locate failure)."""
-    split = {"box within 25 %": [], "box further off, centre held": [], "centre missed": []}
+    close = f"box within {LOCATED * 100:g} %"
+    split = {close: [], "box further off, centre held": [], "centre missed": []}
     for photo in photos:
         row, true = by[(photo, text)], by[(photo, text)]["true_box"]
         region, centre = row["region"], ((true[0] + true[2]) / 2, (true[1] + true[3]) / 2)
         held = region is not None and region[0] <= centre[0] <= region[2] and region[1] <= centre[1] <= region[3]
-        framed = row["box_error"] is not None and row["box_error"] <= LOCATED * _side(true)
-        name = "box within 25 %" if framed else "box further off, centre held" if held else "centre missed"
+        framed = row["box_error"] is not None and row["box_error"] <= LOCATED * longer_side(true)
+        name = close if framed else "box further off, centre held" if held else "centre missed"
         split[name].append(row["inside"] - by[(photo, REFERENCE)]["inside"])
     lines = []
     for name, values in split.items():
@@ -271,16 +272,12 @@ def boxes(args) -> str:
         "|---|---|---|",
     ]
     for level in levels:
-        found = [(r["located"][str(level)], _side(r["true_box"])) for r in rows if r["located"][str(level)]]
-        ratios = [_side(chains[0][-1]) / true for chains, true in found]
+        found = [(r["located"][str(level)], longer_side(r["true_box"])) for r in rows if r["located"][str(level)]]
+        ratios = [longer_side(chains[0][-1]) / true for chains, true in found]
         low, median, high = np.percentile(ratios, [10, 50, 90])
         several = sum(len(chains) > 1 for chains, _ in found)
         lines.append(f"| {level} | {median:.2f} [{low:.2f}, {high:.2f}] | {several}/{len(rows)} |")
     return "\n".join(lines)
-
-
-def _side(box) -> int:
-    return max(box[2] - box[0], box[3] - box[1])
 
 
 def _rows(out: Path) -> list[dict]:

@@ -192,6 +192,11 @@ def whole(photo_size: tuple[int, int]) -> Box:
     return 0, 0, photo_size[0], photo_size[1]
 
 
+def longer_side(box: Box) -> int:
+    """The longer side of ``box``, in pixels."""
+    return max(box[2] - box[0], box[3] - box[1])
+
+
 def mask_box(mask: np.ndarray) -> Box | None:
     """The bounding box of the ``True`` pixels of a ``(H, W)`` boolean mask, or ``None`` when there are none."""
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
@@ -204,7 +209,7 @@ def crop_box(region: Box, photo_size: tuple[int, int], side: int, margin: float)
     """A square around ``region``: ``margin`` × its longer side, at least ``side`` px, centred on it, shifted (not
     shrunk) to stay inside the photo; clamped to the photo where the photo is smaller than the square."""
     left, top, right, bottom = region
-    length = max(margin * max(right - left, bottom - top), side)
+    length = max(margin * longer_side(region), side)
     box = []
     for low, high, extent in ((left, right, photo_size[0]), (top, bottom, photo_size[1])):
         span = min(round(length), extent)
@@ -228,6 +233,6 @@ def choose_box(
     if area > MOST_OF_THE_PHOTO * photo_size[0] * photo_size[1]:
         return whole(photo_size), record | {"used": "resize", "reason": "the object region covers most of the photo"}
     box = crop_box(region, photo_size, side, settings.crop_margin)
-    if settings.strategy == "auto" and max(box[2] - box[0], box[3] - box[1]) > AUTO_CROP_FRACTION * max(photo_size):
+    if settings.strategy == "auto" and longer_side(box) > AUTO_CROP_FRACTION * max(photo_size):
         return whole(photo_size), record | {"used": "resize", "reason": "a crop would not enlarge the object 2x"}
     return box, record | {"used": "crop", "crop": list(box)}

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from PIL import Image
 from scipy import ndimage
 
-from magicremover.fullsize import Box, crop_box, model_input, whole
+from magicremover.fullsize import Box, crop_box, longer_side, model_input, whole
 
 REFINE_ZOOM = 0.5  # a refining window is at most this fraction of the previous window's side
 MERGE = 1 / 16  # map regions closer than this fraction of the model's side are one instance
@@ -79,15 +79,15 @@ def locate(
     found = _regions(_mosaic(photo, side, attend, windows), coarse, threshold)
     located = []
     for region in found[:instances]:
-        chain = [Pass(coarse, region, len(windows), _side(windows[-1]))]
+        chain = [Pass(coarse, region, len(windows), longer_side(windows[-1]))]
         while len(chain) < passes:
             window = crop_box(chain[-1].region, photo.size, side, margin)
-            if _side(window) > REFINE_ZOOM * chain[-1].square:
+            if longer_side(window) > REFINE_ZOOM * chain[-1].square:
                 break
             finer = _regions(attend(model_input(photo, window, side)), window, threshold)
             if not finer:
                 break
-            chain.append(Pass(window, finer[0], 1, _side(window)))
+            chain.append(Pass(window, finer[0], 1, longer_side(window)))
         located.append(chain)
     return located
 
@@ -147,7 +147,3 @@ def _regions(soft: torch.Tensor, window: Box, threshold: float) -> list[Box]:
                 )
             )
     return boxes
-
-
-def _side(box: Box) -> int:
-    return max(box[2] - box[0], box[3] - box[1])
