@@ -227,3 +227,11 @@ def test_the_photo_report_writes_a_row_per_photo_and_variant_resumes_and_sums_up
     (row,) = [json.loads(line) for line in (tmp_path / "boxes" / "boxes.jsonl").read_text().splitlines()]
     loose, tight = (_side(row["located"][level][0][-1]) for level in ("0.4", "0.6"))
     assert loose >= tight and "| 0.4 |" in located.stdout and "| 0.6 |" in located.stdout  # a lower level, a wider box
+
+
+def test_the_photo_report_runs_chosen_variants_and_names_an_unknown_one():
+    from magicremover.experiments.photo_report import variants
+
+    assert list(variants(None, ["text, auto", "mask, auto"])) == ["text, auto", "mask, auto"]
+    with pytest.raises(SystemExit, match="--only 'nope' is no variant; choose from mask, auto, text, auto"):
+        variants(None, ["nope"])
