@@ -1,9 +1,10 @@
 """The model zoo: Stable Diffusion components from the hub, a local folder, or built tiny and random.
 
-Every model, whatever its source, comes back as :class:`SDComponents` with frozen weights, the DDIM scheduler
-built with SD's settings, and a :class:`~magicremover.unet_calls.UNetCalls` counter on its UNet. Two families load:
-SD 1.x/2.x (one CLIP encoder) and SDXL (two, and a pooled embedding; :mod:`magicremover.sdxl`), told apart by the
-folder's ``model_index.json``.
+Every UNet model, whatever its source, comes back as :class:`SDComponents` with frozen weights, the DDIM scheduler
+built with SD's settings, and a :class:`~magicremover.unet_calls.UNetCalls` counter on its UNet. Two UNet families
+load: SD 1.x/2.x (one CLIP encoder) and SDXL (two, and a pooled embedding; :mod:`magicremover.sdxl`); the FLUX family
+(a transformer; :mod:`magicremover.flux`) loads as :class:`~magicremover.flux.FluxComponents`. The folder's
+``model_index.json`` tells them apart.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from magicremover.errors import ConfigError, ModelLoadError
+from magicremover.flux import FLUX_COMPONENTS, FLUX_PIPELINES, FluxComponents, load_flux
 from magicremover.unet_calls import UNetCalls
 
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer")
@@ -209,7 +211,8 @@ def load_pretrained(
     variant: str | None = None,
     device: str = "auto",
     dtype: str = "auto",
-) -> SDComponents:
+    resolution: int | None = None,
+) -> SDComponents | FluxComponents:
     """Load SD components from a local diffusers folder (``path``) or a hub id (``source``).
 
     A hub id is looked up in the local Hugging Face cache first and downloaded only if missing; when that is
@@ -223,10 +226,21 @@ def load_pretrained(
         variant: weight variant to read, e.g. ``fp16``.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:1`` …
         dtype: ``auto``, ``float32``, ``float16``, ``bfloat16``.
+        resolution: the side a transformer family runs at (default: its native 1024); a UNet family runs at its
+            ``sample_size``.
+
+    A FLUX folder (``model_index.json`` naming ``FluxPipeline`` or ``FluxFillPipeline``) comes back as
+    :class:`~magicremover.flux.FluxComponents`.
     """
     folder = model_folder(source, path, revision, variant)
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
+    pipeline = pipeline_index(folder).get("_class_name", "")
+    identity = f"{source if not path else 'local'}:{_fingerprint(folder)}:{variant}:{torch_dtype}"
+    if pipeline in FLUX_PIPELINES:
+        return load_flux(folder, pipeline, identity, dev, torch_dtype, resolution)
+    if resolution is not None:
+        raise ConfigError(f"model.resolution applies to transformer families; {folder} runs at its UNet's sample_size")
     kwargs = {"torch_dtype": torch_dtype, "variant": variant}
     xl = is_xl_folder(folder)
     parts = {}
@@ -247,7 +261,7 @@ def load_pretrained(
     return SDComponents(
         **{name: part.to(dev) if isinstance(part, torch.nn.Module) else part for name, part in parts.items()},
         scheduler=build_ddim_scheduler(_prediction_type(folder)),
-        identity=f"{source if not path else 'local'}:{_fingerprint(folder)}:{variant}:{torch_dtype}",
+        identity=identity,
         zero_empty_prompt=xl and pipeline_index(folder).get("force_zeros_for_empty_prompt", True),
     )
 
@@ -277,7 +291,8 @@ def _local_folder(path: str, key: str) -> Path:
     folder = Path(path).expanduser()
     if not folder.is_dir():
         raise ModelLoadError(f"{key}.path={path} is not a directory; point it at a diffusers model folder")
-    missing = [name for name in COMPONENTS if not (folder / name).is_dir()]
+    flux = pipeline_index(folder).get("_class_name") in FLUX_PIPELINES
+    missing = [name for name in (FLUX_COMPONENTS if flux else COMPONENTS) if not (folder / name).is_dir()]
     if missing:
         raise ModelLoadError(
             f"{key}.path={path} lacks {', '.join(f'{m}/' for m in missing)}; it must be a diffusers model folder"
@@ -292,10 +307,10 @@ def _hub_folder(source: str | None, revision: str | None, variant: str | None, k
         raise ConfigError(f"no model given: set {key}.source=<hub id> or {key}.path=<local folder>")
     suffix = f".{variant}.safetensors" if variant else ".safetensors"
     patterns = ["model_index.json", "scheduler/*.json"]
-    for name in COMPONENTS + XL_COMPONENTS:  # patterns that match nothing (an SD 1.5 repository's *_2/) cost nothing
-        patterns += [f"{name}/*.json", f"{name}/*.txt"] + [
-            f"{name}/{f.removesuffix('.safetensors')}{suffix}" for f in _WEIGHT_FILES
-        ]
+    for name in COMPONENTS + XL_COMPONENTS + ("transformer",):  # patterns matching nothing (SD 1.5's *_2/) cost nothing
+        patterns += [f"{name}/*.json", f"{name}/*.txt", f"{name}/*.model"]  # *.model: T5's SentencePiece vocabulary
+        patterns += [f"{name}/{f.removesuffix('.safetensors')}{suffix}" for f in _WEIGHT_FILES]
+        patterns += [f"{name}/*-of-*{suffix}"]  # sharded weights (FLUX's transformer and T5), beside their index
     try:
         return Path(snapshot_download(source, revision=revision, allow_patterns=patterns))
     except Exception as err:  # noqa: BLE001 - every hub failure gets the same actionable message

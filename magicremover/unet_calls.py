@@ -88,13 +88,13 @@ class UNetCalls:
     def _on_forward(self, module, args, kwargs):
         stage = self._stage
         args, kwargs = list(args), dict(kwargs)
-        sample = args[0] if args else kwargs["sample"]
+        sample = args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))  # a UNet's or a transformer's
         self._counts[stage].calls += 1
         self._counts[stage].samples += sample.shape[0]
         if torch.is_grad_enabled():
             # The differentiable inputs: the latent (arg 0) and the text embedding (arg 2), positional or by name.
             slots = [(args, i) for i in (0, 2) if i < len(args)]
-            slots += [(kwargs, k) for k in ("sample", "encoder_hidden_states") if k in kwargs]
+            slots += [(kwargs, k) for k in ("sample", "hidden_states", "encoder_hidden_states") if k in kwargs]
             slots = [(box, key) for box, key in slots if torch.is_tensor(box[key]) and box[key].requires_grad]
             if slots:
                 recomputed = bool(getattr(module, "is_gradient_checkpointing", False))

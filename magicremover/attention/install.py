@@ -1,21 +1,26 @@
-"""Installing a controller on a UNet for the duration of a ``with`` block."""
+"""Installing a controller on a UNet or a FLUX transformer for the duration of a ``with`` block."""
 
 from __future__ import annotations
 
 from contextlib import contextmanager
 from typing import Iterator
 
-from diffusers import UNet2DConditionModel
+import torch
 
 from magicremover.attention.controller import AttentionController
+from magicremover.attention.joint import ControlledFluxAttnProcessor, JointController
 from magicremover.attention.processor import ControlledAttnProcessor
 
 
 @contextmanager
-def controlled_attention(unet: UNet2DConditionModel, controller: AttentionController) -> Iterator[AttentionController]:
-    """Route every attention layer of ``unet`` through ``controller``; restore the original processors after.
+def controlled_attention(
+    model: torch.nn.Module, controller: AttentionController | JointController
+) -> Iterator[AttentionController | JointController]:
+    """Route every attention layer of ``model`` through ``controller``; restore the original processors after.
 
-    The originals come back however the block ends (normal exit, exception, KeyboardInterrupt).
+    ``model`` is a UNet (``controller``: an :class:`AttentionController`) or a ``FluxTransformer2DModel`` (a
+    :class:`~magicremover.attention.joint.JointController`). The originals come back however the block ends (normal
+    exit, exception, KeyboardInterrupt).
 
     Example::
 
@@ -24,19 +29,26 @@ def controlled_attention(unet: UNet2DConditionModel, controller: AttentionContro
             unet(z, t, emb)
         store.maps  # {layer name: (B, heads, h*w, 77)}
     """
-    original = dict(unet.attn_processors)
+    original = dict(model.attn_processors)
     state: dict = {}
+    joint = isinstance(controller, JointController)
 
-    def remember_latent_size(module, args, kwargs):
-        sample = args[0] if args else kwargs["sample"]
-        state["latent_hw"] = tuple(sample.shape[-2:])
+    def remember_sizes(module, args, kwargs):
+        sample = args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))
+        if not joint:
+            state["latent_hw"] = tuple(sample.shape[-2:])
+            return
+        state["text_len"] = kwargs["encoder_hidden_states"].shape[1]
+        ids = kwargs["img_ids"].reshape(-1, 3)  # (tokens, 3): (0, row, column) per packed image token
+        state["grid"] = (int(ids[:, 1].max()) + 1, int(ids[:, 2].max()) + 1)
 
-    hook = unet.register_forward_pre_hook(remember_latent_size, with_kwargs=True)
+    processor = ControlledFluxAttnProcessor if joint else ControlledAttnProcessor
+    hook = model.register_forward_pre_hook(remember_sizes, with_kwargs=True)
     try:
-        unet.set_attn_processor(
-            {key: ControlledAttnProcessor(key.removesuffix(".processor"), controller, state) for key in original}
+        model.set_attn_processor(
+            {key: processor(key.removesuffix(".processor"), controller, state) for key in original}
         )
         yield controller
     finally:
         hook.remove()
-        unet.set_attn_processor(original)
+        model.set_attn_processor(original)
