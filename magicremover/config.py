@@ -116,10 +116,28 @@ def build_remover(cfg: DictConfig, components=None) -> Remover:
     method = instantiate(cfg.method)
     if not waits_for_model(cfg.method):
         return method
-    remover = method(components=components if components is not None else instantiate(cfg.model))
+    components = components if components is not None else instantiate(cfg.model)
+    check_family(cfg.method._target_, components)
+    remover = method(components=components)
     if getattr(remover, "cache", None) is not None:
         remover.cache.max_bytes = max_bytes
     return remover
+
+
+def check_family(target: str, components) -> None:
+    """Fail in one line when a method cannot run on the loaded model's family (its class's ``families``; the UNet
+    families, ``sd`` and ``sdxl``, when it declares none)."""
+    from hydra.utils import get_object
+
+    families = getattr(get_object(target), "families", frozenset({"sd", "sdxl"}))
+    if components.family not in families:
+        name = target.rsplit(".", 1)[-1]
+        fix = (
+            "use a FLUX-family model (a preset such as model=flux_dev, or model=local model.path=DIR)"
+            if "flux" in families
+            else "use an SD or SDXL model, or a FLUX method (method=kv_edit, method=flux_fill)"
+        )
+        raise ConfigError(f"{name} runs on {' or '.join(sorted(families))} models, not on {components.family}: {fix}")
 
 
 def method_settings(preset: str, *overrides: str) -> dict:

@@ -64,6 +64,7 @@ class FluxComponents:
                 "(the VAE's factor times the 2×2 packing)"
             )
 
+    family = "flux"  # which methods can run on it (a remover's ``families``)
     transformer = property(lambda self: self.pipe.transformer)
     vae = property(lambda self: self.pipe.vae)
     tokenizer = property(lambda self: self.pipe.tokenizer, doc="CLIP's tokenizer (where a target word is looked up)")

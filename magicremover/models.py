@@ -74,6 +74,11 @@ class SDComponents:
         return self.unet.dtype
 
     @property
+    def family(self) -> str:
+        """``sd`` (1.x/2.x) or ``sdxl``: which methods can run on it (a remover's ``families``)."""
+        return "sdxl" if self.is_xl else "sd"
+
+    @property
     def is_xl(self) -> bool:
         """SDXL: two text encoders, and a pooled embedding and size ids beside the tokens."""
         return self.text_encoder_2 is not None

@@ -81,6 +81,8 @@ class Remover(Protocol):
     Attributes:
         requires: the optional sample fields it cannot work without (``"mask"``, ``"instruction"``), so a harness
             can refuse a dataset that lacks them before running anything.
+        families: the model families it runs on (``sd``, ``sdxl``, ``flux``); ``{"sd", "sdxl"}`` when not declared,
+            checked by :func:`~magicremover.config.build_remover` before it is built.
         resolution: the side of the square it works at and returns (its diffusion model's, or its own setting).
         resize: how it fits a photo to that square (``stretch`` or ``center_crop``).
         components: the loaded diffusion model it runs on, which a second configuration (mask mode) can share;

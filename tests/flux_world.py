@@ -49,7 +49,7 @@ def tiny_flux_transformer(seed: int = 0, fill: bool = False) -> FluxTransformer2
     torch.manual_seed(seed)
     packed = 4 * LATENT_CHANNELS
     return FluxTransformer2DModel(
-        in_channels=packed * 2 + 4 * 64 if fill else packed,  # Fill: + masked image + the 8×8-packed mask per token
+        in_channels=packed * 2 + 4 * 2**2 if fill else packed,  # Fill: + masked image + the mask per token (f = 2)
         out_channels=packed,
         num_layers=2,
         num_single_layers=2,

@@ -73,6 +73,7 @@ class KVEdit:
     """
 
     requires: ClassVar[frozenset[str]] = frozenset({"mask"})
+    families: ClassVar[frozenset[str]] = frozenset({"flux"})
 
     def __init__(
         self,
