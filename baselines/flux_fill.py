@@ -58,6 +58,12 @@ class FluxFill:
     def resolution(self) -> int:
         return self.components.resolution
 
+    @staticmethod
+    def planned_calls(num_inference_steps: int, **_) -> dict[str, int]:
+        """Transformer calls one removal with these settings makes (one per step over every token: guidance is
+        distilled)."""
+        return {"full": num_inference_steps, "foreground": 0}
+
     def __call__(self, sample: RemovalSample) -> RemovalResult:
         if sample.mask is None:
             raise ImageError(f"FLUX Fill needs a mask and sample {sample.sample_id} has none; pass mask=PATH")

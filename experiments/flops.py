@@ -1,4 +1,6 @@
-"""FLOPs per removal at real size, without a GPU: every method on SD 1.5 (512²) and SDXL (1024²).
+"""FLOPs per removal at real size, without a GPU: every method on SD 1.5 (512²) and SDXL (1024²), and the FLUX rows
+(KV-Edit, FLUX.1 Fill: :mod:`magicremover.experiments.flops_flux`) at 1024². The denoiser is the UNet or the
+transformer.
 
     python -m magicremover.experiments.cost --flops          # the table (a few minutes on a laptop CPU)
     python -m magicremover.experiments.cost --flops --steps 10 --out flops.json
@@ -25,6 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from magicremover.config import build_remover, compose_config
 from magicremover.experiments.device_cost import sd15_unet, sd_vae, sdxl_unet
+from magicremover.experiments.flops_flux import flux_rows
 from magicremover.tiny import build_tiny, build_tiny_xl
 from magicremover.toy.quality import held_out_cases
 
@@ -116,16 +119,17 @@ def flops_table(steps: int | None = None, utilisation: float = UTILISATION) -> d
             seconds = total / (H100_BF16_DENSE * utilisation)
             rows.append({"family": family, "method": method, **calls, "unet_tflops_per_call": per_call["unet"] / 1e12})
             rows[-1] |= {"unet_tflops": unet / 1e12, "vae_tflops": vae / 1e12, "h100_seconds": seconds}
+    rows += flux_rows(steps, H100_BF16_DENSE * utilisation)
     return {"utilisation": utilisation, "h100_bf16_dense_flops": H100_BF16_DENSE, "steps": steps, "rows": rows}
 
 
 def markdown(report: dict) -> str:
     """The table as markdown, the throughput it assumes underneath."""
     lines = [
-        "| model | method | forward-equivalents | UNet TFLOPs / forward | UNet TFLOPs | VAE TFLOPs | H100 seconds |",
+        "| model | method | forward-equivalents | denoiser TFLOPs / forward | denoiser TFLOPs | VAE TFLOPs | H100 seconds |",
         "|---|---|---|---|---|---|---|",
     ]
-    names = {"sd15": "SD 1.5 (512²)", "sdxl": "SDXL (1024²)"}
+    names = {"sd15": "SD 1.5 (512²)", "sdxl": "SDXL (1024²)", "flux": "FLUX.1-dev (1024²)"}
     for row in report["rows"]:
         lines.append(
             f"| {names[row['family']]} | {row['method']} | {row['forward_equivalents']} | "

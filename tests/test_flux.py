@@ -15,6 +15,8 @@ from PIL import Image, ImageDraw
 from magicremover import flux
 from magicremover.attention.install import controlled_attention
 from magicremover.attention.joint import JointContext, JointController
+from magicremover.baselines.flux_fill import FluxFill
+from magicremover.baselines.kv_edit import KVEdit
 from magicremover.errors import ConfigError, ModelLoadError
 from magicremover.models import load_pretrained
 
@@ -170,6 +172,8 @@ def test_remove_runs_flux_methods_from_a_local_folder(method, flux_folder, fill_
     record = json.loads((tmp_path / "out" / "result.json").read_text())
     stages = {"kv_edit": {"inversion": 24, "edit": 24}, "flux_fill": {"edit": 50}}[method]
     assert {stage: n["calls"] for stage, n in record["unet_calls"].items()} == stages
+    planned = {"kv_edit": KVEdit.planned_calls(28, 4), "flux_fill": FluxFill.planned_calls(50)}[method]
+    assert sum(planned.values()) == sum(stages.values())  # what the FLOPs table multiplies
 
 
 def test_flux_errors_name_the_fix(flux_folder, fill_folder, tmp_path):
@@ -202,3 +206,14 @@ def test_evaluation_runs_kv_edit_on_toy_samples(flux_folder, tmp_path):
     evaluate(tmp_path, *args, "method=kv_edit", "device=cpu", f"out_dir={tmp_path / 'run'}")
     lines = (tmp_path / "run" / "manifest.jsonl").read_text().splitlines()
     assert len(lines) == 2 and all(json.loads(line)["status"] == "ok" for line in lines)
+
+
+def test_flux_flops_are_meta_device_flops_of_the_public_config():
+    from magicremover.experiments.flops_flux import per_call_flops
+
+    flops = per_call_flops()
+    assert 74.3e12 < flops["full"] < 74.5e12  # FLUX.1-dev at 1024²: 4096 image + 512 text tokens
+    # KV-Edit's decoupled call: 512 + 256 query tokens, every one of the 4608 keys; more than the tokens' share alone
+    assert flops["full"] * 768 / 4608 < flops["foreground"] < flops["full"] / 4
+    assert KVEdit.planned_calls(num_inference_steps=28, skip_step=4) == {"full": 24, "foreground": 24}
+    assert FluxFill.planned_calls(num_inference_steps=50) == {"full": 50, "foreground": 0}  # counted in the CLI test

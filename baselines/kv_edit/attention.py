@@ -42,8 +42,10 @@ class KVCache(JointController):
     ):
         self.foreground, self.image_len = foreground, image_len
         self.attn_scale, self.attn_mask, self.store_device = attn_scale, attn_mask, torch.device(store_device)
-        self.background = torch.ones(image_len, dtype=torch.bool)
+        self.background = torch.ones(image_len, dtype=torch.bool, device="cpu")
         self.background[foreground.cpu()] = False
+        self.has_background = bool(self.background.any())
+        self.device = foreground.device  # where masks are built: the attention's, as on_kv last saw it
         self.cache: dict[float, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
         self.mode: Literal["record", "decouple", "off"] = "off"
         self.step: float | None = None
@@ -53,7 +55,7 @@ class KVCache(JointController):
         self.mode, self.step = mode, step
 
     def on_kv(self, ctx: JointContext, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        text = ctx.text_len
+        text, self.device = ctx.text_len, key.device
         if self.mode == "record":
             stored = (key[:, :, text:].to(self.store_device), value[:, :, text:].to(self.store_device))
             self.cache.setdefault(self.step, {})[ctx.name] = stored
@@ -66,20 +68,20 @@ class KVCache(JointController):
         return key, value
 
     def attention_mask(self, ctx: JointContext) -> torch.Tensor | None:
-        if not self.background.any():
+        if not self.has_background:
             return None
         if self.mode == "record" and self.attn_mask:
-            return self._separated(ctx.text_len).to(self.foreground.device)
+            return self._separated(ctx.text_len).to(self.device)
         if self.mode == "decouple" and self.attn_scale != 0:
-            bias = torch.zeros(ctx.text_len + self.image_len, device=self.foreground.device)
-            bias[ctx.text_len :][self.background.to(bias.device)] = self.attn_scale
-            return bias.view(1, 1, 1, -1)
+            bias = torch.zeros(ctx.text_len + self.image_len, device="cpu")
+            bias[ctx.text_len :][self.background] = self.attn_scale
+            return bias.view(1, 1, 1, -1).to(self.device)
         return None
 
     def _separated(self, text_len: int) -> torch.Tensor:
         """``(1, 1, S, S)`` boolean, S = text + image tokens: text rows see everything; a foreground row sees text and
         foreground; a background row sees text and background (KV-Edit's ``create_attention_mask``)."""
-        kind = torch.cat([torch.zeros(text_len, dtype=torch.long), torch.where(self.background, 2, 1)])
+        kind = torch.cat([torch.zeros(text_len, dtype=torch.long, device="cpu"), torch.where(self.background, 2, 1)])
         rows, cols = kind[:, None], kind[None, :]
         return ((rows == 0) | (cols == 0) | (rows == cols))[None, None]
 

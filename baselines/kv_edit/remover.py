@@ -115,6 +115,14 @@ class KVEdit:
     def resolution(self) -> int:
         return self.components.resolution
 
+    @staticmethod
+    def planned_calls(num_inference_steps: int, skip_step: int, **_) -> dict[str, int]:
+        """Transformer calls one removal with these settings makes: over every token (``full``: the inversion, or the
+        inversion-free variant's source calls) and over the masked tokens only (``foreground``: the decoupled
+        denoising)."""
+        steps = num_inference_steps - skip_step
+        return {"full": steps, "foreground": steps}
+
     def __call__(self, sample: RemovalSample) -> RemovalResult:
         if sample.mask is None:
             raise ImageError(f"KV-Edit needs a mask and sample {sample.sample_id} has none; pass mask=PATH")
