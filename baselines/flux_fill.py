@@ -16,6 +16,7 @@ import torch
 from magicremover.errors import ImageError, ModelLoadError
 from magicremover.flux import TEXT_TOKENS, FluxComponents
 from magicremover.images import Resize, dilate, fit_mask, fit_to_model, load_image, to_pil, to_tensor
+from magicremover.models import load_pretrained
 from magicremover.types import RemovalResult, RemovalSample
 from magicremover.unet_calls import UNetCalls
 
@@ -24,7 +25,10 @@ class FluxFill:
     """Mask-based removal with a FLUX.1 Fill model (``model=flux_fill`` or a local ``FluxFillPipeline`` folder).
 
     Args:
-        components: a FLUX Fill model.
+        components: the loaded model: a FLUX Fill model, unless ``path`` names one.
+        path: a local FLUX Fill folder (or hub id) to load instead of ``components`` (``weights.flux_fill``), so that a
+            comparison on FLUX.1-dev (``+artefact=sota_flux``) runs this row too; loaded at the model's side, device
+            and precision.
         prompt: what the filled region should show (``""``: let the surroundings decide).
         num_inference_steps / guidance_scale: the model card's 50 and 30 (guidance-distilled: one call per step).
         mask_dilation: square kernel applied to the binarised mask first (0).
@@ -38,6 +42,7 @@ class FluxFill:
     def __init__(
         self,
         components: FluxComponents,
+        path: str | None = None,
         prompt: str = "",
         num_inference_steps: int = 50,
         guidance_scale: float = 30.0,
@@ -45,6 +50,11 @@ class FluxFill:
         resize: Resize = "stretch",
         seed: int = 0,
     ):
+        if path and isinstance(components, FluxComponents):
+            dtype = str(components.dtype).removeprefix("torch.")
+            components = load_pretrained(
+                path=path, device=str(components.device), dtype=dtype, resolution=components.resolution
+            )
         if not isinstance(components, FluxComponents) or not components.is_fill:
             raise ModelLoadError(
                 "method=flux_fill needs a FLUX.1 Fill model: model=flux_fill, or model=local model.path=DIR with a "

@@ -217,3 +217,19 @@ def test_flux_flops_are_meta_device_flops_of_the_public_config():
     assert flops["full"] * 768 / 4608 < flops["foreground"] < flops["full"] / 4
     assert KVEdit.planned_calls(num_inference_steps=28, skip_step=4) == {"full": 24, "foreground": 24}
     assert FluxFill.planned_calls(num_inference_steps=50) == {"full": 50, "foreground": 0}  # counted in the CLI test
+
+
+def test_the_sota_flux_command_compares_kv_edit_flux_fill_and_lama(
+    flux_folder, fill_folder, coco_root, lama_weights, tmp_path
+):
+    sweep = tmp_path / "sota_flux"
+    args = ["-m", "+artefact=sota_flux", "model=local", f"model.path={flux_folder}", "model.resolution=64"]
+    args += [f"weights.flux_fill={fill_folder}", f"weights.lama={lama_weights}", "weights.lama_md5=null"]
+    args += [f"hydra.sweep.dir={sweep}", "data=coco", f"data.root={coco_root}", "data.size=2", "metrics=tiny"]
+    evaluate(tmp_path, *args, "resolution=64", "device=cpu", timeout=900)
+    lines = (sweep / "sota_flux.md").read_text().splitlines()
+    rows = {line.split(" | ")[0].lstrip("| ") for line in lines if line.startswith("| ") and "Method" not in line}
+    assert {"KV-Edit", "FLUX.1 Fill", "LaMa"} <= rows
+    for name in ("kv_edit", "flux_fill", "lama"):
+        metrics = json.loads((sweep / name / "metrics.json").read_text())
+        assert metrics["ok"] == 2 and metrics["fid_local"] is not None, name
