@@ -3,8 +3,9 @@
 Every UNet model, whatever its source, comes back as :class:`SDComponents` with frozen weights, the DDIM scheduler
 built with SD's settings, and a :class:`~magicremover.unet_calls.UNetCalls` counter on its UNet. Two UNet families
 load: SD 1.x/2.x (one CLIP encoder) and SDXL (two, and a pooled embedding; :mod:`magicremover.sdxl`); the FLUX family
-(a transformer; :mod:`magicremover.flux`) loads as :class:`~magicremover.flux.FluxComponents`. The folder's
-``model_index.json`` tells them apart.
+(a transformer; :mod:`magicremover.flux`) loads as :class:`~magicremover.flux.FluxComponents`, the SD3 family
+(:mod:`magicremover.sd3`) as :class:`~magicremover.sd3.SD3Components`. The folder's ``model_index.json`` tells them
+apart.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 
 from magicremover.errors import ConfigError, ModelLoadError
 from magicremover.flux import FLUX_COMPONENTS, FLUX_PIPELINES, FluxComponents, load_flux
+from magicremover.sd3 import SD3_COMPONENTS, SD3_PIPELINES, SD3Components, load_sd3
 from magicremover.unet_calls import UNetCalls
 
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer")
@@ -217,7 +219,7 @@ def load_pretrained(
     device: str = "auto",
     dtype: str = "auto",
     resolution: int | None = None,
-) -> SDComponents | FluxComponents:
+) -> SDComponents | FluxComponents | SD3Components:
     """Load SD components from a local diffusers folder (``path``) or a hub id (``source``).
 
     A hub id is looked up in the local Hugging Face cache first and downloaded only if missing; when that is
@@ -235,7 +237,8 @@ def load_pretrained(
             ``sample_size``.
 
     A FLUX folder (``model_index.json`` naming ``FluxPipeline`` or ``FluxFillPipeline``) comes back as
-    :class:`~magicremover.flux.FluxComponents`.
+    :class:`~magicremover.flux.FluxComponents`, an SD3 folder (``StableDiffusion3Pipeline``) as
+    :class:`~magicremover.sd3.SD3Components`.
     """
     folder = model_folder(source, path, revision, variant)
     dev = resolve_device(device)
@@ -244,6 +247,8 @@ def load_pretrained(
     identity = f"{source if not path else 'local'}:{_fingerprint(folder)}:{variant}:{torch_dtype}"
     if pipeline in FLUX_PIPELINES:
         return load_flux(folder, pipeline, identity, dev, torch_dtype, resolution)
+    if pipeline in SD3_PIPELINES:
+        return load_sd3(folder, pipeline, identity, dev, torch_dtype, resolution)
     if resolution is not None:
         raise ConfigError(f"model.resolution applies to transformer families; {folder} runs at its UNet's sample_size")
     kwargs = {"torch_dtype": torch_dtype, "variant": variant}
@@ -296,8 +301,11 @@ def _local_folder(path: str, key: str) -> Path:
     folder = Path(path).expanduser()
     if not folder.is_dir():
         raise ModelLoadError(f"{key}.path={path} is not a directory; point it at a diffusers model folder")
-    flux = pipeline_index(folder).get("_class_name") in FLUX_PIPELINES
-    missing = [name for name in (FLUX_COMPONENTS if flux else COMPONENTS) if not (folder / name).is_dir()]
+    pipeline = pipeline_index(folder).get("_class_name")
+    required = (
+        FLUX_COMPONENTS if pipeline in FLUX_PIPELINES else SD3_COMPONENTS if pipeline in SD3_PIPELINES else COMPONENTS
+    )
+    missing = [name for name in required if not (folder / name).is_dir()]
     if missing:
         raise ModelLoadError(
             f"{key}.path={path} lacks {', '.join(f'{m}/' for m in missing)}; it must be a diffusers model folder"
@@ -312,7 +320,9 @@ def _hub_folder(source: str | None, revision: str | None, variant: str | None, k
         raise ConfigError(f"no model given: set {key}.source=<hub id> or {key}.path=<local folder>")
     suffix = f".{variant}.safetensors" if variant else ".safetensors"
     patterns = ["model_index.json", "scheduler/*.json"]
-    for name in COMPONENTS + XL_COMPONENTS + ("transformer",):  # patterns matching nothing (SD 1.5's *_2/) cost nothing
+    for name in (
+        COMPONENTS + XL_COMPONENTS + ("transformer", "text_encoder_3", "tokenizer_3")
+    ):  # patterns matching nothing (SD 1.5's *_2/) cost nothing
         patterns += [f"{name}/*.json", f"{name}/*.txt", f"{name}/*.model"]  # *.model: T5's SentencePiece vocabulary
         patterns += [f"{name}/{f.removesuffix('.safetensors')}{suffix}" for f in _WEIGHT_FILES]
         patterns += [f"{name}/*-of-*{suffix}"]  # sharded weights (FLUX's transformer and T5), beside their index
