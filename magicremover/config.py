@@ -20,6 +20,7 @@ change with a comment saying why. So every key can be overridden from the comman
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 from pathlib import Path
 
@@ -108,7 +109,7 @@ def build_remover(cfg: DictConfig, components=None) -> Remover:
     """The remover ``cfg.method`` describes. A method that waits for a diffusion model (see :func:`waits_for_model`)
     gets ``components``, or ``cfg.model`` loaded now; one that needs none (LaMa) loads none. Its inversion cache,
     if any, is capped at ``cfg.cache_max_gb``."""
-    from hydra.utils import instantiate
+    from hydra.utils import get_object, instantiate
 
     from magicremover.inversion.cache import cap_bytes
 
@@ -117,11 +118,22 @@ def build_remover(cfg: DictConfig, components=None) -> Remover:
     if not waits_for_model(cfg.method):
         return method
     components = components if components is not None else instantiate(cfg.model)
-    check_family(cfg.method._target_, components)
+    target = port_for(cfg.method._target_, components)
+    check_family(target, components)
+    if target != cfg.method._target_:  # the same settings, the family's implementation
+        method = functools.partial(get_object(target), *method.args, **method.keywords)
     remover = method(components=components)
     if getattr(remover, "cache", None) is not None:
         remover.cache.max_bytes = max_bytes
     return remover
+
+
+def port_for(target: str, components) -> str:
+    """The class that runs ``target`` on the loaded model's family: its ``ports`` entry for that family (MagicRemover
+    on SD3: :class:`~magicremover.method.sd3.MagicRemoverSD3`), or ``target`` itself."""
+    from hydra.utils import get_object
+
+    return getattr(get_object(target), "ports", {}).get(components.family, target)
 
 
 def check_family(target: str, components) -> None:
@@ -134,7 +146,7 @@ def check_family(target: str, components) -> None:
         name = target.rsplit(".", 1)[-1]
         methods_for = {
             "flux": ", or a FLUX method (method=kv_edit, method=flux_fill)",
-            "sd3": " (SD3 loads, but no remover runs on it yet: MagicRemover's port is in progress)",
+            "sd3": "; on SD3, method=magicremover runs its experimental port",
         }
         fix = (
             "use a FLUX-family model (a preset such as model=flux_dev, or model=local model.path=DIR)"

@@ -1,8 +1,15 @@
 """The SD3 family: a standard diffusers SD3 folder loads through ``model=``, and the controlled joint-attention
 processor equals diffusers' ``JointAttnProcessor2_0`` on every block, with the target word's map readable from it."""
 
+import json
+import subprocess
+import sys
+
+import numpy as np
 import pytest
 import torch
+from commands import ROOT, evaluate
+from PIL import Image
 from sd3_world import save_sd3_folder
 
 from magicremover import sd3
@@ -13,9 +20,14 @@ from magicremover.models import load_pretrained
 
 
 @pytest.fixture(scope="module")
-def c(tmp_path_factory):
-    folder = save_sd3_folder(tmp_path_factory.mktemp("models") / "tiny-sd3", seed=4)
-    return load_pretrained(path=str(folder), device="cpu", dtype="float32", resolution=64)
+def sd3_folder(tmp_path_factory):
+    """A standard StableDiffusion3Pipeline folder with random tiny weights, outside the repository."""
+    return save_sd3_folder(tmp_path_factory.mktemp("models") / "tiny-sd3", seed=4)
+
+
+@pytest.fixture(scope="module")
+def c(sd3_folder):
+    return load_pretrained(path=str(sd3_folder), device="cpu", dtype="float32", resolution=64)
 
 
 class Recorder(JointController):
@@ -103,8 +115,99 @@ def test_image_kv_from_a_reconstruction_branch_reproduce_it(c):
     assert (edited - sd3.velocity(c, latents + 0.3, 0.4, text)).abs().max() > 1e-3
 
 
-def test_sd3_runs_no_unet_method_yet(c, tmp_path):
+def test_sd3_runs_no_other_unet_method(c, tmp_path):
     from magicremover.config import check_family
 
-    with pytest.raises(ConfigError, match="not on sd3: use an SD or SDXL model .SD3 loads, but no remover runs on it"):
-        check_family("magicremover.method.MagicRemover", c)
+    message = (
+        "PromptToPrompt runs on sd or sdxl models, not on sd3: use an SD or SDXL model; on SD3, method=magicremover"
+    )
+    with pytest.raises(ConfigError, match=message):
+        check_family("magicremover.baselines.p2p.PromptToPrompt", c)
+
+
+# ---- the flow inversion and MagicRemover's experimental SD3 port
+
+
+@pytest.fixture(scope="module")
+def z0(c, example_image):
+    from magicremover.images import fit_to_model
+
+    return sd3.encode_image(c, fit_to_model(example_image, 64))
+
+
+def test_flow_step_is_euler_and_its_guided_form_shifts_the_noise_direction():
+    from magicremover.inversion.flow import flow_step
+
+    torch.manual_seed(0)
+    z, v, shift = torch.randn(3, 1, 16, 4, 4).unbind(0)
+    assert torch.allclose(flow_step(z, v, 0.8, 0.6), z + (0.6 - 0.8) * v, atol=1e-6)
+    assert torch.allclose(flow_step(z, v, 0.8, 0.6, shift), z - 0.2 * v - 0.6 * shift, atol=1e-6)
+    assert torch.allclose(flow_step(z, v, 0.8, 0.8, shift), z - 0.8 * shift, atol=1e-6)  # Eq. 11–12: same level
+
+
+def test_null_text_flow_inversion_reconstructs_at_cfg(c, z0):
+    from magicremover.inversion import InversionConfig
+    from magicremover.inversion.flow import invert, reconstruct
+
+    def error(method: str, scale: float = 7.5) -> float:
+        inversion = invert(c, z0, "a photo of a red circle", InversionConfig(method=method, num_inference_steps=10))
+        assert inversion.trajectory.shape == (11, 16, 32, 32) and inversion.null_tokens.shape == (10, 333, 64)
+        return torch.nn.functional.mse_loss(reconstruct(c, inversion, scale), z0).item()
+
+    plain, null_text = error("ddim"), error("null_text")
+    assert null_text < plain / 10  # measured: 0.0026 against 0.062 (latents of variance 0.25)
+    assert error("ddim", scale=1.0) < 0.005  # Euler inversion alone, replayed at w = 1
+
+
+def _remover(c, **settings):
+    from magicremover.config import build_remover, compose_config
+
+    overrides = ["method=magicremover", "num_inference_steps=10", "cache_dir=null", "device=cpu"]
+    cfg = compose_config("remove", overrides + [f"method.{k}={v}" for k, v in settings.items()])
+    return build_remover(cfg, c)
+
+
+def test_magicremover_on_sd3_is_its_experimental_port(c, example_image):
+    from magicremover.method.sd3 import MagicRemoverSD3
+    from magicremover.types import RemovalSample
+
+    remover = _remover(c)
+    assert isinstance(remover, MagicRemoverSD3) and remover.settings.t_ratio == 0.85
+    sample = RemovalSample(example_image, "a photo of a red circle on blue stripes", "circle")
+    result = remover(sample)
+    assert result.image.shape == result.reconstruction.shape == (1, 3, 64, 64)
+    assert result.mask.shape == result.attention.shape == (1, 1, 64, 64)
+    assert set(result.calls) >= {"inversion", "null_text", "reconstruction", "edit", "classifier_optimization"}
+    assert result.calls["edit"].backward == result.extras["guided_steps"] > 0  # one gradient per guided step
+    assert (result.image - result.reconstruction).abs().max() > 1e-3
+
+
+def test_without_attention_guidance_the_edit_branch_is_the_reconstruction(c, example_image):
+    """Its image K/V are the reconstruction's and nothing pushes it: the two branches stay equal, exactly."""
+    from magicremover.types import RemovalSample
+
+    remover = _remover(c, attention_guidance="false")
+    result = remover(RemovalSample(example_image, "a photo of a red circle", "circle"))
+    assert torch.equal(result.image, result.reconstruction)
+
+
+def test_settings_that_name_unet_machinery_are_refused_on_sd3(c):
+    with pytest.raises(ConfigError, match="method.map_strides=.*names UNet or DDIM machinery"):
+        _remover(c, map_strides="[1]")
+    with pytest.raises(ConfigError, match="method.trajectory_correction=reconstruction"):
+        _remover(c, trajectory_correction="reconstruction")
+
+
+def test_remove_and_evaluate_run_magicremover_on_a_local_sd3_folder(sd3_folder, tmp_path):
+    photo = tmp_path / "photo.png"
+    Image.open(ROOT / "magicremover" / "assets" / "example.png").convert("RGB").resize((96, 80)).save(photo)
+    local = ["model=local", f"model.path={sd3_folder}", "model.resolution=64", "num_inference_steps=6", "device=cpu"]
+    command = [sys.executable, "-m", "magicremover.experiments.remove", *local, f"image={photo}", "target=circle"]
+    done = subprocess.run(command + [f"out_dir={tmp_path / 'out'}"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert np.asarray(Image.open(tmp_path / "out" / "output.png")).shape == (80, 96, 3)
+    record = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert record["method"] == "MagicRemoverSD3" and record["unet_calls"]["edit"]["backward"] > 0
+    evaluate(tmp_path, "data=toy", "data.size=2", *local, f"out_dir={tmp_path / 'run'}")
+    lines = (tmp_path / "run" / "manifest.jsonl").read_text().splitlines()
+    assert len(lines) == 2 and all(json.loads(line)["status"] == "ok" for line in lines)

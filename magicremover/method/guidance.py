@@ -153,3 +153,38 @@ def loss_maps(word_maps: list[torch.Tensor], size: tuple[int, int], product: boo
     """
     maps = [word_product(word_maps)] if product else word_maps
     return [F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in maps]
+
+
+def attention_loss(
+    word_maps: list[torch.Tensor], image_hw: tuple[int, int], reference_max: list[torch.Tensor], settings
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The attention loss (Eq. 7 / the released code) of a guided step and its binary region at image resolution.
+
+    Args:
+        word_maps: one ``(1, 1, h, w)`` map per target word at the latent grid.
+        image_hw: the image's ``(H, W)``.
+        reference_max: max₀ per loss map; filled in place at the first guided step of an image.
+        settings: :class:`~magicremover.method.settings.Settings` (``loss``, ``lambda_``, ``map_scale``,
+            ``multiword``, ``relax_constraints``).
+    """
+    maps = loss_maps(word_maps, image_hw, product=settings.multiword == "product_map")
+    if not reference_max:
+        reference_max.extend(m.detach().max().clamp_min(1e-12) for m in maps)
+    losses, regions = [], []
+    for attention, reference in zip(maps, reference_max):
+        normalized = normalize_map(attention, reference, settings.map_scale)
+        loss_fn = top_quantile_mse if settings.loss == "top_quantile_mse" else relaxed_l1
+        loss, region = loss_fn(normalized, settings.effective_lambda)
+        losses.append(loss)
+        regions.append(region)
+    return torch.stack(losses).sum(), word_product(regions)  # Eq. 9: ∇ Σ_n g_n
+
+
+def perturbation_weight(mask: torch.Tensor, word_maps: list[torch.Tensor], user_mask: bool, settings) -> torch.Tensor:
+    """W in ε̂ − s·W⊙∇L at the latent grid: all ones (ablation w/o Rp), the user's mask (Eq. 13) or the gate M
+    (released code) — both ``mask`` — or Π_n A_n (Eq. 8/9, ``reweight=attention``)."""
+    if not settings.reweight_perturbation:
+        return torch.ones_like(mask)
+    if user_mask or settings.reweight == "mask":
+        return mask
+    return reweight_map(word_maps)

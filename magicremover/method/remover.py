@@ -69,6 +69,7 @@ class MagicRemover(InvertingRemover):
     """
 
     settings_type: ClassVar[type[Settings]] = Settings  # what **settings become; their defaults live there
+    ports: ClassVar[dict[str, str]] = {"sd3": "magicremover.method.sd3.MagicRemoverSD3"}  # experimental, by family
 
     def __init__(
         self,
@@ -128,8 +129,8 @@ class MagicRemover(InvertingRemover):
         return RemovalResult(
             image=decode_latents(c, z_edit).cpu(),
             reconstruction=decode_latents(c, z_rec).cpu(),
-            attention=_to_image(soft, state.image_hw),
-            mask=_to_image(final_mask, state.image_hw) if final_mask is not None else None,
+            attention=to_image(soft, state.image_hw),
+            mask=to_image(final_mask, state.image_hw) if final_mask is not None else None,
             calls=calls,
             seconds={name: count.seconds for name, count in calls.items()} | {"total": time.perf_counter() - start},
             extras={
@@ -154,7 +155,7 @@ class MagicRemover(InvertingRemover):
         t = int(c.scheduler.config.get("steps_offset", 0))  # DDIM's last timestep
         text, latent_hw = encode_text(c, [sample.prompt]), tuple(latent.shape[-2:])
         maps, shapes = cross_attention(c, latent, t, text, latent_hw, "locate", self.settings.map_strides)
-        return _to_image(attention_level(maps, shapes, target.words, latent_hw), tuple(image.shape[-2:]))
+        return to_image(attention_level(maps, shapes, target.words, latent_hw), tuple(image.shape[-2:]))
 
     def _invert(self, sample: RemovalSample, image: torch.Tensor) -> tuple[Inversion, dict | None]:
         """The inversion, and with ``kv_source=inversion`` every self-attention layer's K/V of its DDIM call at each
@@ -192,7 +193,7 @@ class MagicRemover(InvertingRemover):
             hooks.append(branches.blend)
         with (
             controlled_attention(self.components.unet, ComposedController([kv, store])),
-            _checkpointing(self.components.unet, s.gradient_checkpointing),
+            checkpointing(self.components.unet, s.gradient_checkpointing),
         ):
             z_rec, z_edit = denoise_two_branches(
                 self.components,
@@ -233,30 +234,11 @@ class MagicRemover(InvertingRemover):
     def _loss(self, word_maps: list[torch.Tensor], state: _State) -> tuple[torch.Tensor, torch.Tensor]:
         """The attention loss (Eq. 7 / released code) and its binary region at image resolution; ``word_maps`` are
         at the latent grid."""
-        s = self.settings
-        maps = G.loss_maps(word_maps, state.image_hw, product=s.multiword == "product_map")
-        if not state.reference_max:
-            state.reference_max = [m.detach().max().clamp_min(1e-12) for m in maps]
-        losses, regions = [], []
-        for attention, reference in zip(maps, state.reference_max):
-            normalized = G.normalize_map(attention, reference, s.map_scale)
-            if s.loss == "top_quantile_mse":
-                loss, region = G.top_quantile_mse(normalized, s.effective_lambda)
-            else:
-                loss, region = G.relaxed_l1(normalized, s.effective_lambda)
-            losses.append(loss)
-            regions.append(region)
-        return torch.stack(losses).sum(), G.word_product(regions)  # Eq. 9: ∇ Σ_n g_n
+        return G.attention_loss(word_maps, state.image_hw, state.reference_max, self.settings)
 
     def _weight(self, mask: torch.Tensor, word_maps: list[torch.Tensor], state: _State) -> torch.Tensor:
-        """W in ε̂ − s·W⊙∇L, at latent resolution: none (all ones, w/o Rp), the user mask (Eq. 13) or the gate M
-        (released code) — both ``mask`` — or Π_n A_n (Eq. 8/9)."""
-        s = self.settings
-        if not s.reweight_perturbation:
-            return torch.ones(1, 1, *state.latent_hw, device=mask.device)
-        if state.user_mask or s.reweight == "mask":
-            return mask
-        return G.reweight_map(word_maps)
+        """W in ε̂ − s·W⊙∇L, at latent resolution (:func:`~magicremover.method.guidance.perturbation_weight`)."""
+        return G.perturbation_weight(mask, word_maps, state.user_mask, self.settings)
 
 
 class _Branches:
@@ -367,17 +349,19 @@ def cross_attention(
 
 
 @contextmanager
-def _checkpointing(unet, enabled: bool):
-    """Recompute UNet activations in backward instead of keeping them (same results, ~1/3 of the guided-step memory)."""
-    before = unet.is_gradient_checkpointing
+def checkpointing(model, enabled: bool):
+    """Recompute the UNet's (or a transformer's) activations in backward instead of keeping them (same results, ~1/3 of
+    the guided-step memory on the UNet)."""
+    before = model.is_gradient_checkpointing
     if enabled:
-        unet.enable_gradient_checkpointing()
+        model.enable_gradient_checkpointing()
     try:
         yield
     finally:
         if enabled and not before:
-            unet.disable_gradient_checkpointing()
+            model.disable_gradient_checkpointing()
 
 
-def _to_image(mask: torch.Tensor, image_hw: tuple[int, int]) -> torch.Tensor:
+def to_image(mask: torch.Tensor, image_hw: tuple[int, int]) -> torch.Tensor:
+    """A latent-grid map ``(1, 1, h, w)`` at the image's size, in [0, 1], on the CPU."""
     return F.interpolate(mask.float(), size=image_hw, mode="bilinear", align_corners=False).clamp(0, 1).cpu()
