@@ -1,6 +1,6 @@
-"""FLOPs per removal at real size, without a GPU: every method on SD 1.5 (512²) and SDXL (1024²), and the FLUX rows
-(KV-Edit, FLUX.1 Fill: :mod:`magicremover.experiments.flops_flux`) at 1024². The denoiser is the UNet or the
-transformer.
+"""FLOPs per removal at real size, without a GPU: every method on SD 1.5 (512²) and SDXL (1024²), MagicRemover's SD3
+port on SD3-medium (1024²), and the FLUX rows (KV-Edit, FLUX.1 Fill: :mod:`magicremover.experiments.flops_transformers`)
+at 1024². The denoiser is the UNet or the transformer.
 
     python -m magicremover.experiments.cost --flops          # the table (a few minutes on a laptop CPU)
     python -m magicremover.experiments.cost --flops --steps 10 --out flops.json
@@ -27,8 +27,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from magicremover.config import build_remover, compose_config
 from magicremover.experiments.device_cost import sd15_unet, sd_vae, sdxl_unet
-from magicremover.experiments.flops_flux import flux_rows
-from magicremover.tiny import build_tiny, build_tiny_xl
+from magicremover.experiments.flops_transformers import flux_rows, sd3_per_call_flops
+from magicremover.tiny import build_tiny, build_tiny_sd3, build_tiny_xl
 from magicremover.toy.quality import held_out_cases
 
 METHODS = (  # conf/method/*
@@ -40,6 +40,7 @@ METHODS = (  # conf/method/*
     "attentive_eraser_dip",
     "ledits_pp",
 )
+SD3_METHODS = ("magicremover", "magicremover_fast")  # the experimental port; no other method runs on SD3
 H100_BF16_DENSE = 989e12  # FLOP/s, NVIDIA's H100 SXM figure without sparsity
 UTILISATION = 0.4
 
@@ -52,7 +53,10 @@ def _flops(run) -> int:
 
 
 def per_call_flops(family: str) -> dict[str, int]:
-    """FLOPs of one batch-1 UNet forward, one VAE encode and one decode at the family's native resolution."""
+    """FLOPs of one batch-1 UNet (SD3: transformer) forward, one VAE encode and one decode at the family's native
+    resolution."""
+    if family == "sd3":
+        return sd3_per_call_flops()
     side = 512 if family == "sd15" else 1024
     with torch.device("meta"):
         unet, vae = (sd15_unet() if family == "sd15" else sdxl_unet()), sd_vae()
@@ -84,7 +88,7 @@ def _vae_calls(vae):
 
 def calls_per_removal(family: str, method: str, steps: int | None = None) -> dict:
     """Forward-equivalents and VAE passes of one removal by ``method`` on the tiny model of ``family``."""
-    c = build_tiny(device="cpu") if family == "sd15" else build_tiny_xl(device="cpu")
+    c = {"sd15": build_tiny, "sdxl": build_tiny_xl, "sd3": build_tiny_sd3}[family](device="cpu")
     overrides = [
         f"method={method}",
         "device=cpu",
@@ -109,9 +113,9 @@ def flops_table(steps: int | None = None, utilisation: float = UTILISATION) -> d
     """Every method on both families: per-call FLOPs × calls per removal, and GPU seconds at ``utilisation`` of an
     H100's dense bf16 throughput."""
     rows = []
-    for family in ("sd15", "sdxl"):
+    for family in ("sd15", "sdxl", "sd3"):
         per_call = per_call_flops(family)
-        for method in METHODS:
+        for method in SD3_METHODS if family == "sd3" else METHODS:
             calls = calls_per_removal(family, method, steps)
             unet = per_call["unet"] * calls["forward_equivalents"]
             vae = sum(per_call[key] * calls[key] for key in ("vae_encode", "vae_decode"))
@@ -129,7 +133,7 @@ def markdown(report: dict) -> str:
         "| model | method | forward-equivalents | denoiser TFLOPs / forward | denoiser TFLOPs | VAE TFLOPs | H100 seconds |",
         "|---|---|---|---|---|---|---|",
     ]
-    names = {"sd15": "SD 1.5 (512²)", "sdxl": "SDXL (1024²)", "flux": "FLUX.1-dev (1024²)"}
+    names = {"sd15": "SD 1.5 (512²)", "sdxl": "SDXL (1024²)", "sd3": "SD3-medium (1024²)", "flux": "FLUX.1-dev (1024²)"}
     for row in report["rows"]:
         lines.append(
             f"| {names[row['family']]} | {row['method']} | {row['forward_equivalents']} | "

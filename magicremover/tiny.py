@@ -1,17 +1,25 @@
 """Random-weight models with Stable Diffusion's architectures at toy size, built offline and deterministically.
 
 What the tests and smoke runs use where no weights can be downloaded: every code path of the real families (SD
-1.x/2.x and SDXL) on a model whose UNet call takes milliseconds on a CPU.
+1.x/2.x, SDXL, and SD3 without its optional T5 encoder) on a model whose UNet or transformer call takes milliseconds
+on a CPU.
 """
 
 from __future__ import annotations
 
 import torch
-from diffusers import AutoencoderKL, UNet2DConditionModel
-from transformers import CLIPTextModel, CLIPTextModelWithProjection
+from diffusers import (
+    AutoencoderKL,
+    FlowMatchEulerDiscreteScheduler,
+    SD3Transformer2DModel,
+    StableDiffusion3Pipeline,
+    UNet2DConditionModel,
+)
+from transformers import CLIPTextModel, CLIPTextModelWithProjection, T5EncoderModel, T5TokenizerFast
 
 from magicremover.clip_tokenizer import build_clip_tokenizer
 from magicremover.models import SDComponents, build_ddim_scheduler, resolve_device, resolve_dtype, text_config_for
+from magicremover.sd3 import SD3Components
 
 TEXT_SIZE = {"hidden_size": 32, "intermediate_size": 37, "num_attention_heads": 4, "num_hidden_layers": 5}
 
@@ -93,6 +101,67 @@ def build_tiny_xl(seed: int = 0, device: str = "auto", dtype: str = "float32") -
         text_encoder_2=modules[3],
         tokenizer_2=tokenizer_2,
         zero_empty_prompt=True,  # as SDXL base
+    )
+
+
+def build_tiny_sd3(seed: int = 0, device: str = "auto", dtype: str = "float32") -> SD3Components:
+    """A random-weight model with SD3's architecture at toy size (64 px), built offline and deterministically.
+
+    :func:`tiny_sd3_pipeline` without T5 (no T5 tokenizer can be built offline in the library; its tokens are then
+    zeros, as diffusers does for a folder without ``text_encoder_3/``).
+    """
+    dev = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, dev)
+    pipe = tiny_sd3_pipeline(seed)
+    pipe = pipe.to(dev) if torch_dtype == torch.float32 else pipe.to(dev, torch_dtype)  # no no-op cast warning
+    return SD3Components(pipe, f"tiny-sd3:seed={seed}:{torch_dtype}", resolution=64)
+
+
+def tiny_sd3_pipeline(
+    seed: int = 0, text_encoder_3: T5EncoderModel | None = None, tokenizer_3: T5TokenizerFast | None = None
+) -> StableDiffusion3Pipeline:
+    """SD3's architecture at toy size: 2 joint blocks (the last context-pre-only), patch 2, an f2 VAE with 16 latent
+    channels (64 px images ↔ 32² latents ↔ 16² tokens), two 32-wide CLIPs with projections (joined: 64 = the joint
+    width), SD3's scheduler (shift 3); a 64-wide T5 (``text_encoder_3``) when given."""
+    torch.manual_seed(seed)
+    transformer = SD3Transformer2DModel(
+        sample_size=32,
+        patch_size=2,
+        in_channels=16,
+        num_layers=2,
+        attention_head_dim=8,
+        num_attention_heads=4,
+        joint_attention_dim=64,
+        caption_projection_dim=32,
+        pooled_projection_dim=64,
+        out_channels=16,
+    )
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(
+        block_out_channels=(16, 32),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        latent_channels=16,
+        norm_num_groups=8,
+        layers_per_block=1,
+        sample_size=64,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        shift_factor=0.0609,
+        scaling_factor=1.5305,
+    )
+    tokenizer, tokenizer_2 = build_clip_tokenizer(), build_clip_tokenizer(pad_token="!")
+    size = TEXT_SIZE | {"num_hidden_layers": 2}
+    return StableDiffusion3Pipeline(
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=vae,
+        text_encoder=CLIPTextModelWithProjection(text_config_for(tokenizer, projection_dim=32, **size)),
+        tokenizer=tokenizer,
+        text_encoder_2=CLIPTextModelWithProjection(text_config_for(tokenizer_2, projection_dim=32, **size)),
+        tokenizer_2=tokenizer_2,
+        text_encoder_3=text_encoder_3,
+        tokenizer_3=tokenizer_3,
     )
 
 

@@ -209,7 +209,7 @@ def test_evaluation_runs_kv_edit_on_toy_samples(flux_folder, tmp_path):
 
 
 def test_flux_flops_are_meta_device_flops_of_the_public_config():
-    from magicremover.experiments.flops_flux import per_call_flops
+    from magicremover.experiments.flops_transformers import per_call_flops
 
     flops = per_call_flops()
     assert 74.3e12 < flops["full"] < 74.5e12  # FLUX.1-dev at 1024²: 4096 image + 512 text tokens

@@ -159,10 +159,10 @@ def test_null_text_flow_inversion_reconstructs_at_cfg(c, z0):
     assert error("ddim", scale=1.0) < 0.005  # Euler inversion alone, replayed at w = 1
 
 
-def _remover(c, **settings):
+def _remover(c, *extra, **settings):
     from magicremover.config import build_remover, compose_config
 
-    overrides = ["method=magicremover", "num_inference_steps=10", "cache_dir=null", "device=cpu"]
+    overrides = ["method=magicremover", "num_inference_steps=10", "cache_dir=null", "device=cpu", *extra]
     cfg = compose_config("remove", overrides + [f"method.{k}={v}" for k, v in settings.items()])
     return build_remover(cfg, c)
 
@@ -189,6 +189,17 @@ def test_without_attention_guidance_the_edit_branch_is_the_reconstruction(c, exa
     remover = _remover(c, attention_guidance="false")
     result = remover(RemovalSample(example_image, "a photo of a red circle", "circle"))
     assert torch.equal(result.image, result.reconstruction)
+
+
+def test_negative_prompt_inversion_folds_the_cfg_halves_into_one_call(c, example_image):
+    from magicremover.types import RemovalSample
+
+    sample = RemovalSample(example_image, "a photo of a red circle", "circle")
+    folded = _remover(c, "inversion=negative_prompt")(sample)
+    assert all(folded.calls[stage].samples == folded.calls[stage].calls for stage in ("reconstruction", "edit"))
+    both = _remover(c, "inversion=negative_prompt", fold_cfg="false")(sample)
+    assert both.calls["edit"].samples == 2 * both.calls["edit"].calls
+    assert (folded.image - both.image).abs().max() < 1e-4  # v_u + w (v_c − v_u) = v_c when v_u = v_c
 
 
 def test_settings_that_name_unet_machinery_are_refused_on_sd3(c):

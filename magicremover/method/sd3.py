@@ -202,7 +202,7 @@ class MagicRemoverSD3:
 
     def _denoise(self, inversion: FlowInversion, steps, state: _State, controller: JointGuidance):
         """The two-branch loop; returns the final reconstruction and edit latents and the last region M."""
-        c, s, w = self.components, self.settings, self.inversion.guidance_scale
+        c, s = self.components, self.settings
         levels, cond = inversion.levels, inversion.cond
         z_rec = z_edit = inversion.latent_at_step(0)
         region = None
@@ -212,17 +212,17 @@ class MagicRemoverSD3:
             if not steps.edit[i]:
                 controller.mode = "off"
                 with c.calls.stage("replay"), torch.no_grad():
-                    z_rec = z_edit = flow_step(z_rec, cfg_velocity(c, z_rec, level, null, cond, w), level, level_to)
+                    z_rec = z_edit = flow_step(z_rec, self._velocity(z_rec, level, null, cond), level, level_to)
                 continue
             # Phase B: the reconstruction branch, recording every block's image K/V for the edit.
             controller.mode = "record" if s.self_attention_guidance else "off"
             with c.calls.stage("reconstruction"), torch.no_grad():
-                z_rec_next = flow_step(z_rec, cfg_velocity(c, z_rec, level, null, cond, w), level, level_to)
+                z_rec_next = flow_step(z_rec, self._velocity(z_rec, level, null, cond), level, level_to)
             # Phase C: the edit branch, its image K/V the reconstruction's (Eq. 10).
             controller.mode = "inject" if s.self_attention_guidance else "off"
             if not steps.guide[i]:
                 with c.calls.stage("edit"), torch.no_grad():
-                    z_next = flow_step(z_edit, cfg_velocity(c, z_edit, level, null, cond, w), level, level_to)
+                    z_next = flow_step(z_edit, self._velocity(z_edit, level, null, cond), level, level_to)
             else:
                 for _ in range(s.classifier_optimization_steps if steps.optimize[i] else 0):
                     with c.calls.stage("classifier_optimization"):
@@ -238,13 +238,22 @@ class MagicRemoverSD3:
         controller.mode = "off"
         return z_rec, z_edit, region
 
+    def _velocity(self, z: torch.Tensor, level: float, null: sd3.SD3Text, cond: sd3.SD3Text) -> torch.Tensor:
+        """The CFG flow; one batch-1 call when the unconditional input is the prompt's (negative-prompt inversion) and
+        ``fold_cfg`` is on, since v_u + w (v_c − v_u) = v_c then."""
+        c = self.components
+        same = torch.equal(null.tokens, cond.tokens) and torch.equal(null.pooled, cond.pooled)
+        if self.settings.fold_cfg and same:
+            return sd3.velocity(c, z, level, cond)
+        return cfg_velocity(c, z, level, null, cond, self.inversion.guidance_scale)
+
     def _guided(self, z, level, null, cond, state: _State, controller: JointGuidance):
         """One CFG call with gradients: the flow v, the guided shift s·W⊙∇_z L of the noise direction, the region M."""
         s = self.settings
         z = z.detach().requires_grad_(True)
         controller.read_maps = True
         with torch.enable_grad():
-            v = cfg_velocity(self.components, z, level, null, cond, self.inversion.guidance_scale)
+            v = self._velocity(z, level, null, cond)
             word_maps = [F.interpolate(m, size=state.latent_hw, mode="bilinear") for m in controller.word_maps()]
             loss, region = G.attention_loss(word_maps, state.image_hw, state.reference_max, s)
             grad = torch.autograd.grad(loss, z)[0]

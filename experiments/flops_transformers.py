@@ -1,4 +1,5 @@
-"""FLOPs per removal of the FLUX rows (KV-Edit, FLUX.1 Fill) at 1024², without a GPU or weights.
+"""FLOPs of the transformer families at 1024², without a GPU or weights: the FLUX rows (KV-Edit, FLUX.1 Fill) and
+SD3-medium's per-call figures (its rows' calls are counted by :mod:`magicremover.experiments.flops` on the tiny SD3).
 
 As :mod:`magicremover.experiments.flops` does for the UNet families: torch's ``FlopCounterMode`` on FLUX.1-dev's
 transformer and VAE built from their public configs on the ``meta`` device, times the calls a removal makes
@@ -11,7 +12,7 @@ transformer under KV-Edit's own :class:`~magicremover.baselines.kv_edit.attentio
 from __future__ import annotations
 
 import torch
-from diffusers import AutoencoderKL, FluxTransformer2DModel
+from diffusers import AutoencoderKL, FluxTransformer2DModel, SD3Transformer2DModel
 from hydra.utils import get_object
 from omegaconf import OmegaConf
 from torch.utils.flop_counter import FlopCounterMode
@@ -39,6 +40,37 @@ def flux_transformer(in_channels: int = 64) -> FluxTransformer2DModel:
         guidance_embeds=True,
         axes_dims_rope=(16, 56, 56),
     )
+
+
+def sd3_medium_transformer() -> SD3Transformer2DModel:
+    """SD3-medium's transformer (``stabilityai/stable-diffusion-3-medium-diffusers``'s ``transformer/config.json``)."""
+    return SD3Transformer2DModel(
+        sample_size=128,
+        patch_size=2,
+        in_channels=16,
+        num_layers=24,
+        attention_head_dim=64,
+        num_attention_heads=24,
+        joint_attention_dim=4096,
+        caption_projection_dim=1536,
+        pooled_projection_dim=2048,
+        out_channels=16,
+        pos_embed_max_size=192,
+    )
+
+
+def sd3_per_call_flops() -> dict[str, int]:
+    """FLOPs of one SD3-medium transformer call (batch 1, 77 CLIP + 256 T5 tokens), one VAE encode and one decode
+    (SD3's VAE has FLUX's architecture) at 1024²."""
+    with torch.device("meta"):
+        model, vae = sd3_medium_transformer(), flux_vae()
+        latent, image = torch.zeros(1, 16, SIDE // 8, SIDE // 8), torch.zeros(1, 3, SIDE, SIDE)
+        text = {"encoder_hidden_states": torch.zeros(1, 333, 4096), "pooled_projections": torch.zeros(1, 2048)}
+        return {
+            "unet": _flops(lambda: model(hidden_states=latent, timestep=torch.ones(1), **text)),
+            "vae_encode": _flops(lambda: vae.encode(image)),
+            "vae_decode": _flops(lambda: vae.decode(latent)),
+        }
 
 
 def flux_vae() -> AutoencoderKL:
