@@ -71,8 +71,9 @@ class Pipeline:
         """Load a model and a method.
 
         Args:
-            model: a preset (``toy``, ``tiny``, ``tiny_xl``, ``sd15``, ``sd21base``, ``sdxl``), a local diffusers
-                folder, or a hub id (its family, SD or SDXL, read from its ``model_index.json``).
+            model: a preset (``toy``, ``tiny``, ``tiny_xl``, ``tiny_sd3``, ``sd15``, ``sd21base``, ``sdxl``, ``sd3``,
+                ``flux_dev``, ``flux_fill``), a local diffusers folder, or a hub id (its family, SD, SDXL, SD3 or
+                FLUX, read from its ``model_index.json``).
             method: a ``conf/method`` preset (``magicremover``, ``magicremover_paper``, ``p2p_reweight``, ``lama``, …).
             overrides: Hydra overrides of ``conf/remove.yaml``, e.g. ``["method.lambda_=0.7", "num_inference_steps=25"]``.
             device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.

@@ -222,3 +222,22 @@ def test_remove_and_evaluate_run_magicremover_on_a_local_sd3_folder(sd3_folder, 
     evaluate(tmp_path, "data=toy", "data.size=2", *local, f"out_dir={tmp_path / 'run'}")
     lines = (tmp_path / "run" / "manifest.jsonl").read_text().splitlines()
     assert len(lines) == 2 and all(json.loads(line)["status"] == "ok" for line in lines)
+
+
+def test_the_sota_sd3_command_compares_the_port_and_lama(coco_root, lama_weights, tmp_path):
+    sweep = tmp_path / "sota_sd3"
+    args = [
+        "-m",
+        "+artefact=sota_sd3",
+        "model=tiny_sd3",
+        f"hydra.sweep.dir={sweep}",
+        "data=coco",
+        f"data.root={coco_root}",
+    ]
+    args += ["data.size=2", "metrics=tiny", f"weights.lama={lama_weights}", "weights.lama_md5=null", "resolution=64"]
+    evaluate(tmp_path, *args, "num_inference_steps=4", "device=cpu")
+    lines = (sweep / "sota_sd3.md").read_text().splitlines()
+    rows = {line.split(" | ")[0].lstrip("| ") for line in lines if line.startswith("| ") and "Method" not in line}
+    assert {"MagicRemover", "MagicRemover (fast)", "LaMa"} <= rows
+    for name in ("magicremover", "magicremover_fast", "lama"):
+        assert json.loads((sweep / name / "metrics.json").read_text())["ok"] == 2, name
