@@ -12,7 +12,7 @@ call, so there is no unconditional branch to optimise (null-text inversion does 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -20,7 +20,7 @@ from diffusers import FluxFillPipeline, FluxPipeline
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 
 from magicremover.errors import ModelLoadError
-from magicremover.unet_calls import UNetCalls
+from magicremover.pipeline_components import PipelineComponents
 
 FLUX_PIPELINES = {"FluxPipeline": FluxPipeline, "FluxFillPipeline": FluxFillPipeline}
 FLUX_COMPONENTS = ("transformer", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")
@@ -37,49 +37,19 @@ class FluxText:
     ids: torch.Tensor
 
 
-@dataclass
-class FluxComponents:
-    """A FLUX-family model.
+class FluxComponents(PipelineComponents):
+    """A FLUX-family model (``pipe``: a ``FluxPipeline``, or a ``FluxFillPipeline`` for a Fill folder)."""
 
-    Attributes:
-        pipe: the diffusers pipeline holding every component (``FluxFillPipeline`` for a Fill folder).
-        identity: a string that changes whenever the weights do.
-        resolution: the image side it runs at (1024, FLUX.1's native).
-        calls: per-stage transformer call counter.
-    """
+    family = "flux"
 
-    pipe: FluxPipeline
-    identity: str
-    resolution: int = 1024
-    calls: UNetCalls = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        for module in (self.transformer, self.vae, self.pipe.text_encoder, self.pipe.text_encoder_2):
-            module.requires_grad_(False).eval()
-        self.pipe.set_progress_bar_config(disable=True)
-        self.calls = UNetCalls(self.transformer)
-        if self.resolution % (2 * self.vae_scale_factor):
-            raise ModelLoadError(
-                f"model.resolution={self.resolution} must be a multiple of {2 * self.vae_scale_factor} "
-                "(the VAE's factor times the 2×2 packing)"
-            )
-
-    family = "flux"  # which methods can run on it (a remover's ``families``)
-    transformer = property(lambda self: self.pipe.transformer)
-    vae = property(lambda self: self.pipe.vae)
-    tokenizer = property(lambda self: self.pipe.tokenizer, doc="CLIP's tokenizer (where a target word is looked up)")
-    device = property(lambda self: self.transformer.device)
-    dtype = property(lambda self: self.transformer.dtype)
-    vae_scale_factor = property(lambda self: 2 ** (len(self.vae.config.block_out_channels) - 1))
+    @property
+    def side_multiple(self) -> int:
+        return 2 * self.vae_scale_factor  # the VAE's factor times the 2×2 packing
 
     @property
     def is_fill(self) -> bool:
         """A FLUX.1 Fill model: its transformer also reads the masked image and the mask (384 input channels)."""
         return self.transformer.config.in_channels != 4 * self.vae.config.latent_channels
-
-    def save_pretrained(self, directory) -> None:
-        """Write the diffusers folder ``model.path=`` reads back."""
-        self.pipe.save_pretrained(directory)
 
 
 def load_flux(folder, pipeline: str, identity: str, device: torch.device, dtype: torch.dtype, resolution: int | None):

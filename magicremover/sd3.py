@@ -11,13 +11,13 @@ guidance: an unconditional branch, whose embedding an inversion can optimise.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from diffusers import StableDiffusion3Pipeline
 
 from magicremover.errors import ModelLoadError
-from magicremover.unet_calls import UNetCalls
+from magicremover.pipeline_components import PipelineComponents
 
 SD3_PIPELINES = {"StableDiffusion3Pipeline": StableDiffusion3Pipeline}
 SD3_COMPONENTS = ("transformer", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")
@@ -33,44 +33,14 @@ class SD3Text:
     pooled: torch.Tensor
 
 
-@dataclass
-class SD3Components:
-    """An SD3-family model.
+class SD3Components(PipelineComponents):
+    """An SD3-family model (``pipe``: a ``StableDiffusion3Pipeline``; its T5 encoder may be ``None``)."""
 
-    Attributes:
-        pipe: the diffusers pipeline holding every component.
-        identity: a string that changes whenever the weights do.
-        resolution: the image side it runs at (1024, SD3's native).
-        calls: per-stage transformer call counter.
-    """
+    family = "sd3"
 
-    pipe: StableDiffusion3Pipeline
-    identity: str
-    resolution: int = 1024
-    calls: UNetCalls = field(init=False, repr=False)
-
-    family = "sd3"  # which methods can run on it (a remover's ``families``)
-    transformer = property(lambda self: self.pipe.transformer)
-    vae = property(lambda self: self.pipe.vae)
-    tokenizer = property(lambda self: self.pipe.tokenizer, doc="CLIP ViT-L's tokenizer (where a target is looked up)")
-    device = property(lambda self: self.transformer.device)
-    dtype = property(lambda self: self.transformer.dtype)
-    vae_scale_factor = property(lambda self: 2 ** (len(self.vae.config.block_out_channels) - 1))
-
-    def __post_init__(self) -> None:
-        encoders = (self.pipe.text_encoder, self.pipe.text_encoder_2, self.pipe.text_encoder_3)
-        for module in (self.transformer, self.vae, *encoders):
-            if module is not None:
-                module.requires_grad_(False).eval()
-        self.pipe.set_progress_bar_config(disable=True)
-        self.calls = UNetCalls(self.transformer)
-        side = self.vae_scale_factor * self.transformer.config.patch_size
-        if self.resolution % side:
-            raise ModelLoadError(f"model.resolution={self.resolution} must be a multiple of {side} (VAE × patch)")
-
-    def save_pretrained(self, directory) -> None:
-        """Write the diffusers folder ``model.path=`` reads back."""
-        self.pipe.save_pretrained(directory)
+    @property
+    def side_multiple(self) -> int:
+        return self.vae_scale_factor * self.transformer.config.patch_size
 
 
 def load_sd3(folder, pipeline: str, identity: str, device: torch.device, dtype: torch.dtype, resolution: int | None):

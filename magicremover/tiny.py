@@ -136,20 +136,7 @@ def tiny_sd3_pipeline(
         pooled_projection_dim=64,
         out_channels=16,
     )
-    torch.manual_seed(seed)
-    vae = AutoencoderKL(
-        block_out_channels=(16, 32),
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        latent_channels=16,
-        norm_num_groups=8,
-        layers_per_block=1,
-        sample_size=64,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-        shift_factor=0.0609,
-        scaling_factor=1.5305,
-    )
+    vae = tiny_flow_vae(seed)
     tokenizer, tokenizer_2 = build_clip_tokenizer(), build_clip_tokenizer(pad_token="!")
     size = TEXT_SIZE | {"num_hidden_layers": 2}
     return StableDiffusion3Pipeline(
@@ -162,6 +149,25 @@ def tiny_sd3_pipeline(
         tokenizer_2=tokenizer_2,
         text_encoder_3=text_encoder_3,
         tokenizer_3=tokenizer_3,
+    )
+
+
+def tiny_flow_vae(seed: int = 0) -> AutoencoderKL:
+    """The transformer families' autoencoder at toy size: 16 latent channels with a shift and a scale, as FLUX's and
+    SD3's, but f2 (64 px images ↔ 32² latents), seeded."""
+    torch.manual_seed(seed)
+    return AutoencoderKL(
+        block_out_channels=(16, 32),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        latent_channels=16,
+        norm_num_groups=8,
+        layers_per_block=1,
+        sample_size=64,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        shift_factor=0.0609,  # SD3's
+        scaling_factor=1.5305,
     )
 
 

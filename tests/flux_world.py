@@ -12,7 +12,6 @@ from pathlib import Path
 
 import torch
 from diffusers import (
-    AutoencoderKL,
     FlowMatchEulerDiscreteScheduler,
     FluxFillPipeline,
     FluxPipeline,
@@ -24,6 +23,7 @@ from transformers import CLIPTextModel, T5Config, T5EncoderModel, T5TokenizerFas
 
 from magicremover.clip_tokenizer import build_clip_tokenizer
 from magicremover.models import text_config_for
+from magicremover.tiny import tiny_flow_vae
 
 WORDS = "a an the of on in and photo red green blue circle square dog cat stripes sofa remove".split()
 HIDDEN, HEADS, AXES = 64, 2, (8, 12, 12)  # head_dim 32 = sum of the RoPE axes
@@ -63,23 +63,10 @@ def tiny_flux_transformer(seed: int = 0, fill: bool = False) -> FluxTransformer2
 
 
 def tiny_flux_pipeline(seed: int = 0, fill: bool = False) -> FluxPipeline:
-    """A random-weight ``FluxPipeline`` (``FluxFillPipeline`` with ``fill``): f2 VAE with 16 latent channels (64 px
-    images ↔ 32² latents ↔ 16² tokens), CLIP and T5 encoders 32 wide, FLUX.1-dev's scheduler settings."""
+    """A random-weight ``FluxPipeline`` (``FluxFillPipeline`` with ``fill``): the library's tiny f2 VAE with 16 latent
+    channels (64 px images ↔ 32² latents ↔ 16² tokens), CLIP and T5 encoders 32 wide, FLUX.1-dev's scheduler."""
     transformer = tiny_flux_transformer(seed, fill)
-    torch.manual_seed(seed)
-    vae = AutoencoderKL(
-        block_out_channels=(16, 32),
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        latent_channels=LATENT_CHANNELS,
-        norm_num_groups=8,
-        layers_per_block=1,
-        sample_size=64,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-        shift_factor=0.0609,
-        scaling_factor=1.5035,
-    )
+    vae = tiny_flow_vae(seed)
     tokenizer = build_clip_tokenizer()
     size = {"hidden_size": 32, "intermediate_size": 37, "num_attention_heads": 4, "num_hidden_layers": 2}
     text_encoder = CLIPTextModel(text_config_for(tokenizer, **size))
