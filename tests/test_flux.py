@@ -201,9 +201,11 @@ def test_flux_errors_name_the_fix(flux_folder, fill_folder, tmp_path):
         load_pretrained(path=str(folder), device="cpu", resolution=64)
 
 
-def test_evaluation_runs_kv_edit_on_toy_samples(flux_folder, tmp_path):
-    args = ["data=toy", "data.size=2", "model=local", f"model.path={flux_folder}", "model.resolution=64"]
-    evaluate(tmp_path, *args, "method=kv_edit", "device=cpu", f"out_dir={tmp_path / 'run'}")
+@pytest.mark.parametrize("method", ["kv_edit", "flux_fill"])
+def test_evaluation_runs_the_flux_methods_on_toy_samples(method, flux_folder, fill_folder, tmp_path):
+    folder = fill_folder if method == "flux_fill" else flux_folder
+    args = ["data=toy", "data.size=2", "model=local", f"model.path={folder}", "model.resolution=64"]
+    evaluate(tmp_path, *args, f"method={method}", "device=cpu", f"out_dir={tmp_path / 'run'}")
     lines = (tmp_path / "run" / "manifest.jsonl").read_text().splitlines()
     assert len(lines) == 2 and all(json.loads(line)["status"] == "ok" for line in lines)
 
@@ -233,3 +235,16 @@ def test_the_sota_flux_command_compares_kv_edit_flux_fill_and_lama(
     for name in ("kv_edit", "flux_fill", "lama"):
         metrics = json.loads((sweep / name / "metrics.json").read_text())
         assert metrics["ok"] == 2 and metrics["fid_local"] is not None, name
+
+
+def test_kv_edit_runs_in_bfloat16_as_flux_is_run(flux_folder, example_image):
+    """FLUX.1-dev runs in bf16: the attn_scale bias must take the queries' dtype (KV-Edit builds it in bf16)."""
+    from magicremover.types import RemovalSample
+
+    c = load_pretrained(path=str(flux_folder), device="cpu", dtype="bfloat16", resolution=64)
+    mask = Image.new("L", example_image.size)
+    ImageDraw.Draw(mask).rectangle((10, 10, 30, 30), fill=255)
+    sample = RemovalSample(example_image, "a photo of a red circle", "circle", mask=mask)
+    result = KVEdit(c, num_inference_steps=6, skip_step=1)(sample)
+    assert c.dtype == torch.bfloat16 and torch.isfinite(result.image).all()
+    assert result.extras["kv_cache_bytes"] == 5 * 4 * 2 * (1 * 2 * 256 * 32) * 2  # steps × layers × K,V × bf16

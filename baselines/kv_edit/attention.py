@@ -45,7 +45,7 @@ class KVCache(JointController):
         self.background = torch.ones(image_len, dtype=torch.bool, device="cpu")
         self.background[foreground.cpu()] = False
         self.has_background = bool(self.background.any())
-        self.device = foreground.device  # where masks are built: the attention's, as on_kv last saw it
+        self.device, self.dtype = foreground.device, torch.float32  # the attention's, as on_kv last saw them
         self.cache: dict[float, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
         self.mode: Literal["record", "decouple", "off"] = "off"
         self.step: float | None = None
@@ -55,7 +55,7 @@ class KVCache(JointController):
         self.mode, self.step = mode, step
 
     def on_kv(self, ctx: JointContext, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        text, self.device = ctx.text_len, key.device
+        text, self.device, self.dtype = ctx.text_len, key.device, key.dtype
         if self.mode == "record":
             stored = (key[:, :, text:].to(self.store_device), value[:, :, text:].to(self.store_device))
             self.cache.setdefault(self.step, {})[ctx.name] = stored
@@ -75,7 +75,7 @@ class KVCache(JointController):
         if self.mode == "decouple" and self.attn_scale != 0:
             bias = torch.zeros(ctx.text_len + self.image_len, device="cpu")
             bias[ctx.text_len :][self.background] = self.attn_scale
-            return bias.view(1, 1, 1, -1).to(self.device)
+            return bias.view(1, 1, 1, -1).to(self.device, self.dtype)  # SDPA wants the queries' dtype (bf16 there)
         return None
 
     def _separated(self, text_len: int) -> torch.Tensor:

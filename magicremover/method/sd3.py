@@ -58,7 +58,6 @@ class JointGuidance(JointController):
         self.read_maps = False
         self.kv: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.maps: dict[str, list[torch.Tensor]] = {}
-        self.grid = (0, 0)
 
     def wants_probs(self, ctx: JointContext) -> bool:
         return self.read_maps and ctx.text_len > 0
@@ -77,7 +76,6 @@ class JointGuidance(JointController):
         text = probs[-1:, :, ctx.image, ctx.text]
         text = text / text.sum(dim=-1, keepdim=True)
         grid = (ctx.height, ctx.width)
-        self.grid = grid
         self.maps[ctx.name] = [text[..., word].sum(-1).mean(1).view(1, 1, *grid) for word in self.words]
         return probs
 
@@ -89,6 +87,8 @@ class JointGuidance(JointController):
 
 @dataclass
 class _State:
+    """What one sample's guidance carries from step to step (as the UNet method's)."""
+
     target: TargetTokens
     image_hw: tuple[int, int]
     latent_hw: tuple[int, int]
