@@ -220,7 +220,7 @@ def load_pretrained(
     dtype: str = "auto",
     resolution: int | None = None,
 ) -> SDComponents | FluxComponents | SD3Components:
-    """Load SD components from a local diffusers folder (``path``) or a hub id (``source``).
+    """Load a model from a local diffusers folder (``path``) or a hub id (``source``).
 
     A hub id is looked up in the local Hugging Face cache first and downloaded only if missing; when that is
     impossible (offline, no network) this fails at once with one line naming ``model.path=``.

@@ -20,8 +20,8 @@ def controlled_attention(
     """Route every attention layer of ``model`` through ``controller``; restore the original processors after.
 
     ``model`` is a UNet (``controller``: an :class:`AttentionController`), or a ``FluxTransformer2DModel`` or
-    ``SD3Transformer2DModel`` (a :class:`~magicremover.attention.joint.JointController`). The originals come back however the block ends (normal
-    exit, exception, KeyboardInterrupt).
+    ``SD3Transformer2DModel`` (a :class:`~magicremover.attention.joint.JointController`). The originals come back
+    however the block ends (normal exit, exception, KeyboardInterrupt).
 
     Example::
 
@@ -32,9 +32,7 @@ def controlled_attention(
     """
     original = dict(model.attn_processors)
     state: dict = {}
-    joint = isinstance(controller, JointController)
-
-    flux = isinstance(model, FluxTransformer2DModel)
+    joint, flux = isinstance(controller, JointController), isinstance(model, FluxTransformer2DModel)
 
     def remember_sizes(module, args, kwargs):
         sample = args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))
