@@ -70,9 +70,9 @@ class FluxFill:
 
     @staticmethod
     def planned_calls(num_inference_steps: int, **_) -> dict[str, int]:
-        """Transformer calls one removal with these settings makes (one per step over every token: guidance is
-        distilled)."""
-        return {"full": num_inference_steps, "foreground": 0}
+        """What one removal with these settings runs: one transformer call per step over every token (guidance is
+        distilled), two VAE encodes (the image and the masked image) and one decode."""
+        return {"full": num_inference_steps, "foreground": 0, "vae_encode": 2, "vae_decode": 1}
 
     def __call__(self, sample: RemovalSample) -> RemovalResult:
         if sample.mask is None:

@@ -139,15 +139,15 @@ def flux_rows(steps: int | None, throughput: float) -> list[dict]:
         if steps:
             settings["num_inference_steps"] = steps
         calls = get_object(settings["_target_"]).planned_calls(**settings)
-        transformer = sum(per_call[kind] * n for kind, n in calls.items())
-        vae = per_call["vae_encode"] + per_call["vae_decode"]
+        transformer = sum(per_call[kind] * calls[kind] for kind in ("full", "foreground"))
+        vae = sum(per_call[kind] * calls[kind] for kind in ("vae_encode", "vae_decode"))
         rows.append(
             {
                 "family": "flux",
                 "method": method,
-                "forward_equivalents": sum(calls.values()),
-                "vae_encode": 1,
-                "vae_decode": 1,
+                "forward_equivalents": calls["full"] + calls["foreground"],
+                "vae_encode": calls["vae_encode"],
+                "vae_decode": calls["vae_decode"],
                 "unet_tflops_per_call": per_call["full"] / 1e12,
                 "unet_tflops": transformer / 1e12,
                 "vae_tflops": vae / 1e12,

@@ -117,11 +117,11 @@ class KVEdit:
 
     @staticmethod
     def planned_calls(num_inference_steps: int, skip_step: int, **_) -> dict[str, int]:
-        """Transformer calls one removal with these settings makes: over every token (``full``: the inversion, or the
-        inversion-free variant's source calls) and over the masked tokens only (``foreground``: the decoupled
-        denoising)."""
+        """What one removal with these settings runs: transformer calls over every token (``full``: the inversion, or
+        the inversion-free variant's source calls) and over the masked tokens only (``foreground``: the decoupled
+        denoising), VAE encodes and decodes."""
         steps = num_inference_steps - skip_step
-        return {"full": steps, "foreground": steps}
+        return {"full": steps, "foreground": steps, "vae_encode": 1, "vae_decode": 1}
 
     def __call__(self, sample: RemovalSample) -> RemovalResult:
         if sample.mask is None:
