@@ -38,7 +38,6 @@ from magicremover.images import Resize, fit_mask, fit_to_model, load_image
 from magicremover.inversion import InversionConfig, invert, set_timesteps
 from magicremover.models import SDComponents
 from magicremover.types import RemovalResult, RemovalSample
-from magicremover.unet_calls import UNetCalls
 
 
 class AttentionActivationSuppression(AttentionController):
@@ -170,12 +169,12 @@ class AttentiveEraser:
         finally:
             if self.freeu is not None:
                 c.unet.disable_freeu()
-        calls = UNetCalls.delta(c.calls.totals(), before)
+        calls, seconds = c.calls.since(before, start)
         return RemovalResult(
             image=decode_latents(c, latent).cpu(),
             mask=mask.cpu(),
             calls=calls,
-            seconds={name: count.seconds for name, count in calls.items()} | {"total": time.perf_counter() - start},
+            seconds=seconds,
             extras={
                 "variant": self.variant,
                 "strength": self.strength,

@@ -18,7 +18,6 @@ from magicremover.flux import TEXT_TOKENS, FluxComponents
 from magicremover.images import Resize, dilate, fit_mask, fit_to_model, load_image, to_pil, to_tensor
 from magicremover.models import load_pretrained
 from magicremover.types import RemovalResult, RemovalSample
-from magicremover.unet_calls import UNetCalls
 
 
 class FluxFill:
@@ -96,8 +95,7 @@ class FluxFill:
                 max_sequence_length=TEXT_TOKENS,
                 generator=torch.Generator(c.device).manual_seed(self.seed),
             ).images[0]
-        calls = UNetCalls.delta(c.calls.totals(), before)
-        seconds = {name: count.seconds for name, count in calls.items()} | {"total": time.perf_counter() - start}
+        calls, seconds = c.calls.since(before, start)
         return RemovalResult(
             image=to_tensor(output), mask=hole, calls=calls, seconds=seconds, extras={"prompt": self.prompt}
         )

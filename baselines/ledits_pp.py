@@ -21,7 +21,6 @@ from magicremover.images import Resize, fit_to_model, load_image, to_pil, to_ten
 from magicremover.models import SDComponents
 from magicremover.target_tokens import find_target
 from magicremover.types import RemovalResult, RemovalSample
-from magicremover.unet_calls import UNetCalls
 
 
 def ledits_pipeline(c: SDComponents):
@@ -152,11 +151,11 @@ class LeditsPP:
                 output = pipe(editing_prompt=[sample.target], reverse_editing_direction=[True], **self.edit).images[0]
         finally:
             c.unet.set_attn_processor(saved)
-        calls = UNetCalls.delta(c.calls.totals(), before)
+        calls, seconds = c.calls.since(before, start)
         return RemovalResult(
             image=to_tensor(output),
             calls=calls,
-            seconds={name: count.seconds for name, count in calls.items()} | {"total": time.perf_counter() - start},
+            seconds=seconds,
             extras={
                 "editing_prompt": [sample.target],
                 "mask": "LEDITS++'s implicit masks are not exposed by diffusers' pipeline: no compositing mask",

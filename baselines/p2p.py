@@ -42,7 +42,6 @@ from magicremover.models import SDComponents
 from magicremover.remover_base import InvertingRemover
 from magicremover.target_tokens import find_target
 from magicremover.types import RemovalResult, RemovalSample
-from magicremover.unet_calls import UNetCalls
 
 
 class CrossAttentionEdit(AttentionController):
@@ -193,11 +192,11 @@ class PromptToPrompt(InvertingRemover):
 
         with controlled_attention(c.unet, ComposedController([own, cross])), torch.no_grad():
             z_source, z_target = denoise_two_branches(c, inversion, reconstruct, edit)
-        calls = UNetCalls.delta(c.calls.totals(), before)
+        calls, seconds = c.calls.since(before, start)
         return RemovalResult(
             image=decode_latents(c, z_target).cpu(),
             reconstruction=decode_latents(c, z_source).cpu(),
             calls=calls,
-            seconds={name: count.seconds for name, count in calls.items()} | {"total": time.perf_counter() - start},
+            seconds=seconds,
             extras={"target_prompt": target_prompt, **self.provenance(inversion)},
         )

@@ -16,7 +16,6 @@ from magicremover.inversion import Inversion, InversionCache, InversionConfig, i
 from magicremover.models import SDComponents
 from magicremover.target_tokens import find_target
 from magicremover.types import RemovalResult, RemovalSample
-from magicremover.unet_calls import UNetCalls
 
 
 class InvertingRemover:
@@ -87,9 +86,7 @@ class Reconstruction(InvertingRemover):
         inversion = self.invert(sample, image)
         latents = reconstruct(c, inversion, self.inversion.guidance_scale)
         output = decode_latents(c, latents).cpu()
-        calls = UNetCalls.delta(c.calls.totals(), before)
-        seconds = {name: count.seconds for name, count in calls.items()}
-        seconds["total"] = time.perf_counter() - start
+        calls, seconds = c.calls.since(before, start)
         return RemovalResult(
             image=output,
             reconstruction=output,

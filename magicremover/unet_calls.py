@@ -125,6 +125,12 @@ class UNetCalls:
         """A copy of the running totals per stage."""
         return {k: StageCount(**asdict(v)) for k, v in self._counts.items()}
 
+    def since(self, before: dict[str, StageCount], start: float) -> tuple[dict[str, StageCount], dict[str, float]]:
+        """What a removal cost since the snapshot ``before`` (:meth:`totals`) taken at ``start``
+        (``time.perf_counter()``): the per-stage counts (:meth:`delta`) and the wall seconds per stage plus ``total``."""
+        calls = self.delta(self.totals(), before)
+        return calls, {name: count.seconds for name, count in calls.items()} | {"total": time.perf_counter() - start}
+
     @staticmethod
     def delta(after: dict[str, StageCount], before: dict[str, StageCount]) -> dict[str, StageCount]:
         """Per-stage cost between two :meth:`totals` snapshots; stages with no activity are left out."""

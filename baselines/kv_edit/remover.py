@@ -28,7 +28,6 @@ from magicremover.errors import ConfigError, ImageError, ModelLoadError
 from magicremover.flux import FluxComponents
 from magicremover.images import Resize, fit_mask, fit_to_model, load_image
 from magicremover.types import RemovalResult, RemovalSample
-from magicremover.unet_calls import UNetCalls
 
 
 @dataclass
@@ -135,8 +134,7 @@ class KVEdit:
         latent_hw = tuple(side // c.vae_scale_factor for side in image.shape[-2:])
         trace = self.edit(z0, latent_hw, hole.float(), sample.prompt)
         output = flux.decode(c, trace.edited, latent_hw).cpu()
-        calls = UNetCalls.delta(c.calls.totals(), before)
-        seconds = {name: count.seconds for name, count in calls.items()} | {"total": time.perf_counter() - start}
+        calls, seconds = c.calls.since(before, start)
         extras = {"target_prompt": self.target_prompt, "kv_cache_bytes": trace.cache.nbytes()}
         extras["foreground_tokens"] = len(trace.foreground)
         return RemovalResult(image=output, mask=trace.pixels, calls=calls, seconds=seconds, extras=extras)

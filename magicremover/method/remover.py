@@ -32,7 +32,6 @@ from magicremover.models import SDComponents
 from magicremover.remover_base import InvertingRemover
 from magicremover.target_tokens import TargetTokens, find_target
 from magicremover.types import RemovalResult, RemovalSample
-from magicremover.unet_calls import UNetCalls
 
 
 @dataclass
@@ -124,7 +123,7 @@ class MagicRemover(InvertingRemover):
         )
         z_rec, z_edit, region = self._denoise(inversion, steps, state, inversion_kv)
         # 5. Decode and report.
-        calls = UNetCalls.delta(c.calls.totals(), before)
+        calls, seconds = c.calls.since(before, start)
         final_mask = region if region is not None else fixed
         return RemovalResult(
             image=decode_latents(c, z_edit).cpu(),
@@ -132,7 +131,7 @@ class MagicRemover(InvertingRemover):
             attention=to_image(soft, state.image_hw),
             mask=to_image(final_mask, state.image_hw) if final_mask is not None else None,
             calls=calls,
-            seconds={name: count.seconds for name, count in calls.items()} | {"total": time.perf_counter() - start},
+            seconds=seconds,
             extras={
                 "target_tokens": [list(word) for word in target.words],
                 "edit_start_t": steps.timesteps[steps.first_edit],

@@ -42,7 +42,6 @@ from magicremover.method.schedule import edit_start, plan
 from magicremover.method.settings import Settings
 from magicremover.target_tokens import TargetTokens, find_target
 from magicremover.types import RemovalResult, RemovalSample
-from magicremover.unet_calls import UNetCalls
 
 
 class JointGuidance(JointController):
@@ -171,7 +170,7 @@ class MagicRemoverSD3:
         with controlled_attention(c.transformer, controller), checkpointing(c.transformer, s.gradient_checkpointing):
             z_rec, z_edit, region = self._denoise(inversion, steps, state, controller)
         # 5. Decode and report.
-        calls = UNetCalls.delta(c.calls.totals(), before)
+        calls, seconds = c.calls.since(before, start)
         final = region if region is not None else fixed
         return RemovalResult(
             image=sd3.decode(c, z_edit).cpu(),
@@ -179,7 +178,7 @@ class MagicRemoverSD3:
             attention=to_image(soft, state.image_hw),
             mask=to_image(final, state.image_hw),
             calls=calls,
-            seconds={name: n.seconds for name, n in calls.items()} | {"total": time.perf_counter() - start},
+            seconds=seconds,
             extras={
                 "target_tokens": [list(word) for word in target.words],
                 "guided_steps": sum(steps.guide),
