@@ -17,7 +17,7 @@ from magicremover.attention.install import controlled_attention
 from magicremover.attention.joint import JointContext, JointController
 from magicremover.baselines.flux_fill import FluxFill
 from magicremover.baselines.kv_edit import KVEdit
-from magicremover.errors import ConfigError, ModelLoadError
+from magicremover.errors import ConfigError, ImageError, ModelLoadError
 from magicremover.models import load_pretrained
 
 
@@ -268,3 +268,14 @@ def test_kv_edit_runs_in_bfloat16_as_flux_is_run(flux_folder, example_image):
     result = KVEdit(c, num_inference_steps=6, skip_step=1)(sample)
     assert c.dtype == torch.bfloat16 and torch.isfinite(result.image).all()
     assert result.extras["kv_cache_bytes"] == 5 * 4 * 2 * (1 * 2 * 256 * 32) * 2  # steps × layers × K,V × bf16
+
+
+def test_kv_edit_settings_and_masks_it_cannot_use_name_the_fix(c, example_image):
+    from magicremover.types import RemovalSample
+
+    with pytest.raises(ConfigError, match=r"method.skip_step=28 must be in \[0, num_inference_steps=28\)"):
+        KVEdit(c, num_inference_steps=28, skip_step=28)
+    whole = Image.new("L", example_image.size, 255)
+    sample = RemovalSample(example_image, "a photo of a red circle", "circle", mask=whole)
+    with pytest.raises(ImageError, match="attn_mask needs background; set method.attn_mask=false"):
+        KVEdit(c, num_inference_steps=4, skip_step=1, attn_mask=True)(sample)

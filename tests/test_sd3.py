@@ -241,3 +241,8 @@ def test_the_sota_sd3_command_compares_the_port_and_lama(coco_root, lama_weights
     assert {"MagicRemover", "MagicRemover (fast)", "LaMa"} <= rows
     for name in ("magicremover", "magicremover_fast", "lama"):
         assert json.loads((sweep / name / "metrics.json").read_text())["ok"] == 2, name
+
+
+def test_a_t_ratio_that_edits_no_step_is_refused_on_sd3(c):
+    with pytest.raises(ConfigError, match="method.t_ratio=0.01 edits none of the 10 steps"):
+        _remover(c, t_ratio=0.01)
